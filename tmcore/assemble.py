@@ -1,0 +1,482 @@
+"""Assemblers: weak-form integrands written as ``nn.Module.forward``, assembled in one pass.
+
+A subclass writes ``forward`` for one quadrature point and one pair of basis functions;
+the *names* of its arguments choose what it receives:
+
+================  ==============================================================
+``u``, ``v``      trial / test shape-function values (scalars)
+``gradu``         trial / test shape-function gradients (dim,), so ``gradu @ gradv``
+``gradv``         is their dot product
+``x``             physical coordinates of the quadrature point (dim,)
+``n``             outward unit normal (FacetAssembler only) (dim,)
+any other name    a key of ``point_data`` (per node, interpolated with the shape
+                  functions), ``element_data`` (per cell, constant on it) or
+                  ``scalar_data`` (a float or 0-d tensor)
+================  ==============================================================
+
+``Cls.from_mesh(mesh)`` binds the integrand to a mesh; calling the instance evaluates
+it at every quadrature point of every cell with ``torch.vmap``, multiplies by the
+quadrature weights and scatters into a :class:`~tmcore.sparse.SparseMatrix`
+(``ElementAssembler``, bilinear) or a vector (``NodeAssembler``, linear). The
+mesh-only data (Jacobians, weights, shape gradients, the pattern and the scatter map)
+is computed once per mesh and quadrature degree and cached on the mesh.
+
+Data with a leading batch dimension, (B, n) per node or (B, m) per cell, gives a batch
+of B matrices on one pattern, values (B, nnz), or vectors (B, n).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .elements import Element, get_element, quadrature
+from .errors import AssemblyError
+from .mesh import Mesh
+from .mesh import geometry as geo
+from .sparse import SparseMatrix, SparsityPattern
+
+__all__ = ["ElementAssembler", "NodeAssembler", "FacetAssembler", "default_quadrature_degree"]
+
+# Axes an integrand argument may vary along, outermost first; the vmap levels follow this order.
+BATCH, CELL, POINT, TEST, TRIAL = "batch", "cell", "point", "test", "trial"
+AXES = (BATCH, CELL, POINT, TEST, TRIAL)
+
+
+@lru_cache(maxsize=None)
+def integrand_arguments(forward: Callable) -> tuple[str, ...]:
+    """Names of the integrand's arguments (``self`` excluded); only plain named arguments are allowed."""
+    names = []
+    for name, param in inspect.signature(forward).parameters.items():
+        if name == "self":
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise AssemblyError(f"forward must name its arguments; *{name} / **{name} cannot be resolved")
+        names.append(name)
+    return tuple(names)
+
+
+def default_quadrature_degree(element: Element, names: tuple[str, ...], point_data_names: set[str]) -> int:
+    """The polynomial degree of an integrand, estimated from its arguments.
+
+    Shape values and interpolated point data count the element order p, gradients
+    p - 1 on simplices (p on boxes, whose gradients keep degree p in the other
+    variables), ``x`` counts 2 (exact for integrands up to quadratic in x; smooth
+    sources converge at the element's rate), per-cell and scalar data 0. Boxes add 1
+    for their non-affine map. The rule integrating that degree exactly is the default,
+    so a P2 mass matrix with a P2 coefficient gets degree 6, never a fixed 2.
+    """
+    p = element.order
+    degree = 0
+    for name in names:
+        if name in ("u", "v") or name in point_data_names:
+            degree += p
+        elif name in ("gradu", "gradv"):
+            degree += p if element.tensor_product else p - 1
+        elif name == "x":
+            degree += 2
+    if element.tensor_product:
+        degree += 1
+    return max(degree, 1)
+
+
+@dataclass
+class _Geometry:
+    """Mesh-only data at the quadrature points of a set of cells or facets.
+
+    basis (q, k); gradients (m, q, k, dim) or None (facets); coords (m, q, dim);
+    weights (m, q) = |det J| * quadrature weight; normals (m, q, dim) or None; conn (m, k).
+    """
+
+    basis: Tensor
+    gradients: Tensor | None
+    coords: Tensor
+    weights: Tensor
+    normals: Tensor | None
+    conn: Tensor
+
+
+def _cell_geometry(points: Tensor, conn: Tensor, element: Element, degree: int) -> _Geometry:
+    xi, w = quadrature(element.shape, degree, dtype=points.dtype, device=points.device)
+    nodes = geo.cell_nodes(points, conn)
+    jac = geo.jacobians(nodes, element, xi)  # (m, q, d, d)
+    det = torch.linalg.det(jac)
+    inv = torch.linalg.inv(jac)  # d xi_r / d x_d
+    gradients = torch.einsum("qkr,mqrd->mqkd", element.basis_gradients(xi), inv)
+    return _Geometry(element.basis(xi), gradients, geo.physical_points(nodes, element, xi), det.abs() * w, None, conn)
+
+
+def _facet_geometry(points: Tensor, facets: Tensor, owners: Tensor, cells: Tensor, facet_type: str, degree: int) -> _Geometry:
+    element = get_element(facet_type)
+    xi, w = quadrature(element.shape, degree, dtype=points.dtype, device=points.device)
+    nodes = geo.cell_nodes(points, facets)
+    jac = geo.jacobians(nodes, element, xi)  # (m, q, d, d-1)
+    coords = geo.physical_points(nodes, element, xi)
+    if jac.shape[-2] == 2:
+        tangent = jac[..., 0]
+        normal = torch.stack([tangent[..., 1], -tangent[..., 0]], dim=-1)
+    else:
+        normal = torch.linalg.cross(jac[..., 0], jac[..., 1], dim=-1)
+    normal = normal / normal.norm(dim=-1, keepdim=True)
+    # orient away from the owner cell: its centroid lies on the inner side
+    centroid = points[cells[owners]].mean(dim=1)  # (m, d)
+    outward = ((coords - centroid[:, None, :]) * normal).sum(-1, keepdim=True) >= 0
+    normal = torch.where(outward, normal, -normal)
+    return _Geometry(element.basis(xi), None, coords, geo.measure_density(jac) * w, normal, facets)
+
+
+class _Assembler(nn.Module):
+    """Shared machinery of the three assemblers: argument resolution, data checks, vmap, scatter."""
+
+    reserved: frozenset[str] = frozenset()
+    bilinear: bool = False
+
+    def __init__(self):
+        super().__init__()
+        object.__setattr__(self, "_mesh", None)
+        object.__setattr__(self, "_quadrature_order", None)
+
+    @classmethod
+    def from_mesh(cls, mesh: Mesh, quadrature_order: int | None = None, **kwargs):
+        """An assembler bound to ``mesh``; ``kwargs`` go to the subclass constructor.
+
+        quadrature_order: the polynomial degree the quadrature integrates exactly;
+        by default estimated from the integrand's arguments (:func:`default_quadrature_degree`).
+        """
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
+        if quadrature_order is not None and (isinstance(quadrature_order, bool) or not isinstance(quadrature_order, int) or quadrature_order < 0):
+            raise ValueError(f"quadrature_order must be a non-negative int or None, got {quadrature_order!r}")
+        assembler = cls(**kwargs)
+        object.__setattr__(assembler, "_mesh", mesh)
+        object.__setattr__(assembler, "_quadrature_order", quadrature_order)
+        integrand_arguments(cls.forward)  # reject *args / **kwargs early
+        return assembler
+
+    @property
+    def mesh(self) -> Mesh:
+        if self._mesh is None:
+            raise RuntimeError(f"{type(self).__name__} is not bound to a mesh; create it with {type(self).__name__}.from_mesh(mesh)")
+        return self._mesh
+
+    # -- argument resolution ------------------------------------------------------------
+
+    def _degree(self, element: Element, point_data) -> int:
+        if self._quadrature_order is not None:
+            return self._quadrature_order
+        return default_quadrature_degree(element, integrand_arguments(type(self).forward), set(point_data or {}))
+
+    def _resolve(self, point_data, element_data, scalar_data) -> tuple[dict, int | None, torch.dtype]:
+        """Check the data; return {name: (tensor, kind, batched)} for the data arguments, the batch size, the dtype."""
+        mesh = self.mesh
+        sources = {"point_data": dict(point_data or {}), "element_data": dict(element_data or {}), "scalar_data": dict(scalar_data or {})}
+        for kind, data in sources.items():
+            if not isinstance(data, Mapping):
+                raise TypeError(f"{kind} must be a dict, got {type(data).__name__}")
+        seen: dict[str, str] = {}
+        for kind, data in sources.items():
+            for key in data:
+                if key in self.reserved:
+                    raise AssemblyError(f"{kind} key {key!r} clashes with the reserved argument {key!r}")
+                if key in seen:
+                    raise AssemblyError(f"key {key!r} appears in both {seen[key]} and {kind}")
+                seen[key] = kind
+        names = integrand_arguments(type(self).forward)
+        resolved: dict[str, tuple[Tensor, str, bool]] = {}
+        batch: int | None = None
+        dtype = mesh.dtype
+        for name in names:
+            if name in self.reserved:
+                continue
+            kind = seen.get(name)
+            if kind is None:
+                raise AssemblyError(
+                    f"{type(self).__name__}.forward asks for {name!r}, which is neither a reserved argument "
+                    f"({', '.join(sorted(self.reserved))}) nor a key of point_data, element_data or scalar_data "
+                    f"(given: {sorted(seen) or 'none'})"
+                )
+            value = _check_tensor(f"{kind}[{name!r}]", sources[kind][name], mesh.device)
+            length = {"point_data": mesh.n_points, "element_data": mesh.n_cells, "scalar_data": None}[kind]
+            value, batched = _split_batch(f"{kind}[{name!r}]", value, length)
+            if batched is not None:
+                if batch is not None and batched != batch:
+                    raise AssemblyError(f"{kind}[{name!r}] has batch size {batched} but other data has {batch}")
+                batch = batched
+            dtype = torch.promote_types(dtype, value.dtype)
+            resolved[name] = (value, kind, batched is not None)
+        return resolved, batch, dtype
+
+    def _assemble(self, point_data, element_data, scalar_data, geometry: _Geometry, gather) -> Tensor:
+        """Integrand values summed over quadrature points: (B?, m, k[, k]).
+
+        ``gather(value, batched)`` maps per-cell data of the mesh to the cells being
+        integrated (identity for cells, the owner cells for facets).
+        """
+        data, batch, dtype = self._resolve(point_data, element_data, scalar_data)
+        basis = geometry.basis.to(dtype)
+        args: dict[str, tuple[Tensor, tuple[str, ...]]] = {}
+        for name, (value, kind, batched) in data.items():
+            lead = (BATCH,) if batched else ()
+            if kind == "point_data":
+                gathered = value[:, geometry.conn] if batched else value[geometry.conn]  # (B?, m, k, *F)
+                interp = torch.einsum("qk,...mkf->...mqf", basis, gathered.reshape(*gathered.shape[: 3 if batched else 2], -1).to(dtype))
+                args[name] = (interp.reshape(*interp.shape[:-1], *gathered.shape[(3 if batched else 2):]), lead + (CELL, POINT))
+            elif kind == "element_data":
+                args[name] = (gather(value, batched).to(dtype), lead + (CELL,))
+            else:
+                args[name] = (value.to(dtype), lead)
+        reserved = {
+            "u": (basis, (POINT, TRIAL)),
+            "v": (basis, (POINT, TEST)),
+            "x": (geometry.coords.to(dtype), (CELL, POINT)),
+        }
+        if geometry.gradients is not None:
+            reserved["gradu"] = (geometry.gradients.to(dtype), (CELL, POINT, TRIAL))
+            reserved["gradv"] = (geometry.gradients.to(dtype), (CELL, POINT, TEST))
+        if geometry.normals is not None:
+            reserved["n"] = (geometry.normals.to(dtype), (CELL, POINT))
+        names = integrand_arguments(type(self).forward)
+        for name in names:
+            if name in self.reserved:
+                args[name] = reserved[name]
+        levels = [axis for axis in AXES if axis != BATCH or batch is not None]
+        if not self.bilinear:
+            levels.remove(TRIAL)
+        values = _vmap_integrand(self.forward, names, args, levels)
+        expected = ((batch,) if batch is not None else ()) + tuple(geometry.weights.shape) + (geometry.conn.shape[1],) * (2 if self.bilinear else 1)
+        if tuple(values.shape) != expected:
+            raise AssemblyError(
+                f"{type(self).__name__}.forward must return one scalar per quadrature point and basis "
+                f"{'pair' if self.bilinear else 'function'}; the assembled integrand has shape {tuple(values.shape)}, "
+                f"expected {expected} (an extra trailing shape {tuple(values.shape[len(expected):])} means forward "
+                "returned a non-scalar)"
+            )
+        weights = geometry.weights.to(dtype)
+        if self.bilinear:
+            return torch.einsum("...mqij,mq->...mij", values, weights)
+        return torch.einsum("...mqi,mq->...mi", values, weights)
+
+    def extra_repr(self) -> str:
+        bound = f"mesh={self._mesh.cell_type}:{self._mesh.n_cells}" if self._mesh is not None else "unbound"
+        return f"{bound}, arguments={integrand_arguments(type(self).forward)}"
+
+
+def _check_tensor(label: str, value: Any, device: torch.device) -> Tensor:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = torch.tensor(float(value), dtype=torch.float64, device=device)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{label} must be a torch.Tensor or a float, got {type(value).__name__}")
+    if value.dtype.is_complex:
+        raise AssemblyError(f"{label} is complex ({value.dtype}); tmcore assembles real forms only")
+    if not value.is_floating_point():
+        raise AssemblyError(f"{label} must be a floating-point tensor, got {value.dtype} (convert with .double())")
+    if value.device != device:
+        raise AssemblyError(f"{label} is on {value.device} but the mesh is on {device}; move one with .to()")
+    if not torch.isfinite(value).all():
+        raise AssemblyError(f"{label} contains NaN or inf")
+    return value
+
+
+def _split_batch(label: str, value: Tensor, length: int | None) -> tuple[Tensor, int | None]:
+    """(value, batch size or None). Per-node/cell data: (length, *F) or (B, length, *F); scalars: () or (B,)."""
+    if length is None:
+        if value.ndim == 0:
+            return value, None
+        if value.ndim == 1:
+            return value, value.shape[0]
+        raise AssemblyError(f"{label} must be a float, a 0-d tensor or a (B,) batch, got shape {tuple(value.shape)}")
+    if value.ndim >= 1 and value.shape[0] == length:
+        return value, None
+    if value.ndim >= 2 and value.shape[1] == length:
+        return value, value.shape[0]
+    raise AssemblyError(
+        f"{label} must have one value per {'node' if 'point' in label else 'cell'} ({length}), "
+        f"as shape ({length},) or (B, {length}); got shape {tuple(value.shape)}"
+    )
+
+
+def _vmap_integrand(forward: Callable, names: tuple[str, ...], args: dict, levels: list[str]) -> Tensor:
+    """Evaluate ``forward`` over every combination of the axes in ``levels`` with nested vmaps."""
+    tensors = [args[name][0] for name in names]
+    axes = [args[name][1] for name in names]
+
+    def call(*values):
+        out = forward(**dict(zip(names, values)))
+        if not isinstance(out, Tensor):
+            raise AssemblyError(f"forward must return a tensor, got {type(out).__name__}")
+        return out
+
+    fn = call
+    for level in reversed(levels):
+        fn = torch.vmap(fn, in_dims=tuple(0 if level in ax else None for ax in axes))
+    return fn(*tensors)
+
+
+class ElementAssembler(_Assembler):
+    """Bilinear form sum_cells int forward(u, v, gradu, gradv, x, data...) dx -> SparseMatrix (n, n).
+
+    Subclass and write ``forward``; build with ``from_mesh(mesh)``; call with
+    ``point_data=`` / ``element_data=`` / ``scalar_data=`` dicts.
+    """
+
+    reserved = frozenset({"u", "v", "gradu", "gradv", "x"})
+    bilinear = True
+
+    def __call__(self, point_data=None, element_data=None, scalar_data=None) -> SparseMatrix:
+        mesh = self.mesh
+        geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, point_data))
+        pattern, slots = _cached_pattern(mesh)
+        local = self._assemble(point_data, element_data, scalar_data, geometry, _identity)
+        flat = local.reshape(*local.shape[:-3], -1)
+        values = flat.new_zeros(*flat.shape[:-1], pattern.nnz).index_add(-1, slots, flat)
+        return SparseMatrix.from_pattern(pattern, values)
+
+
+class NodeAssembler(_Assembler):
+    """Linear form sum_cells int forward(v, gradv, x, data...) dx -> vector (n,) or (B, n)."""
+
+    reserved = frozenset({"v", "gradv", "x"})
+    bilinear = False
+
+    def __call__(self, point_data=None, element_data=None, scalar_data=None) -> Tensor:
+        mesh = self.mesh
+        geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, point_data))
+        local = self._assemble(point_data, element_data, scalar_data, geometry, _identity)
+        return _scatter_vector(local, geometry.conn, mesh.n_points)
+
+
+def _scatter_vector(local: Tensor, conn: Tensor, n: int) -> Tensor:
+    flat = local.reshape(*local.shape[:-2], -1)
+    return flat.new_zeros(*flat.shape[:-1], n).index_add(-1, conn.reshape(-1), flat)
+
+
+def _identity(value: Tensor, batched: bool) -> Tensor:
+    return value
+
+
+class FacetAssembler(_Assembler):
+    """Boundary integrals: sum_facets int forward(u?, v, x, n, data...) ds.
+
+    With ``u`` among its arguments the form is bilinear and assembles into a
+    SparseMatrix on the mesh's own pattern (so it adds to an ElementAssembler's
+    matrix: Robin terms); otherwise it assembles a vector (Neumann flux, traction).
+    ``element_data`` is per cell of the mesh and taken from each facet's owner cell.
+
+    Facets (``from_mesh(mesh, facets=...)``):
+        None: every boundary facet; a str: a named facet set (``mesh.facet_sets``,
+        e.g. "left", or a gmsh physical group); an (n,) bool node mask: the boundary
+        facets whose nodes are all in it; a callable: boundary facets whose centroid
+        (nf, dim) it maps to True; an (nf, kf) long tensor: those facets.
+    """
+
+    reserved = frozenset({"u", "v", "x", "n"})
+
+    @classmethod
+    def from_mesh(cls, mesh: Mesh, quadrature_order: int | None = None, facets=None, **kwargs):
+        assembler = super().from_mesh(mesh, quadrature_order, **kwargs)
+        object.__setattr__(assembler, "_facet_selector", facets)
+        object.__setattr__(assembler, "bilinear", "u" in integrand_arguments(cls.forward))
+        return assembler
+
+    def selected_facets(self) -> tuple[Tensor, Tensor, str]:
+        """(facets (nf, kf), owner cells (nf,), facet type) of the selection."""
+        from .mesh.topology import facet_owners
+
+        mesh = self.mesh
+        boundary = mesh.boundary
+        selector = self._facet_selector
+        if selector is None:
+            return boundary.facets, boundary.owners, boundary.facet_type
+        if isinstance(selector, str):
+            facets = mesh.facet_set(selector)
+            return facets, facet_owners(mesh.elements, mesh.cell_type, facets), boundary.facet_type
+        if callable(selector):
+            centroid = mesh.points[boundary.facets].mean(dim=1)
+            keep = torch.as_tensor(selector(centroid), device=mesh.device)
+            if keep.dtype != torch.bool or keep.shape != (boundary.facets.shape[0],):
+                raise ValueError(f"the facet predicate must return an ({boundary.facets.shape[0]},) bool tensor, got {keep.dtype} {tuple(keep.shape)}")
+            return boundary.facets[keep], boundary.owners[keep], boundary.facet_type
+        if isinstance(selector, Tensor) and selector.dtype == torch.bool:
+            if selector.shape != (mesh.n_points,):
+                raise ValueError(f"a facet mask must have shape ({mesh.n_points},), got {tuple(selector.shape)}")
+            keep = selector[boundary.facets].all(dim=1)
+            return boundary.facets[keep], boundary.owners[keep], boundary.facet_type
+        if isinstance(selector, Tensor) and not selector.is_floating_point():
+            facets = selector.to(torch.long)
+            if facets.ndim != 2 or facets.shape[1] != boundary.facets.shape[1]:
+                raise ValueError(f"facets must have shape (nf, {boundary.facets.shape[1]}), got {tuple(facets.shape)}")
+            return facets, facet_owners(mesh.elements, mesh.cell_type, facets), boundary.facet_type
+        raise TypeError(f"facets must be None, a name, a bool node mask, a predicate or an index tensor, got {type(selector).__name__}")
+
+    def __call__(self, point_data=None, element_data=None, scalar_data=None):
+        mesh = self.mesh
+        facets, owners, facet_type = self.selected_facets()
+        degree = self._degree(get_element(facet_type), point_data)
+        geometry = _facet_geometry(mesh.points, facets, owners, mesh.elements, facet_type, degree)
+
+        def gather(value: Tensor, batched: bool) -> Tensor:
+            return value[:, owners] if batched else value[owners]
+
+        local = self._assemble(point_data, element_data, scalar_data, geometry, gather)
+        if not self.bilinear:
+            return _scatter_vector(local, facets, mesh.n_points)
+        pattern, _ = _cached_pattern(mesh)
+        k = facets.shape[1]
+        rows = facets[:, :, None].expand(-1, k, k).reshape(-1)
+        cols = facets[:, None, :].expand(-1, k, k).reshape(-1)
+        slots = pattern.slots(rows, cols)
+        flat = local.reshape(*local.shape[:-3], -1)
+        values = flat.new_zeros(*flat.shape[:-1], pattern.nnz).index_add(-1, slots, flat)
+        return SparseMatrix.from_pattern(pattern, values)
+
+
+# -- mesh-only caches -------------------------------------------------------------------------
+
+
+def _cache_key(mesh: Mesh, *extra) -> tuple | None:
+    """Key of mesh-derived data; None when the points carry gradients (then nothing is cached)."""
+    points, conn = mesh.points, mesh.elements
+    if points.requires_grad:
+        return None
+    return (points.data_ptr(), points._version, points.dtype, points.device, conn.data_ptr(), conn._version) + extra
+
+
+def _mesh_cache(mesh: Mesh, name: str, key: tuple | None, compute):
+    if key is None:
+        return compute()
+    store = mesh.__dict__.setdefault("_assembly_cache", {})
+    hit = store.get(name)
+    if hit is None or hit[0] != key:
+        hit = (key, compute())
+        store[name] = hit
+    return hit[1]
+
+
+def _cached_cell_geometry(mesh: Mesh, degree: int) -> _Geometry:
+    return _mesh_cache(
+        mesh,
+        f"cells/{degree}",
+        _cache_key(mesh, degree),
+        lambda: _cell_geometry(mesh.points, mesh.elements, mesh.element, degree),
+    )
+
+
+def _cached_pattern(mesh: Mesh) -> tuple[SparsityPattern, Tensor]:
+    """The (n, n) pattern of the mesh's cells and the slot (m * k * k,) of each local entry."""
+
+    def compute():
+        conn = mesh.elements
+        k = conn.shape[1]
+        rows = conn[:, :, None].expand(-1, k, k).reshape(-1)
+        cols = conn[:, None, :].expand(-1, k, k).reshape(-1)
+        return SparsityPattern.from_coo(rows, cols, (mesh.n_points, mesh.n_points))
+
+    conn = mesh.elements
+    return _mesh_cache(mesh, "pattern", (conn.data_ptr(), conn._version, conn.device, mesh.n_points), compute)
