@@ -6,7 +6,7 @@ or an ``autograd.Function``; a loss on the solution back-propagates to every ten
 that fed it through one adjoint solve.
 """
 
-from .assemble import ElementAssembler, FacetAssembler, NodeAssembler
+from .assemble import ElementAssembler, FacetAssembler, Functional, NodeAssembler
 from .condense import Condenser
 from .errors import AssemblyError, MeshError, SingularMatrixError, SolverError
 from .mesh import Mesh
@@ -19,6 +19,7 @@ __all__ = [
     "Condenser",
     "ElementAssembler",
     "FacetAssembler",
+    "Functional",
     "Mesh",
     "MeshError",
     "NodeAssembler",

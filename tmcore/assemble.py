@@ -12,12 +12,14 @@ the *names* of its arguments choose what it receives:
 any other name    a key of ``point_data`` (per node, interpolated with the shape
                   functions), ``element_data`` (per cell, constant on it) or
                   ``scalar_data`` (a float or 0-d tensor)
+``grad_<key>``    the gradient (dim,) of the interpolated ``point_data[key]``
 ================  ==============================================================
 
 ``Cls.from_mesh(mesh)`` binds the integrand to a mesh; calling the instance evaluates
 it at every quadrature point of every cell with ``torch.vmap``, multiplies by the
 quadrature weights and scatters into a :class:`~tmcore.sparse.SparseMatrix`
-(``ElementAssembler``, bilinear) or a vector (``NodeAssembler``, linear). The
+(``ElementAssembler``, bilinear), a vector (``NodeAssembler``, linear) or a number
+(``Functional``: integrals such as error norms and regularisers). The
 mesh-only data (Jacobians, weights, shape gradients, the pattern and the scatter map)
 is computed once per mesh and quadrature degree and cached on the mesh.
 
@@ -43,7 +45,7 @@ from .mesh import Mesh
 from .mesh import geometry as geo
 from .sparse import SparseMatrix, SparsityPattern
 
-__all__ = ["ElementAssembler", "NodeAssembler", "FacetAssembler", "default_quadrature_degree"]
+__all__ = ["ElementAssembler", "NodeAssembler", "FacetAssembler", "Functional", "default_quadrature_degree"]
 
 # Axes an integrand argument may vary along, outermost first; the vmap levels follow this order.
 BATCH, CELL, POINT, TEST, TRIAL = "batch", "cell", "point", "test", "trial"
@@ -78,7 +80,7 @@ def default_quadrature_degree(element: Element, names: tuple[str, ...], point_da
     for name in names:
         if name in ("u", "v") or name in point_data_names:
             degree += p
-        elif name in ("gradu", "gradv"):
+        elif name in ("gradu", "gradv") or (name.startswith("grad_") and name[5:] in point_data_names):
             degree += p if element.tensor_product else p - 1
         elif name == "x":
             degree += 2
@@ -136,7 +138,7 @@ class _Assembler(nn.Module):
     """Shared machinery of the three assemblers: argument resolution, data checks, vmap, scatter."""
 
     reserved: frozenset[str] = frozenset()
-    bilinear: bool = False
+    basis_axes: tuple[str, ...] = ()  # (TEST,) for linear forms, (TEST, TRIAL) for bilinear ones
 
     def __init__(self):
         super().__init__()
@@ -196,21 +198,24 @@ class _Assembler(nn.Module):
             if name in self.reserved:
                 continue
             kind = seen.get(name)
+            if kind is None and name.startswith("grad_") and seen.get(name[5:]) == "point_data":
+                kind, name = "point_gradient", name[5:]
             if kind is None:
                 raise AssemblyError(
                     f"{type(self).__name__}.forward asks for {name!r}, which is neither a reserved argument "
                     f"({', '.join(sorted(self.reserved))}) nor a key of point_data, element_data or scalar_data "
                     f"(given: {sorted(seen) or 'none'})"
                 )
-            value = _check_tensor(f"{kind}[{name!r}]", sources[kind][name], mesh.device)
-            length = {"point_data": mesh.n_points, "element_data": mesh.n_cells, "scalar_data": None}[kind]
-            value, batched = _split_batch(f"{kind}[{name!r}]", value, length)
+            source = "point_data" if kind == "point_gradient" else kind
+            value = _check_tensor(f"{source}[{name!r}]", sources[source][name], mesh.device)
+            length = {"point_data": mesh.n_points, "element_data": mesh.n_cells, "scalar_data": None}[source]
+            value, batched = _split_batch(f"{source}[{name!r}]", value, length)
             if batched is not None:
                 if batch is not None and batched != batch:
                     raise AssemblyError(f"{kind}[{name!r}] has batch size {batched} but other data has {batch}")
                 batch = batched
             dtype = torch.promote_types(dtype, value.dtype)
-            resolved[name] = (value, kind, batched is not None)
+            resolved[name if kind != "point_gradient" else "grad_" + name] = (value, kind, batched is not None)
         return resolved, batch, dtype
 
     def _assemble(self, point_data, element_data, scalar_data, geometry: _Geometry, gather) -> Tensor:
@@ -228,6 +233,13 @@ class _Assembler(nn.Module):
                 gathered = value[:, geometry.conn] if batched else value[geometry.conn]  # (B?, m, k, *F)
                 interp = torch.einsum("qk,...mkf->...mqf", basis, gathered.reshape(*gathered.shape[: 3 if batched else 2], -1).to(dtype))
                 args[name] = (interp.reshape(*interp.shape[:-1], *gathered.shape[(3 if batched else 2):]), lead + (CELL, POINT))
+            elif kind == "point_gradient":
+                if geometry.gradients is None:
+                    raise AssemblyError(f"{name!r}: gradients of point data are not available on facets")
+                if value.ndim != (2 if batched else 1):
+                    raise AssemblyError(f"{name!r} needs a scalar field point_data[{name[5:]!r}], got shape {tuple(value.shape)}")
+                gathered = (value[:, geometry.conn] if batched else value[geometry.conn]).to(dtype)
+                args[name] = (torch.einsum("mqkd,...mk->...mqd", geometry.gradients.to(dtype), gathered), lead + (CELL, POINT))
             elif kind == "element_data":
                 args[name] = (gather(value, batched).to(dtype), lead + (CELL,))
             else:
@@ -246,26 +258,29 @@ class _Assembler(nn.Module):
         for name in names:
             if name in self.reserved:
                 args[name] = reserved[name]
-        levels = [axis for axis in AXES if axis != BATCH or batch is not None]
-        if not self.bilinear:
-            levels.remove(TRIAL)
+        levels = ([BATCH] if batch is not None else []) + [CELL, POINT] + list(self.basis_axes)
         values = _vmap_integrand(self.forward, names, args, levels)
-        expected = ((batch,) if batch is not None else ()) + tuple(geometry.weights.shape) + (geometry.conn.shape[1],) * (2 if self.bilinear else 1)
+        expected = ((batch,) if batch is not None else ()) + tuple(geometry.weights.shape) + (geometry.conn.shape[1],) * len(self.basis_axes)
         if tuple(values.shape) != expected:
+            per = {0: "quadrature point", 1: "quadrature point and basis function", 2: "quadrature point and basis pair"}
             raise AssemblyError(
-                f"{type(self).__name__}.forward must return one scalar per quadrature point and basis "
-                f"{'pair' if self.bilinear else 'function'}; the assembled integrand has shape {tuple(values.shape)}, "
+                f"{type(self).__name__}.forward must return one scalar per {per[len(self.basis_axes)]}; "
+                f"the assembled integrand has shape {tuple(values.shape)}, "
                 f"expected {expected} (an extra trailing shape {tuple(values.shape[len(expected):])} means forward "
                 "returned a non-scalar)"
             )
         weights = geometry.weights.to(dtype)
-        if self.bilinear:
-            return torch.einsum("...mqij,mq->...mij", values, weights)
-        return torch.einsum("...mqi,mq->...mi", values, weights)
+        return _integrate(values, weights, len(self.basis_axes))
 
     def extra_repr(self) -> str:
         bound = f"mesh={self._mesh.cell_type}:{self._mesh.n_cells}" if self._mesh is not None else "unbound"
         return f"{bound}, arguments={integrand_arguments(type(self).forward)}"
+
+
+def _integrate(values: Tensor, weights: Tensor, n_basis_axes: int) -> Tensor:
+    """Sum values (B?, m, q, *basis) times weights (m, q) over q -> (B?, m, *basis)."""
+    weights = weights.reshape(weights.shape + (1,) * n_basis_axes)
+    return (values * weights).sum(dim=-1 - n_basis_axes)
 
 
 def _check_tensor(label: str, value: Any, device: torch.device) -> Tensor:
@@ -327,7 +342,7 @@ class ElementAssembler(_Assembler):
     """
 
     reserved = frozenset({"u", "v", "gradu", "gradv", "x"})
-    bilinear = True
+    basis_axes = (TEST, TRIAL)
 
     def __call__(self, point_data=None, element_data=None, scalar_data=None) -> SparseMatrix:
         mesh = self.mesh
@@ -343,7 +358,7 @@ class NodeAssembler(_Assembler):
     """Linear form sum_cells int forward(v, gradv, x, data...) dx -> vector (n,) or (B, n)."""
 
     reserved = frozenset({"v", "gradv", "x"})
-    bilinear = False
+    basis_axes = (TEST,)
 
     def __call__(self, point_data=None, element_data=None, scalar_data=None) -> Tensor:
         mesh = self.mesh
@@ -382,7 +397,8 @@ class FacetAssembler(_Assembler):
     def from_mesh(cls, mesh: Mesh, quadrature_order: int | None = None, facets=None, **kwargs):
         assembler = super().from_mesh(mesh, quadrature_order, **kwargs)
         object.__setattr__(assembler, "_facet_selector", facets)
-        object.__setattr__(assembler, "bilinear", "u" in integrand_arguments(cls.forward))
+        bilinear = "u" in integrand_arguments(cls.forward)
+        object.__setattr__(assembler, "basis_axes", (TEST, TRIAL) if bilinear else (TEST,))
         return assembler
 
     def selected_facets(self) -> tuple[Tensor, Tensor, str]:
@@ -425,7 +441,7 @@ class FacetAssembler(_Assembler):
             return value[:, owners] if batched else value[owners]
 
         local = self._assemble(point_data, element_data, scalar_data, geometry, gather)
-        if not self.bilinear:
+        if len(self.basis_axes) == 1:
             return _scatter_vector(local, facets, mesh.n_points)
         pattern, _ = _cached_pattern(mesh)
         k = facets.shape[1]
@@ -435,6 +451,23 @@ class FacetAssembler(_Assembler):
         flat = local.reshape(*local.shape[:-3], -1)
         values = flat.new_zeros(*flat.shape[:-1], pattern.nnz).index_add(-1, slots, flat)
         return SparseMatrix.from_pattern(pattern, values)
+
+
+class Functional(_Assembler):
+    """An integral sum_cells int forward(x, data..., grad_<key>...) dx -> 0-d tensor (or (B,)).
+
+    For error norms, regularisers and objectives: ``forward`` returns one scalar per
+    quadrature point. ``per_cell=True`` in the call returns the (B?, m) cell integrals.
+    """
+
+    reserved = frozenset({"x"})
+    basis_axes = ()
+
+    def __call__(self, point_data=None, element_data=None, scalar_data=None, per_cell: bool = False) -> Tensor:
+        mesh = self.mesh
+        geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, point_data))
+        cells = self._assemble(point_data, element_data, scalar_data, geometry, _identity)
+        return cells if per_cell else cells.sum(-1)
 
 
 # -- mesh-only caches -------------------------------------------------------------------------
