@@ -23,6 +23,13 @@ def significant_digits(a: Tensor, b: Tensor) -> Tensor:
     return (-torch.log10(rel.clamp_min(1e-16))).clamp_max(16.0)
 
 
+# central stencils: offsets, coefficients, denominator (times h)
+_STENCILS = {
+    2: ((1, -1), (1.0, -1.0), 2.0),
+    4: ((2, 1, -1, -2), (-1.0, 8.0, -8.0, 1.0), 12.0),
+}
+
+
 def _gradient(loss: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
     x = x.detach().clone().requires_grad_(True)
     value = loss(x)
@@ -74,13 +81,20 @@ def finite_difference_check(
     n_probes: int = 5,
     step: float | None = None,
     seed: int = 0,
+    accuracy: int = 4,
 ) -> FiniteDifferenceCheck:
-    """Compare d loss / d x[i] from autograd with (loss(x + h e_i) - loss(x - h e_i)) / 2h.
+    """Compare d loss / d x[i] from autograd with central differences.
 
     indices: flat indices to probe; by default ``n_probes`` drawn with ``seed``.
-    step: h; by default eps^(1/3) * max(1, |x_i|), the step that balances truncation
-    and round-off for central differences.
+    accuracy: 2 for (L(x+h) - L(x-h)) / 2h, 4 (default) for the five-point stencil
+    (-L(x+2h) + 8 L(x+h) - 8 L(x-h) + L(x-2h)) / 12h, whose O(h^4) truncation error
+    leaves 10-11 digits in float64 where the two-point one leaves about 8-9.
+    step: h; by default eps^(1/(accuracy+1)) * max(1, |x_i|), which balances
+    truncation against round-off.
     """
+    if accuracy not in _STENCILS:
+        raise ValueError(f"accuracy must be one of {sorted(_STENCILS)}, got {accuracy!r}")
+    offsets, coefficients, denominator = _STENCILS[accuracy]
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     _, grad = _gradient(loss, x)
@@ -96,13 +110,13 @@ def finite_difference_check(
     steps = []
     with torch.no_grad():
         for i in indices.tolist():
-            h = step if step is not None else eps ** (1 / 3) * max(1.0, abs(float(flat[i])))
-            plus, minus = flat.clone(), flat.clone()
-            plus[i] += h
-            minus[i] -= h
-            f_plus = loss(plus.reshape(x.shape))
-            f_minus = loss(minus.reshape(x.shape))
-            fd.append(float(f_plus - f_minus) / (2 * h))
+            h = step if step is not None else eps ** (1 / (accuracy + 1)) * max(1.0, abs(float(flat[i])))
+            total = 0.0
+            for offset, coefficient in zip(offsets, coefficients):
+                shifted = flat.clone()
+                shifted[i] += offset * h
+                total += coefficient * float(loss(shifted.reshape(x.shape)))
+            fd.append(total / (denominator * h))
             steps.append(h)
     return FiniteDifferenceCheck(
         indices,
