@@ -259,7 +259,9 @@ class _Assembler(nn.Module):
             if name in self.reserved:
                 args[name] = reserved[name]
         levels = ([BATCH] if batch is not None else []) + [CELL, POINT] + list(self.basis_axes)
-        values = _vmap_integrand(self.forward, names, args, levels)
+        m, q = geometry.weights.shape
+        sizes = {BATCH: batch, CELL: m, POINT: q, TEST: geometry.conn.shape[1], TRIAL: geometry.conn.shape[1]}
+        values = _vmap_integrand(self.forward, names, args, levels, sizes, geometry.weights.device)
         expected = ((batch,) if batch is not None else ()) + tuple(geometry.weights.shape) + (geometry.conn.shape[1],) * len(self.basis_axes)
         if tuple(values.shape) != expected:
             per = {0: "quadrature point", 1: "quadrature point and basis function", 2: "quadrature point and basis pair"}
@@ -317,13 +319,18 @@ def _split_batch(label: str, value: Tensor, length: int | None) -> tuple[Tensor,
     )
 
 
-def _vmap_integrand(forward: Callable, names: tuple[str, ...], args: dict, levels: list[str]) -> Tensor:
-    """Evaluate ``forward`` over every combination of the axes in ``levels`` with nested vmaps."""
-    tensors = [args[name][0] for name in names]
-    axes = [args[name][1] for name in names]
+def _vmap_integrand(forward: Callable, names: tuple[str, ...], args: dict, levels: list[str], sizes: dict[str, int], device: torch.device) -> Tensor:
+    """Evaluate ``forward`` over every combination of the axes in ``levels`` with nested vmaps.
+
+    An empty carrier tensor spans every level, so an integrand that ignores some axis
+    (a mass matrix with constant data ignores the cells) still comes back with it.
+    """
+    carrier = torch.empty(*(sizes[level] for level in levels), 0, device=device)
+    tensors = [args[name][0] for name in names] + [carrier]
+    axes = [args[name][1] for name in names] + [tuple(levels)]
 
     def call(*values):
-        out = forward(**dict(zip(names, values)))
+        out = forward(**dict(zip(names, values[:-1])))
         if not isinstance(out, Tensor):
             raise AssemblyError(f"forward must return a tensor, got {type(out).__name__}")
         return out

@@ -1,0 +1,119 @@
+"""The sparse solve: correctness, factorisation reuse in the backward, several right-hand sides, batches."""
+
+import numpy as np
+import pytest
+import scipy.sparse
+import scipy.sparse.linalg
+import torch
+
+from tmcore import Condenser, Mesh, SparseMatrix
+from tmcore import solvers
+from tmcore.errors import SingularMatrixError
+
+from .forms import Laplace, Source
+
+
+@pytest.fixture(scope="module")
+def system():
+    mesh = Mesh.gen_rectangle(chara_length=0.1)
+    x = mesh.points[:, 0]
+    K = Laplace.from_mesh(mesh)(point_data={"kappa": 1.0 + x})
+    b = Source.from_mesh(mesh)(point_data={"f": torch.ones(mesh.n_points)})
+    return Condenser(mesh.boundary_mask)(K, b)
+
+
+def test_solution_matches_scipy(system):
+    K, b = system
+    expected = scipy.sparse.linalg.spsolve(K.to_scipy().tocsc(), b.numpy())
+    u = K.solve(b)
+    assert np.abs(u.numpy() - expected).max() <= 1e-13 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("backend", ["splu", "dense"])
+def test_backends_agree(system, backend):
+    K, b = system
+    reference = K.solve(b, backend="splu")
+    assert torch.allclose(K.solve(b, backend=backend), reference, rtol=1e-12, atol=1e-15)
+
+
+def test_backward_reuses_the_forward_factorisation(system):
+    K, b = system
+    values = K.values.detach().clone().requires_grad_(True)
+    rhs = b.clone().requires_grad_(True)
+    solvers.stats.reset()
+    u = SparseMatrix.from_pattern(K.pattern, values).solve(rhs)
+    (u**2).sum().backward()
+    assert solvers.stats.factorizations == 1
+    assert solvers.stats.solves == 2  # forward and adjoint, one factorisation
+    assert values.grad is not None and rhs.grad is not None
+
+
+def test_adjoint_formulas(system):
+    """dL/db = lam with A^T lam = dL/du and dL/dA_ij = -lam_i u_j, checked against dense algebra."""
+    K, b = system
+    values = K.values.detach().clone().requires_grad_(True)
+    rhs = b.clone().requires_grad_(True)
+    weights = torch.linspace(0.5, 1.5, b.shape[0])
+    u = SparseMatrix.from_pattern(K.pattern, values).solve(rhs)
+    (weights * u).sum().backward()
+    dense = K.to_dense().detach()
+    lam = torch.linalg.solve(dense.T, weights)
+    u_dense = torch.linalg.solve(dense, b)
+    assert torch.allclose(rhs.grad, lam, rtol=1e-11, atol=1e-14)
+    expected = -lam[K.pattern.rows] * u_dense[K.pattern.cols]
+    assert torch.allclose(values.grad, expected, rtol=1e-10, atol=1e-16)
+
+
+def test_several_right_hand_sides_share_one_factorisation(system):
+    K, b = system
+    columns = torch.stack([b, 2 * b, torch.ones_like(b)], dim=1)
+    solvers.stats.reset()
+    u = K.solve(columns)
+    assert solvers.stats.factorizations == 1
+    assert u.shape == columns.shape
+    for j in range(3):
+        assert torch.allclose(u[:, j], K.solve(columns[:, j]), rtol=1e-13, atol=1e-16)
+
+
+def test_batch_of_matrices(system):
+    K, b = system
+    batch = SparseMatrix.from_pattern(K.pattern, torch.stack([K.values, 2 * K.values]))
+    u = batch.solve(b)
+    assert u.shape == (2, b.shape[0])
+    assert torch.allclose(u[1], 0.5 * u[0], rtol=1e-12)
+
+
+def test_pure_neumann_problem_is_reported_singular():
+    mesh = Mesh.gen_grid((6, 6))
+    K = Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0})
+    with pytest.raises(SingularMatrixError, match="singular"):
+        K.solve(torch.ones(mesh.n_points))
+
+
+def test_exactly_singular_matrix_is_reported():
+    A = SparseMatrix.from_scipy(scipy.sparse.csr_array(np.array([[1.0, 2.0], [2.0, 4.0]])))
+    with pytest.raises(SingularMatrixError):
+        A.solve(torch.ones(2, dtype=torch.float64))
+
+
+def test_nonsymmetric_system():
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((30, 30)) + 10 * np.eye(30)
+    dense[np.abs(dense) < 0.8] = 0.0
+    np.fill_diagonal(dense, 10 + rng.random(30))
+    A = SparseMatrix.from_scipy(scipy.sparse.csr_array(dense))
+    b = torch.as_tensor(rng.standard_normal(30))
+    assert np.allclose(A.solve(b).numpy(), np.linalg.solve(dense, b.numpy()), rtol=1e-12, atol=1e-13)
+    assert torch.allclose(A.T.to_dense(), torch.as_tensor(dense.T))
+
+
+def test_matvec_transpose_and_conversions(system):
+    K, b = system
+    dense = K.to_dense()
+    assert torch.allclose(K @ b, dense @ b)
+    cols = torch.stack([b, -b], 1)
+    assert torch.allclose(K @ cols, dense @ cols)
+    assert torch.equal(K.T.to_dense(), dense.T)
+    assert K.float().values.dtype == torch.float32 and isinstance(K.float(), SparseMatrix)
+    assert K.float().double().pattern is K.pattern
+    assert (K.to_scipy() != scipy.sparse.csr_array(dense.numpy())).nnz == 0
