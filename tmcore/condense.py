@@ -129,11 +129,11 @@ class Condenser(nn.Module):
             raise ValueError(f"u_free must have shape ({self.n_free},) or (B, {self.n_free}), got {shape}")
         g = self.dirichlet_value
         if g is None:
-            full = u_free.new_zeros(u_free.shape[:-1] + (self.n,))
-        else:
-            g = g.to(device=u_free.device, dtype=torch.promote_types(g.dtype, u_free.dtype))
-            full = g.expand(u_free.shape[:-1] + (self.n,)) if g.ndim < u_free.ndim else g
-        return full.index_copy(-1, self.free_index, u_free)
+            return u_free.new_zeros(u_free.shape[:-1] + (self.n,)).index_copy(-1, self.free_index, u_free)
+        g = g.to(device=u_free.device, dtype=torch.promote_types(g.dtype, u_free.dtype))
+        batch = torch.broadcast_shapes(g.shape[:-1], u_free.shape[:-1])
+        full = g.expand(batch + (self.n,))
+        return full.index_copy(-1, self.free_index, u_free.expand(batch + (self.n_free,)))
 
     def extra_repr(self) -> str:
         return f"n={self.n}, n_free={self.n_free}, n_dirichlet={self.dirichlet_index.numel()}"

@@ -98,7 +98,11 @@ def mesh_from_meshio(m, orient: bool = False, check: bool = True) -> Mesh:
     facet_sets: dict[str, list[np.ndarray]] = {}
     physical = m.cell_data.get("gmsh:physical")
     if physical is not None:
-        names = {(int(tag), int(d)): name for name, (tag, d) in ((n, np.asarray(v).ravel()[:2]) for n, v in m.field_data.items())}
+        names = {}  # (tag, dim) -> name
+        for name, value in m.field_data.items():
+            tag_dim = np.asarray(value).ravel()
+            if tag_dim.size >= 2:
+                names[int(tag_dim[0]), int(tag_dim[1])] = name
         for (ctype, conn), tags in zip(blocks, physical):
             if _CELL_DIM[ctype] != dim - 1:
                 continue
@@ -220,6 +224,10 @@ def write_mesh(
         tags = _numpy(m.cell_data.pop("gmsh_physical", [np.ones(mesh.n_cells, dtype=np.int32)])[0])
         m.cell_data["gmsh:physical"] = [tags.astype(np.int32)]
         m.cell_data["gmsh:geometrical"] = [np.ones(mesh.n_cells, dtype=np.int32)]
+    has_data = m.point_data or any(not k.startswith("gmsh:") for k in m.cell_data)
+    if file_format in ("gmsh", "gmsh22") and kwargs.get("binary") is False and has_data:
+        # meshio 5.3 writes numpy-2 scalar reprs ("np.float64(1.0)") into ASCII data blocks.
+        raise MeshError(f"cannot write {str(path)!r}: ASCII .msh with point/cell data is unreadable with meshio; use binary")
     tmpdir = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         target = os.path.join(tmpdir, path.name)

@@ -180,13 +180,14 @@ def _generate(gmsh, dim: int, order: int, cell_type: str) -> Mesh:
         conn = np.asarray(nodes, dtype=np.int64).reshape(-1, _N_NODES[name])
         return conn[:, _GMSH_TO_MESHIO[name]] if name in _GMSH_TO_MESHIO else conn
 
+    types = sorted(gmsh.model.mesh.getElementTypes(dim))
+    if types != [_GMSH_TYPE[cell_type]]:
+        raise MeshError(f"gmsh produced {dim}-D element types {types}, expected only {cell_type!r} ({_GMSH_TYPE[cell_type]})")
     cells = elements(cell_type)
-    if cells.shape[0] == 0:
-        raise MeshError(f"gmsh produced no {cell_type} cells (recombination may have left triangles)")
     facets = {}
     for d, group in gmsh.model.getPhysicalGroups(dim - 1):
         blocks = [elements(facet_type, e) for e in gmsh.model.getEntitiesForPhysicalGroup(d, group)]
-        facets[gmsh.model.getPhysicalName(d, group)] = np.concatenate(blocks) if blocks else np.zeros((0, _N_NODES[facet_type]), np.int64)
+        facets[gmsh.model.getPhysicalName(d, group)] = np.concatenate(blocks)
     tags, coords, _ = gmsh.model.mesh.getNodes()
     tags = np.asarray(tags, dtype=np.int64)
     # Keep only the nodes cells use (gmsh keeps geometry points), renumbered in tag order.
@@ -302,21 +303,42 @@ def box(
 _SIDES = (("left", "right"), ("front", "back"), ("bottom", "top"))
 
 
-def _face_cells(ids: Tensor, simplex: bool, flip: bool) -> Tensor:
-    """Cells of a 2-D node-index array ids (nu + 1, nv + 1): quads (p00, p10, p11, p01)
-    or two triangles split along the p00-p11 diagonal, u fastest; flip reverses the orientation."""
-    p00, p10, p11, p01 = ids[:-1, :-1].T, ids[1:, :-1].T, ids[1:, 1:].T, ids[:-1, 1:].T  # u fastest
-    if simplex:
-        cells = torch.stack([torch.stack([p00, p10, p11], -1), torch.stack([p00, p11, p01], -1)], -2).reshape(-1, 3)
-    else:
-        cells = torch.stack([p00, p10, p11, p01], -1).reshape(-1, 4)
-    return cells[:, _FLIP["triangle" if simplex else "quad"]] if flip else cells
+def _kuhn() -> list:
+    """The six positively oriented tetrahedra of the unit cube around its main diagonal:
+    one per axis order, walking 0 -> e_a -> e_a + e_b -> (1, 1, 1)."""
+    tets = []
+    for perm in itertools.permutations(range(3)):
+        step, path = [0, 0, 0], [(0, 0, 0)]
+        for axis in perm:
+            step[axis] = 1
+            path.append(tuple(step))
+        odd = sum(perm[i] > perm[j] for i in range(3) for j in range(i + 1, 3)) % 2
+        tets.append([path[i] for i in _FLIP["tetra"]] if odd else path)
+    return tets
 
 
-def _line_facets(ids: Tensor, flip: bool) -> Tensor:
-    """Line facets along a 1-D node-index array, reversed if flip."""
-    lines = torch.stack([ids[:-1], ids[1:]], dim=-1)
-    return lines.flip(-1) if flip else lines
+# Corner offsets (cells per lattice box, nodes per cell, axes) of the structured cells.
+_STENCILS = {
+    "line": [[(0,), (1,)]],
+    "triangle": [[(0, 0), (1, 0), (1, 1)], [(0, 0), (1, 1), (0, 1)]],
+    "quad": [[(0, 0), (1, 0), (1, 1), (0, 1)]],
+    "tetra": _kuhn(),
+    "hexahedron": [[(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (1, 1, 1), (0, 1, 1)]],
+}
+
+
+def _lattice_cells(ids: Tensor, cell_type: str, flip: bool = False) -> Tensor:
+    """Cells (m, k) of a structured node-index array ids (n1 + 1, ..., nd + 1), whose
+    entries are linear in each index; lattice boxes ordered first axis fastest."""
+    d = ids.ndim
+    corner = ids[(0,) * d]
+    strides = torch.stack([ids[tuple(int(j == i) for j in range(d))] - corner for i in range(d)])
+    base = ids[(slice(None, -1),) * d].permute(*range(d - 1, -1, -1)).reshape(-1)
+    stencil = torch.tensor(_STENCILS[cell_type])
+    if flip:
+        stencil = stencil[:, [1, 0] if cell_type == "line" else _FLIP[cell_type]]
+    offsets = stencil @ strides  # (c, k)
+    return (base[:, None, None] + offsets).reshape(-1, offsets.shape[1])
 
 
 def grid(
@@ -354,40 +376,15 @@ def grid(
     # ids[i, j(, k)] is the index of the node at axis positions (i, j(, k)).
     ids = torch.arange(points.shape[0]).reshape(tuple(n + 1 for n in shape[::-1])).permute(*range(dim - 1, -1, -1))
 
-    if dim == 2:
-        cells = _face_cells(ids, simplex, flip=False)
-        facets = {
-            "left": _line_facets(ids[0, :], flip=True),
-            "right": _line_facets(ids[-1, :], flip=False),
-            "bottom": _line_facets(ids[:, 0], flip=False),
-            "top": _line_facets(ids[:, -1], flip=True),
-        }
-    else:
-        nx, ny, nz = shape
-        # corner[(a, b, d)][k, j, i]: node (i + a, j + b, k + d) of cell (i, j, k), x fastest.
-        corner = {s: ids[s[0] : s[0] + nx, s[1] : s[1] + ny, s[2] : s[2] + nz].permute(2, 1, 0) for s in itertools.product((0, 1), repeat=3)}
-        if simplex:
-            tets = []
-            for perm in itertools.permutations(range(3)):
-                path, step = [corner[0, 0, 0]], [0, 0, 0]
-                for axis in perm:
-                    step[axis] = 1
-                    path.append(corner[tuple(step)])
-                tet = torch.stack(path, dim=-1).reshape(-1, 4)
-                odd = sum(perm[i] > perm[j] for i in range(3) for j in range(i + 1, 3)) % 2
-                tets.append(tet[:, _FLIP["tetra"]] if odd else tet)
-            cells = torch.stack(tets, dim=1).reshape(-1, 4)
-        else:
-            order_ = [(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (1, 1, 1), (0, 1, 1)]
-            cells = torch.stack([corner[k] for k in order_], dim=-1).reshape(-1, 8)
-        # Each side is a 2-D grid in the two other axes (u < v); u x v points along +axis
-        # for x and z sides and along -y for y sides.
-        facets = {}
-        for axis, (low, high) in enumerate(_SIDES):
-            for name, index, outward in ((low, 0, -1), (high, -1, 1)):
-                face = ids.select(axis, index)
-                plus = 1 if axis != 1 else -1
-                facets[name] = _face_cells(face, simplex, flip=(plus != outward))
+    cells = _lattice_cells(ids, element_type)
+    # Each side is a grid in the other axes (in increasing order) whose cells' normal
+    # (u x v in 3-D, the tangent turned clockwise in 2-D) is +axis, except -y on y sides.
+    facet_type = {"triangle": "line", "quad": "line", "tetra": "triangle", "hexahedron": "quad"}[element_type]
+    facets = {}
+    for axis, (low, high) in enumerate(_SIDES if dim == 3 else (_SIDES[0], _SIDES[2])):
+        plus = -1 if axis == 1 else 1
+        for name, index, outward in ((low, 0, -1), (high, -1, 1)):
+            facets[name] = _lattice_cells(ids.select(axis, index), facet_type, flip=plus != outward)
     cell_type = element_type
     if order == 2:
         points, cells_by_type, facets = elevate_order(points, {cell_type: cells}, facets)
