@@ -1,0 +1,185 @@
+"""Thermal-compliance topology optimisation with the Optimality Criteria update.
+
+A Gaussian heat source f = exp(-|x - c|^2 / (2 sigma^2)) centred on the mesh's bounding
+box sits in a plate held at u = 0 on its boundary. Each cell carries a density rho in
+[rho_min, 1] and the SIMP conductivity kappa = kmin + (1 - kmin) rho^p. The compliance
+J = b . u (b the load vector) is minimised under mean(rho) = vf by
+:class:`~tmcore.optimizer.OCOptimizer`, whose step reads dJ/drho from one adjoint solve.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..assemble import ElementAssembler, NodeAssembler
+from ..condense import Condenser
+from ..mesh import Mesh
+from ..optimizer import OCOptimizer
+from .identification import DTYPE, check_callback, check_count, check_mesh, check_real
+
+__all__ = ["TopologyResult", "thermal_topology"]
+
+logger = logging.getLogger(__name__)
+
+
+class SIMPLaplace(ElementAssembler):
+    """Stiffness of -div(kappa grad u) with a per-cell kappa."""
+
+    def forward(self, gradu, gradv, kappa):
+        return kappa * (gradu @ gradv)
+
+
+class Source(NodeAssembler):
+    """Load vector of a nodal source f."""
+
+    def forward(self, v, f):
+        return v * f
+
+
+@dataclass
+class TopologyResult:
+    """History and final design of one topology run.
+
+    Per step (steps,): ``compliance`` (b . u for the densities the step started from),
+    ``volume`` (mean density after the step's update), ``seconds_per_step``. ``rho``:
+    the final densities (m,). ``snapshots`` maps a step to the densities (m,) its solve used.
+    """
+
+    compliance: Tensor
+    volume: Tensor
+    seconds_per_step: Tensor
+    rho: Tensor
+    snapshots: dict[int, Tensor] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return self.compliance.shape[0]
+
+    @property
+    def median_seconds_per_step(self) -> float:
+        return float(self.seconds_per_step.median())
+
+    def to_xarray(self):
+        """An ``xarray.Dataset`` with dimensions ``step``, ``cell`` and ``snapshot_step`` (needs xarray)."""
+        try:
+            import xarray as xr
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError("TopologyResult.to_xarray needs xarray, which is not installed (pip install xarray)") from error
+        data = {name: (("step",), getattr(self, name).cpu().numpy()) for name in ("compliance", "volume", "seconds_per_step")}
+        data["rho"] = (("cell",), self.rho.cpu().numpy())
+        coords = {}
+        if self.snapshots:
+            steps = sorted(self.snapshots)
+            data["rho_snapshot"] = (("snapshot_step", "cell"), torch.stack([self.snapshots[s] for s in steps]).cpu().numpy())
+            coords["snapshot_step"] = steps
+        return xr.Dataset(data, coords=coords, attrs={"study": "thermal_topology", **self.parameters})
+
+
+def _snapshot_set(snapshot_steps: Any, steps: int) -> set[int]:
+    """Steps to keep, negative ones counted from the end; those beyond the run are dropped."""
+    if snapshot_steps is None:
+        return set()
+    if isinstance(snapshot_steps, int) and not isinstance(snapshot_steps, bool):
+        snapshot_steps = (snapshot_steps,)
+    if not isinstance(snapshot_steps, Iterable):
+        raise ValueError(f"snapshot_steps must be an iterable of ints, got {type(snapshot_steps).__name__}")
+    keep = set()
+    for s in snapshot_steps:
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise ValueError(f"snapshot_steps must hold ints, got {s!r}")
+        index = s + steps if s < 0 else s
+        if 0 <= index < steps:
+            keep.add(index)
+        else:
+            logger.warning("snapshot step %d lies outside a run of %d steps; skipped", s, steps)
+    return keep
+
+
+def thermal_topology(
+    mesh: Mesh,
+    vf: float = 0.4,
+    p: float = 3.0,
+    kmin: float = 1e-3,
+    sigma: float = 0.08,
+    steps: int = 60,
+    move_limit: float = 0.15,
+    callback: Callable[[int, float], Any] | None = None,
+    snapshot_steps: Iterable[int] | None = (0, 5, 59),
+) -> TopologyResult:
+    """Minimise the thermal compliance over cell densities starting from the uniform rho = vf.
+
+    Args:
+        mesh: the mesh; u = 0 on ``mesh.boundary_mask``.
+        vf: volume fraction (mean density) held by every step, in (0, 1).
+        p: SIMP exponent (> 0). kmin: conductivity of void, in (0, 1).
+        sigma: width of the Gaussian source (> 0), in the mesh's length unit.
+        steps: OC steps. move_limit: largest density change per step, in (0, 1].
+        callback: called as ``callback(step, compliance)`` after every step.
+        snapshot_steps: steps whose densities to keep (negative: from the end; steps
+            past the end of the run are skipped with a warning).
+    """
+    check_mesh(mesh)
+    vf = check_real("vf", vf, low=0.0, high=1.0)
+    p = check_real("p", p, low=0.0)
+    kmin = check_real("kmin", kmin, low=0.0, high=1.0)
+    sigma = check_real("sigma", sigma, low=0.0)
+    check_count("steps", steps)
+    move_limit = check_real("move_limit", move_limit, low=0.0, high=1.0, high_open=False)
+    check_callback(callback)
+    keep = _snapshot_set(snapshot_steps, steps)
+
+    points = mesh.points.to(DTYPE)
+    centre = 0.5 * (points.min(dim=0).values + points.max(dim=0).values)
+    f = torch.exp(-((points - centre) ** 2).sum(dim=1) / (2 * sigma**2))
+    condenser = Condenser(mesh.boundary_mask)
+    stiffness = SIMPLaplace.from_mesh(mesh)
+    load = Source.from_mesh(mesh)(point_data={"f": f}).to(DTYPE)
+
+    rho = torch.full((mesh.n_cells,), vf, dtype=DTYPE, device=mesh.device, requires_grad=True)
+    optimizer = OCOptimizer(rho, vf=vf, move_limit=move_limit)
+    logger.info("thermal topology: %d cells, %d steps, vf %g, p %g, kmin %g", mesh.n_cells, steps, vf, p, kmin)
+
+    compliances, volumes, seconds = [], [], []
+    snapshots: dict[int, Tensor] = {}
+    for step in range(steps):
+        start = time.perf_counter()
+        if step in keep:
+            snapshots[step] = rho.detach().clone()
+        optimizer.zero_grad()
+        kappa = kmin + (1.0 - kmin) * rho**p
+        K = stiffness(element_data={"kappa": kappa}).double()
+        K_free, b_free = condenser(K, load)
+        u = condenser.recover(K_free.solve(b_free))
+        compliance = (load * u).sum()
+        compliance.backward()
+        optimizer.step()
+        compliances.append(float(compliance.detach()))
+        volumes.append(float(rho.detach().mean()))
+        seconds.append(time.perf_counter() - start)
+        if not math.isfinite(compliances[-1]):
+            raise FloatingPointError(f"the compliance became {compliances[-1]} at step {step}")
+        if callback is not None:
+            callback(step, compliances[-1])
+
+    result = TopologyResult(
+        compliance=torch.tensor(compliances, dtype=DTYPE),
+        volume=torch.tensor(volumes, dtype=DTYPE),
+        seconds_per_step=torch.tensor(seconds, dtype=DTYPE),
+        rho=rho.detach().clone(),
+        snapshots=snapshots,
+        parameters={"vf": vf, "p": p, "kmin": kmin, "sigma": sigma, "steps": steps, "move_limit": move_limit},
+    )
+    logger.info(
+        "thermal topology done: compliance %.4e -> %.4e, volume %.12f, median %.1f ms/step",
+        compliances[0], compliances[-1], volumes[-1], 1e3 * result.median_seconds_per_step,
+    )
+    return result
