@@ -60,7 +60,8 @@ def integrand_arguments(forward: Callable) -> tuple[str, ...]:
         if name == "self":
             continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            raise AssemblyError(f"forward must name its arguments; *{name} / **{name} cannot be resolved")
+            star = "*" if param.kind == param.VAR_POSITIONAL else "**"
+            raise AssemblyError(f"forward must name each of its arguments; {star}{name} cannot be resolved by name")
         names.append(name)
     return tuple(names)
 
@@ -170,18 +171,14 @@ class _Assembler(nn.Module):
 
     # -- argument resolution ------------------------------------------------------------
 
-    def _degree(self, element: Element, point_data) -> int:
+    def _degree(self, element: Element, sources: dict[str, dict]) -> int:
         if self._quadrature_order is not None:
             return self._quadrature_order
-        return default_quadrature_degree(element, integrand_arguments(type(self).forward), set(point_data or {}))
+        return default_quadrature_degree(element, integrand_arguments(type(self).forward), set(sources["point_data"]))
 
-    def _resolve(self, point_data, element_data, scalar_data) -> tuple[dict, int | None, torch.dtype]:
+    def _resolve(self, sources: dict[str, dict]) -> tuple[dict, int | None, torch.dtype]:
         """Check the data; return {name: (tensor, kind, batched)} for the data arguments, the batch size, the dtype."""
         mesh = self.mesh
-        sources = {"point_data": dict(point_data or {}), "element_data": dict(element_data or {}), "scalar_data": dict(scalar_data or {})}
-        for kind, data in sources.items():
-            if not isinstance(data, Mapping):
-                raise TypeError(f"{kind} must be a dict, got {type(data).__name__}")
         seen: dict[str, str] = {}
         for kind, data in sources.items():
             for key in data:
@@ -218,13 +215,13 @@ class _Assembler(nn.Module):
             resolved[name if kind != "point_gradient" else "grad_" + name] = (value, kind, batched is not None)
         return resolved, batch, dtype
 
-    def _assemble(self, point_data, element_data, scalar_data, geometry: _Geometry, gather) -> Tensor:
+    def _assemble(self, sources: dict[str, dict], geometry: _Geometry, gather) -> Tensor:
         """Integrand values summed over quadrature points: (B?, m, k[, k]).
 
         ``gather(value, batched)`` maps per-cell data of the mesh to the cells being
         integrated (identity for cells, the owner cells for facets).
         """
-        data, batch, dtype = self._resolve(point_data, element_data, scalar_data)
+        data, batch, dtype = self._resolve(sources)
         basis = geometry.basis.to(dtype)
         args: dict[str, tuple[Tensor, tuple[str, ...]]] = {}
         for name, (value, kind, batched) in data.items():
@@ -277,6 +274,16 @@ class _Assembler(nn.Module):
     def extra_repr(self) -> str:
         bound = f"mesh={self._mesh.cell_type}:{self._mesh.n_cells}" if self._mesh is not None else "unbound"
         return f"{bound}, arguments={integrand_arguments(type(self).forward)}"
+
+
+def _sources(point_data, element_data, scalar_data) -> dict[str, dict]:
+    """The three data dicts, checked to be mappings (None is empty)."""
+    sources = {"point_data": point_data, "element_data": element_data, "scalar_data": scalar_data}
+    for kind, data in sources.items():
+        if data is not None and not isinstance(data, Mapping):
+            raise TypeError(f"{kind} must be a dict {{name: tensor}}, got {type(data).__name__}")
+        sources[kind] = dict(data or {})
+    return sources
 
 
 def _integrate(values: Tensor, weights: Tensor, n_basis_axes: int) -> Tensor:
@@ -352,10 +359,10 @@ class ElementAssembler(_Assembler):
     basis_axes = (TEST, TRIAL)
 
     def __call__(self, point_data=None, element_data=None, scalar_data=None) -> SparseMatrix:
-        mesh = self.mesh
-        geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, point_data))
+        mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
+        geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, sources))
         pattern, slots = _cached_pattern(mesh)
-        local = self._assemble(point_data, element_data, scalar_data, geometry, _identity)
+        local = self._assemble(sources, geometry, _identity)
         flat = local.reshape(*local.shape[:-3], -1)
         values = flat.new_zeros(*flat.shape[:-1], pattern.nnz).index_add(-1, slots, flat)
         return SparseMatrix.from_pattern(pattern, values)
@@ -368,9 +375,9 @@ class NodeAssembler(_Assembler):
     basis_axes = (TEST,)
 
     def __call__(self, point_data=None, element_data=None, scalar_data=None) -> Tensor:
-        mesh = self.mesh
-        geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, point_data))
-        local = self._assemble(point_data, element_data, scalar_data, geometry, _identity)
+        mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
+        geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, sources))
+        local = self._assemble(sources, geometry, _identity)
         return _scatter_vector(local, geometry.conn, mesh.n_points)
 
 
@@ -439,15 +446,15 @@ class FacetAssembler(_Assembler):
         raise TypeError(f"facets must be None, a name, a bool node mask, a predicate or an index tensor, got {type(selector).__name__}")
 
     def __call__(self, point_data=None, element_data=None, scalar_data=None):
-        mesh = self.mesh
+        mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
         facets, owners, facet_type = self.selected_facets()
-        degree = self._degree(get_element(facet_type), point_data)
+        degree = self._degree(get_element(facet_type), sources)
         geometry = _facet_geometry(mesh.points, facets, owners, mesh.elements, facet_type, degree)
 
         def gather(value: Tensor, batched: bool) -> Tensor:
             return value[:, owners] if batched else value[owners]
 
-        local = self._assemble(point_data, element_data, scalar_data, geometry, gather)
+        local = self._assemble(sources, geometry, gather)
         if len(self.basis_axes) == 1:
             return _scatter_vector(local, facets, mesh.n_points)
         pattern, _ = _cached_pattern(mesh)
@@ -471,9 +478,9 @@ class Functional(_Assembler):
     basis_axes = ()
 
     def __call__(self, point_data=None, element_data=None, scalar_data=None, per_cell: bool = False) -> Tensor:
-        mesh = self.mesh
-        geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, point_data))
-        cells = self._assemble(point_data, element_data, scalar_data, geometry, _identity)
+        mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
+        geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, sources))
+        cells = self._assemble(sources, geometry, _identity)
         return cells if per_cell else cells.sum(-1)
 
 

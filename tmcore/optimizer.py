@@ -9,12 +9,15 @@ constraint holds (to ``volume_tol``) after every step.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 from torch import Tensor
 
 __all__ = ["OCOptimizer"]
+
+logger = logging.getLogger(__name__)
 
 
 class OCOptimizer(torch.optim.Optimizer):
@@ -61,8 +64,9 @@ class OCOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
         for group in self.param_groups:
             for rho in group["params"]:
-                if rho.min() < rho_min or rho.max() > rho_max:
-                    raise ValueError(f"densities must lie in [rho_min, rho_max] = [{rho_min}, {rho_max}], got [{float(rho.min()):.3g}, {float(rho.max()):.3g}]")
+                low, high = float(rho.detach().min()), float(rho.detach().max())
+                if low < rho_min or high > rho_max:
+                    raise ValueError(f"densities must lie in [rho_min, rho_max] = [{rho_min}, {rho_max}], got [{low:.3g}, {high:.3g}]")
                 weights = group["volume_weights"]
                 if weights is not None and weights.shape != rho.shape:
                     raise ValueError(f"volume_weights must have the shape of the densities {tuple(rho.shape)}, got {tuple(weights.shape)}")
@@ -96,6 +100,11 @@ class OCOptimizer(torch.optim.Optimizer):
         weights = group["volume_weights"]
         w = torch.ones_like(rho) if weights is None else weights.to(rho)
         sensitivity = (-grad).clamp_min(0.0) / w
+        if not bool((sensitivity > 0).any()):
+            raise ValueError(
+                "the density gradient is zero everywhere: OC has no sensitivity to redistribute material by "
+                "(does the loss depend on the densities, and did backward() reach them?)"
+            )
         lower = (rho - group["move_limit"]).clamp_min(group["rho_min"])
         upper = (rho + group["move_limit"]).clamp_max(group["rho_max"])
 
@@ -119,6 +128,12 @@ class OCOptimizer(torch.optim.Optimizer):
                 lo = mid
             else:
                 hi = mid
+        volume = float(self._volume(new, weights))
+        if abs(volume - vf) > max(group["volume_tol"], 1e-10):
+            logger.warning(
+                "OCOptimizer: volume %.6g cannot reach vf=%.6g within the move limit %.3g this step",
+                volume, vf, group["move_limit"],
+            )
         rho.copy_(new)
-        self.state[rho]["volume"] = float(self._volume(new, weights))
+        self.state[rho]["volume"] = volume
         self.state[rho]["lagrange_multiplier"] = mid

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -31,6 +32,8 @@ _CELL_TYPE_BY_SHAPE = {
 
 
 def _as_points(points: Any) -> Tensor:
+    if not isinstance(points, (Tensor, np.ndarray)):
+        points = np.asarray(points, dtype=np.float64)  # lists of numbers: float64, like NumPy
     points = torch.as_tensor(points)
     if not (points.is_floating_point()):
         if points.dtype.is_complex:
