@@ -1,26 +1,45 @@
-"""Sparse linear solves with an adjoint backward that reuses the forward factorisation.
+"""Sparse linear solves with an adjoint backward that reuses the forward's work.
 
 ``solve(A, b)`` solves A u = b for a ``SparseMatrix`` A (one matrix or a batch) and is
 differentiable in A's values and in b through :class:`SparseSolve`, our own
 ``torch.autograd.Function``. Its backward solves one adjoint system A^T lam = dL/du with
-the factorisation the forward computed (never a second one) and returns
+the factorisation (or preconditioner) the forward built, never a second one, and returns
 
     dL/db = lam,        dL/dA_ij = -lam_i u_j  (on the pattern only).
 
 Backends sit behind one door, :func:`factorize`:
 
-- ``"splu"``: SciPy's SuperLU, always available; symmetric mode and an A + A^T
-  ordering for symmetric matrices. The floor every install has.
-- ``"cholmod"``: CHOLMOD through scikit-sparse, when it is installed (SPD only).
-- ``"dense"``: ``torch.linalg.lu_factor`` on the matrix's own device; for small
-  systems and for CUDA tensors.
-- ``"auto"`` (default): CHOLMOD for symmetric matrices when available, else SuperLU on
-  the CPU; ``dense`` for CUDA matrices of at most ``DENSE_LIMIT`` unknowns, else the
-  values go to the CPU for SuperLU and the solution comes back.
+========== ================================================================= ===========
+backend    what                                                              reuse
+========== ================================================================= ===========
+splu       SciPy SuperLU; symmetric mode with an A + A^T ordering for        none
+           symmetric matrices. Always available: the floor.
+cholmod    CHOLMOD (scikit-sparse, optional), SPD matrices                   symbolic
+                                                                             analysis
+amg        pyamg Ruge-Stuben AMG preconditioning CG (``method="cg"``, SPD)   hierarchy
+           or GMRES (``method="gmres"``), to ``rtol``
+torch-cg   Jacobi-preconditioned CG in torch on the matrix's own device      none
+           (CPU or CUDA), batched over right-hand sides, to ``rtol``
+dense      ``torch.linalg.lu_factor`` on the matrix's device; small systems  none
+========== ================================================================= ===========
 
-torch-sla's own ``solve`` is not used for the adjoint (see NOTES.md): its default path
-re-factorises the transpose in the backward and its cached AMG path can return stale
-answers. Direct solves run in float64 whatever the input dtype; the result is cast back.
+``"auto"`` (the default) picks by device, size and symmetry (see :func:`choose_backend`):
+on the CPU a direct solver up to ``DIRECT_LIMIT`` unknowns (CHOLMOD for symmetric
+matrices when installed, else SuperLU), AMG-CG above it for symmetric matrices with a
+positive diagonal (SuperLU otherwise); on CUDA ``dense`` up to ``DENSE_LIMIT`` unknowns
+and ``torch-cg`` above. Override with ``backend=``, ``method=``, ``rtol=``, ``maxiter=``.
+
+"Reuse" is across calls on matrices with the same pattern *object* (assemblers on one
+mesh and one Condenser share it): CHOLMOD's ordering and symbolic factorisation, and the
+AMG hierarchy, which stays a valid preconditioner when the values change and is rebuilt
+when CG starts needing many more iterations than it did when it was built. Correctness
+never rests on reuse: iterative solves check the true residual of the current matrix.
+
+torch-sla's own ``solve`` is not used (see NOTES.md): its default path re-factorises the
+transpose in the backward, and its cached AMG path fingerprints matrices by the sum of
+|values| and can return stale answers. Direct solves run in float64 whatever the input
+dtype; the result is cast back. SciPy's SuperLU and pyamg run on one thread; CHOLMOD
+uses the BLAS's threads; torch's own kernels follow ``torch.set_num_threads``.
 """
 
 from __future__ import annotations
@@ -40,82 +59,230 @@ from .sparse import SparseMatrix, SparsityPattern
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "splu", "cholmod", "dense")
+BACKENDS = ("auto", "splu", "cholmod", "amg", "torch-cg", "dense")
+ITERATIVE = ("amg", "torch-cg")
+# Unknowns up to which "auto" uses a direct solver on the CPU / a dense LU on a GPU.
+DIRECT_LIMIT = 50_000
 DENSE_LIMIT = 4096
+DEFAULT_RTOL = 1e-10
 # A pivot smaller than this times the largest one marks the matrix singular to working precision.
 PIVOT_RATIO_TOL = 1e3 * np.finfo(np.float64).eps
 # Relative residual above which a direct solve is reported as failed.
 RESIDUAL_TOL = 1e-8
+# Rebuild an AMG hierarchy once a reused one needs this many times its initial iterations.
+AMG_REBUILD_RATIO = 1.5
 
 
 @dataclass
 class SolverStats:
-    """Counters for tests and benchmarks: how many factorisations and solves ran."""
+    """Counters for tests and benchmarks.
+
+    factorizations: numeric factorisations and preconditioner builds;
+    analyses: symbolic analyses (orderings) and AMG hierarchies built;
+    reuses: times an analysis or hierarchy of an earlier call was reused;
+    solves: triangular-solve pairs or Krylov solves (one per right-hand-side block).
+    """
 
     factorizations: int = 0
+    analyses: int = 0
+    reuses: int = 0
     solves: int = 0
     by_backend: dict[str, int] = field(default_factory=dict)
 
     def reset(self) -> None:
-        self.factorizations = 0
-        self.solves = 0
+        self.factorizations = self.analyses = self.reuses = self.solves = 0
         self.by_backend.clear()
 
 
 stats = SolverStats()
 
 
+@dataclass(frozen=True)
+class SolveOptions:
+    """How to solve: backend (see the module docstring), Krylov method, tolerance, iteration cap."""
+
+    backend: str = "auto"
+    method: str | None = None
+    rtol: float = DEFAULT_RTOL
+    maxiter: int | None = None
+    check: bool = True
+
+
 # -- backends ---------------------------------------------------------------------------
 
 
 class Factorization:
-    """A factorised matrix: ``solve(b, transpose)`` for b (n,) or (n, k) float64 numpy arrays."""
+    """A prepared matrix: ``solve(rhs, transpose)`` for rhs (n, k) tensors, result like rhs."""
 
     backend = "?"
+    iterative = False
 
-    def solve(self, b: np.ndarray, transpose: bool = False) -> np.ndarray:  # pragma: no cover - interface
+    def solve(self, rhs: Tensor, transpose: bool = False) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+def _to_numpy(rhs: Tensor) -> np.ndarray:
+    return rhs.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+def _from_numpy(array: np.ndarray, like: Tensor) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).to(like)
 
 
 class _SuperLU(Factorization):
     backend = "splu"
 
     def __init__(self, matrix: scipy.sparse.csc_array, symmetric: bool):
-        options = {"SymmetricMode": True} if symmetric else {}
         try:
             self.lu = scipy.sparse.linalg.splu(
                 matrix,
                 permc_spec="MMD_AT_PLUS_A" if symmetric else "COLAMD",
                 diag_pivot_thresh=0.0 if symmetric else 1.0,
-                options=options,
+                options={"SymmetricMode": True} if symmetric else {},
             )
         except RuntimeError as exc:  # "Factor is exactly singular"
             raise SingularMatrixError(f"the matrix is singular: SuperLU reports {exc}") from None
-        pivots = np.abs(self.lu.U.diagonal())
-        if not np.all(np.isfinite(pivots)) or pivots.min() <= PIVOT_RATIO_TOL * pivots.max():
-            raise SingularMatrixError(
-                f"the matrix is singular to working precision (smallest/largest LU pivot "
-                f"{pivots.min():.3e}/{pivots.max():.3e}); is a Dirichlet condition missing "
-                "(a pure Neumann problem has a null space)?"
-            )
+        _check_pivots(np.abs(self.lu.U.diagonal()), "LU")
 
-    def solve(self, b, transpose=False):
-        return self.lu.solve(b, trans="T" if transpose else "N")
+    def solve(self, rhs, transpose=False):
+        return _from_numpy(self.lu.solve(_to_numpy(rhs), trans="T" if transpose else "N"), rhs)
 
 
 class _Cholmod(Factorization):
     backend = "cholmod"
 
-    def __init__(self, matrix: scipy.sparse.csc_array):
-        from sksparse.cholmod import CholmodNotPositiveDefiniteError, cholesky
+    def __init__(self, matrix: scipy.sparse.csc_array, cache: dict):
+        from sksparse.cholmod import CholmodNotPositiveDefiniteError, analyze
 
+        matrix = scipy.sparse.csc_matrix(matrix)
+        symbolic = cache.get("cholmod")
+        if symbolic is None:
+            symbolic = cache["cholmod"] = analyze(matrix)
+            stats.analyses += 1
+        else:
+            stats.reuses += 1
         try:
-            self.factor = cholesky(scipy.sparse.csc_matrix(matrix))
+            self.factor = symbolic.cholesky(matrix)
         except CholmodNotPositiveDefiniteError as exc:
             raise SingularMatrixError(f"CHOLMOD: the matrix is not positive definite ({exc})") from None
+        _check_pivots(self.factor.D(), "LDL^T")
 
-    def solve(self, b, transpose=False):  # symmetric: A^T = A
-        return self.factor(b)
+    def solve(self, rhs, transpose=False):  # symmetric: A^T = A
+        return _from_numpy(self.factor(_to_numpy(rhs)), rhs)
+
+
+class _AMG(Factorization):
+    """pyamg Ruge-Stuben hierarchy preconditioning a SciPy Krylov method on the current matrix."""
+
+    backend = "amg"
+    iterative = True
+
+    def __init__(self, matrix: scipy.sparse.csr_array, cache: dict, symmetric: bool, options: SolveOptions):
+        import pyamg
+
+        self.method = options.method or ("cg" if symmetric else "gmres")
+        if self.method not in ("cg", "gmres"):
+            raise ValueError(f"method for backend 'amg' must be 'cg' or 'gmres', got {options.method!r}")
+        if self.method == "cg" and not symmetric:
+            raise ValueError("method='cg' needs a symmetric matrix; use method='gmres' or a direct backend")
+        self.matrix = scipy.sparse.csr_matrix(matrix)
+        self.rtol, self.maxiter = options.rtol, options.maxiter or max(200, matrix.shape[0] // 10)
+        self.cache = cache
+        entry = cache.get("amg")
+        if entry is None or entry["stale"]:
+            hierarchy = pyamg.ruge_stuben_solver(self.matrix)
+            entry = cache["amg"] = {"preconditioner": hierarchy.aspreconditioner(cycle="V"), "baseline": None, "stale": False}
+            stats.analyses += 1
+            stats.factorizations += 1
+        else:
+            stats.reuses += 1
+        self.entry = entry
+
+    def _krylov(self, matrix, b: np.ndarray) -> tuple[np.ndarray, int]:
+        iterations = 0
+
+        def count(_):
+            nonlocal iterations
+            iterations += 1
+
+        common = dict(rtol=self.rtol, atol=0.0, maxiter=self.maxiter, M=self.entry["preconditioner"], callback=count)
+        if self.method == "cg":
+            x, _ = scipy.sparse.linalg.cg(matrix, b, **common)
+        else:
+            x, _ = scipy.sparse.linalg.gmres(matrix, b, callback_type="pr_norm", **common)
+        return x, iterations
+
+    def solve(self, rhs, transpose=False):
+        matrix = self.matrix.T.tocsr() if transpose and self.method != "cg" else self.matrix
+        b_all = _to_numpy(rhs)
+        out = np.zeros_like(b_all)
+        for j in range(b_all.shape[1]):
+            b = b_all[:, j]
+            scale = np.linalg.norm(b)
+            if scale == 0.0:
+                continue
+            # normalised right-hand side: the relative tolerance then means the same for
+            # a tiny adjoint source as for the forward load
+            x, iterations = self._krylov(matrix, b / scale)
+            residual = np.linalg.norm(matrix @ x - b / scale)
+            if not np.isfinite(residual) or residual > max(10 * self.rtol, 1e-14):
+                raise SolverError(
+                    f"AMG-{self.method.upper()} did not converge: relative residual {residual:.3e} after "
+                    f"{iterations} iterations (rtol {self.rtol:g}, maxiter {self.maxiter}); the matrix may be "
+                    "singular or indefinite, or needs a direct backend"
+                )
+            baseline = self.entry["baseline"]
+            if baseline is None:
+                self.entry["baseline"] = iterations
+            elif iterations > AMG_REBUILD_RATIO * baseline + 2:
+                self.entry["stale"] = True  # the next matrix gets a fresh hierarchy
+            out[:, j] = x * scale
+        return _from_numpy(out, rhs)
+
+
+class _TorchCG(Factorization):
+    """Jacobi-preconditioned CG in torch, on the matrix's device, all right-hand sides at once."""
+
+    backend = "torch-cg"
+    iterative = True
+
+    def __init__(self, pattern: SparsityPattern, values: Tensor, options: SolveOptions):
+        if options.method not in (None, "cg"):
+            raise ValueError(f"method for backend 'torch-cg' must be 'cg', got {options.method!r}")
+        self.matrix = SparseMatrix.from_pattern(pattern, values.detach())
+        diagonal = values.new_zeros(pattern.shape[0]).index_add(0, pattern.rows, torch.where(pattern.rows == pattern.cols, values.detach(), 0.0))
+        if not bool((diagonal > 0).all()):
+            raise ValueError("backend 'torch-cg' needs a symmetric matrix with a positive diagonal")
+        self.inverse_diagonal = 1.0 / diagonal
+        self.rtol, self.maxiter = options.rtol, options.maxiter or max(1000, 10 * pattern.shape[0])
+
+    def solve(self, rhs, transpose=False):  # symmetric
+        b = rhs.detach().to(self.matrix.values.dtype)
+        scale = b.norm(dim=0).clamp_min(torch.finfo(b.dtype).tiny)
+        b = b / scale
+        x = torch.zeros_like(b)
+        r = b.clone()
+        z = self.inverse_diagonal[:, None] * r
+        p = z.clone()
+        rz = (r * z).sum(0)
+        for iteration in range(1, self.maxiter + 1):
+            Ap = self.matrix @ p
+            alpha = rz / (p * Ap).sum(0)
+            x += alpha * p
+            r -= alpha * Ap
+            if bool((r.norm(dim=0) <= self.rtol).all()):
+                break
+            z = self.inverse_diagonal[:, None] * r
+            rz_new = (r * z).sum(0)
+            p = z + (rz_new / rz) * p
+            rz = rz_new
+        residual = float((self.matrix @ x - b).norm(dim=0).max())
+        if not np.isfinite(residual) or residual > max(10 * self.rtol, 1e-14):
+            raise SolverError(
+                f"torch-cg did not converge: relative residual {residual:.3e} after {iteration} iterations "
+                f"(rtol {self.rtol:g}, maxiter {self.maxiter})"
+            )
+        return (x * scale).to(rhs)
 
 
 class _Dense(Factorization):
@@ -123,17 +290,37 @@ class _Dense(Factorization):
 
     def __init__(self, dense: Tensor):
         self.lu, self.pivots, info = torch.linalg.lu_factor_ex(dense)
-        diag = self.lu.diagonal().abs()
-        if int(info) != 0 or diag.min() <= PIVOT_RATIO_TOL * diag.max():
-            raise SingularMatrixError("the matrix is singular to working precision (dense LU)")
+        if int(info) != 0:
+            raise SingularMatrixError("the matrix is exactly singular (dense LU)")
+        _check_pivots(self.lu.diagonal().abs().cpu().numpy(), "LU")
 
-    def solve(self, b, transpose=False):
-        rhs = b if b.ndim == 2 else b.unsqueeze(-1)
-        out = torch.linalg.lu_solve(self.lu, self.pivots, rhs, adjoint=transpose)
-        return out if b.ndim == 2 else out.squeeze(-1)
+    def solve(self, rhs, transpose=False):
+        return torch.linalg.lu_solve(self.lu, self.pivots, rhs.detach().to(self.lu), adjoint=transpose).to(rhs)
 
 
-def _cholmod_available() -> bool:
+def _check_pivots(pivots: np.ndarray, kind: str) -> None:
+    pivots = np.abs(pivots)
+    if not np.all(np.isfinite(pivots)) or pivots.min() <= PIVOT_RATIO_TOL * pivots.max():
+        raise SingularMatrixError(
+            f"the matrix is singular to working precision (smallest/largest {kind} pivot "
+            f"{pivots.min():.3e}/{pivots.max():.3e}); is a Dirichlet condition missing "
+            "(a pure Neumann problem has a null space)?"
+        )
+
+
+def _module_available(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def cholmod_available() -> bool:
+    """Whether scikit-sparse's CHOLMOD can be imported."""
+    if not _module_available("sksparse"):
+        return False
     try:
         import sksparse.cholmod  # noqa: F401
     except ImportError:
@@ -149,43 +336,61 @@ def _is_symmetric(pattern: SparsityPattern, values: Tensor) -> bool:
     return bool((values - values[perm]).abs().max() <= 1e-12 * scale)
 
 
-def choose_backend(pattern: SparsityPattern, values: Tensor, backend: str) -> str:
-    """The backend ``"auto"`` resolves to for this matrix (see the module docstring)."""
+def _has_positive_diagonal(pattern: SparsityPattern, values: Tensor) -> bool:
+    on_diagonal = pattern.rows == pattern.cols
+    return int(on_diagonal.sum()) == pattern.shape[0] and bool((values[on_diagonal] > 0).all())
+
+
+def choose_backend(pattern: SparsityPattern, values: Tensor, backend: str = "auto") -> str:
+    """The backend ``backend`` resolves to for this matrix (``"auto"``: see the module docstring)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "cholmod" and not _cholmod_available():
-        raise ValueError("backend='cholmod' needs scikit-sparse (pip install scikit-sparse)")
+    if backend == "cholmod" and not cholmod_available():
+        raise ValueError("backend='cholmod' needs scikit-sparse (apt install libsuitesparse-dev; pip install scikit-sparse)")
+    if backend == "amg" and not _module_available("pyamg"):
+        raise ValueError("backend='amg' needs pyamg (pip install pyamg)")
+    symmetric = _is_symmetric(pattern, values)
+    if backend in ("cholmod", "torch-cg") and not symmetric:
+        raise ValueError(f"backend={backend!r} solves symmetric matrices only; this one is not symmetric (use 'splu')")
     if backend != "auto":
         return backend
-    if values.device.type != "cpu" and pattern.shape[0] <= DENSE_LIMIT:
-        return "dense"
-    if _cholmod_available() and _is_symmetric(pattern, values):
-        return "cholmod"
-    return "splu"
+    n = pattern.shape[0]
+    spd_like = symmetric and _has_positive_diagonal(pattern, values)
+    if values.device.type != "cpu":
+        return "dense" if n <= DENSE_LIMIT or not spd_like else "torch-cg"
+    if n <= DIRECT_LIMIT or not spd_like:
+        return "cholmod" if spd_like and cholmod_available() else "splu"
+    return "amg" if _module_available("pyamg") else ("cholmod" if cholmod_available() else "splu")
 
 
-def factorize(pattern: SparsityPattern, values: Tensor, backend: str = "auto") -> Factorization:
-    """Factorise the matrix with ``values`` (nnz,) on ``pattern``; raises SingularMatrixError."""
-    backend = choose_backend(pattern, values, backend)
-    stats.factorizations += 1
+def factorize(pattern: SparsityPattern, values: Tensor, options: SolveOptions | str = "auto") -> Factorization:
+    """Prepare the matrix with ``values`` (nnz,) on ``pattern`` for solves; raises SingularMatrixError."""
+    if isinstance(options, str):
+        options = SolveOptions(backend=options)
+    backend = choose_backend(pattern, values, options.backend)
+    if options.method is not None and backend not in ITERATIVE:
+        raise ValueError(f"method={options.method!r} applies to iterative backends {ITERATIVE}, not {backend!r}")
     stats.by_backend[backend] = stats.by_backend.get(backend, 0) + 1
+    if backend == "torch-cg":
+        return _TorchCG(pattern, values, options)
     if backend == "dense":
+        stats.factorizations += 1
         return _Dense(SparseMatrix.from_pattern(pattern, values.detach().to(torch.float64)).to_dense())
+    symmetric = _is_symmetric(pattern, values)
     perm, indptr, indices = pattern.csc
     data = values.detach().to(device="cpu", dtype=torch.float64).numpy()[perm]
     matrix = scipy.sparse.csc_array((data, indices, indptr), shape=pattern.shape)
+    if backend == "amg":
+        return _AMG(matrix.tocsr(), pattern.solver_cache, symmetric, options)
+    stats.factorizations += 1
     if backend == "cholmod":
-        return _Cholmod(matrix)
-    return _SuperLU(matrix, symmetric=_is_symmetric(pattern, values))
+        return _Cholmod(matrix, pattern.solver_cache)
+    return _SuperLU(matrix, symmetric)
 
 
 def _apply(factor: Factorization, rhs: Tensor, transpose: bool) -> Tensor:
-    """Solve with a factorisation for rhs (n, k), returning a tensor like rhs."""
     stats.solves += 1
-    if isinstance(factor, _Dense):
-        return factor.solve(rhs.detach().to(factor.lu), transpose).to(rhs)
-    out = factor.solve(rhs.detach().to(device="cpu", dtype=torch.float64).numpy(), transpose)
-    return torch.from_numpy(np.ascontiguousarray(out)).to(rhs)
+    return factor.solve(rhs, transpose)
 
 
 # -- the autograd function --------------------------------------------------------------
@@ -195,11 +400,12 @@ class SparseSolve(torch.autograd.Function):
     """u = A^{-1} b for values (B, nnz) and b (B, n, k); backward by one adjoint solve per matrix."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, b: Tensor, pattern: SparsityPattern, backend: str, check: bool):
-        factors = [factorize(pattern, values[i], backend) for i in range(values.shape[0])]
+    def forward(ctx, values: Tensor, b: Tensor, pattern: SparsityPattern, options: SolveOptions):
+        factors = [factorize(pattern, values[i], options) for i in range(values.shape[0])]
         u = torch.stack([_apply(f, b[i], transpose=False) for i, f in enumerate(factors)])
-        if check:
-            _check_residual(values, pattern, b, u)
+        if options.check:
+            tolerance = max(RESIDUAL_TOL, 100 * options.rtol) if factors[0].iterative else RESIDUAL_TOL
+            _check_residual(values, pattern, b, u, tolerance)
         ctx.factors = factors
         ctx.pattern = pattern
         ctx.save_for_backward(u)
@@ -213,18 +419,18 @@ class SparseSolve(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             rows, cols = ctx.pattern.rows, ctx.pattern.cols
             grad_values = -(lam[:, rows, :] * u[:, cols, :]).sum(-1)
-        return grad_values, lam, None, None, None
+        return grad_values, lam, None, None
 
 
-def _check_residual(values: Tensor, pattern: SparsityPattern, b: Tensor, u: Tensor) -> None:
+def _check_residual(values: Tensor, pattern: SparsityPattern, b: Tensor, u: Tensor, tolerance: float) -> None:
     for i in range(values.shape[0]):
         matrix = SparseMatrix.from_pattern(pattern, values[i].detach())
         residual = (matrix @ u[i] - b[i]).norm()
         scale = b[i].norm()
-        if not torch.isfinite(residual) or residual > RESIDUAL_TOL * max(float(scale), 1e-300):
+        if not torch.isfinite(residual) or residual > tolerance * max(float(scale), 1e-300):
             raise SolverError(
                 f"the solve did not reach a trustworthy solution: relative residual "
-                f"{float(residual / scale) if scale > 0 else float(residual):.3e} > {RESIDUAL_TOL:g} "
+                f"{float(residual / scale) if scale > 0 else float(residual):.3e} > {tolerance:g} "
                 "(the matrix is probably singular or extremely ill-conditioned)"
             )
 
@@ -255,14 +461,25 @@ def _normalise_rhs(matrix: SparseMatrix, b: Tensor) -> tuple[Tensor, Tensor, tup
     return values, b, out_shape
 
 
-def solve(matrix: SparseMatrix, b: Tensor, backend: str = "auto", check: bool = True) -> Tensor:
+def solve(
+    matrix: SparseMatrix,
+    b: Tensor,
+    backend: str = "auto",
+    method: str | None = None,
+    rtol: float = DEFAULT_RTOL,
+    maxiter: int | None = None,
+    check: bool = True,
+) -> Tensor:
     """Solve A u = b, differentiable in A's values and in b (one adjoint solve per matrix).
 
     Args:
         matrix: square SparseMatrix, (n, n) or a batch (B, n, n).
         b: (n,) or (n, k) columns for one matrix; (B, n), (B, n, k) or a shared (n,) for a batch.
-        backend: ``"auto"``, ``"splu"``, ``"cholmod"`` or ``"dense"`` (module docstring).
-        check: verify the relative residual (cheap: one matrix-vector product).
+        backend: one of ``BACKENDS`` (module docstring); ``"auto"`` chooses by device, size, symmetry.
+        method: Krylov method of an iterative backend (``"cg"``, ``"gmres"``).
+        rtol: relative residual an iterative backend must reach (forward and adjoint).
+        maxiter: iteration cap of an iterative backend.
+        check: verify the relative residual of the result (one matrix-vector product).
 
     Returns:
         u with the shape of b (broadcast over the batch); dtype and device of b.
@@ -282,7 +499,11 @@ def solve(matrix: SparseMatrix, b: Tensor, backend: str = "auto", check: bool = 
         )
     if b.device != matrix.values.device:
         raise ValueError(f"matrix is on {matrix.values.device} but b is on {b.device}")
-    if b.dtype != torch.float64 and backend != "dense":
+    if not (isinstance(rtol, float) and 0.0 < rtol < 1.0):
+        raise ValueError(f"rtol must be a float in (0, 1), got {rtol!r}")
+    if maxiter is not None and (not isinstance(maxiter, int) or maxiter < 1):
+        raise ValueError(f"maxiter must be a positive int or None, got {maxiter!r}")
+    if b.dtype != torch.float64 and backend not in ("dense", "torch-cg"):
         warnings.warn(
             f"solving a {b.dtype} system: the factorisation runs in float64 but inputs and result keep "
             f"{b.dtype}'s ~{int(-np.log10(torch.finfo(b.dtype).eps))} digits",
@@ -293,8 +514,19 @@ def solve(matrix: SparseMatrix, b: Tensor, backend: str = "auto", check: bool = 
     if not torch.isfinite(b).all():
         raise SolverError("b contains NaN or inf")
     values, b3, out_shape = _normalise_rhs(matrix, b)
-    u = SparseSolve.apply(values, b3, matrix.pattern, backend, check)
+    options = SolveOptions(backend=backend, method=method, rtol=rtol, maxiter=maxiter, check=check)
+    u = SparseSolve.apply(values, b3, matrix.pattern, options)
     return u.reshape(out_shape)
 
 
-__all__ = ["BACKENDS", "Factorization", "SparseSolve", "choose_backend", "factorize", "solve", "stats"]
+__all__ = [
+    "BACKENDS",
+    "Factorization",
+    "SolveOptions",
+    "SparseSolve",
+    "choose_backend",
+    "cholmod_available",
+    "factorize",
+    "solve",
+    "stats",
+]

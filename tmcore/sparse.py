@@ -35,6 +35,10 @@ class SparsityPattern:
         self.cols = cols
         self.shape = (int(shape[0]), int(shape[1]))
         self._per_device: dict[torch.device, SparsityPattern] = {rows.device: self}
+        # what solvers may reuse across matrices with this pattern (symbolic analysis,
+        # AMG hierarchy); it lives and dies with the pattern, so it is never applied to
+        # another pattern
+        self.solver_cache: dict[str, object] = {}
 
     @classmethod
     def from_coo(cls, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> tuple["SparsityPattern", Tensor]:
@@ -287,6 +291,7 @@ class SparseMatrix(SparseTensor):
         """Solve A u = b with an adjoint backward; see :func:`tmcore.solvers.solve`.
 
         b: (n,) or (n, k) for one matrix; (B, n), (B, n, k) or a shared (n,) for a batch.
+        options: ``method``, ``rtol``, ``maxiter``, ``check``.
         """
         from .solvers import solve
 

@@ -371,7 +371,7 @@ def test_float32_solve_warns_about_digits(system):
 
 def test_unknown_backend(system):
     K_, b_ = system
-    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'splu', 'cholmod', 'dense'\), got 'umfpack'"):
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', .*'splu'.*\), got 'umfpack'"):
         K_.solve(b_, backend="umfpack")
 
 

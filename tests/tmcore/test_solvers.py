@@ -7,6 +7,7 @@ import scipy.sparse.linalg
 import torch
 
 from tmcore import Condenser, Mesh, SparseMatrix
+from tmcore.sparse import SparsityPattern
 from tmcore import solvers
 from tmcore.errors import SingularMatrixError
 
@@ -117,3 +118,99 @@ def test_matvec_transpose_and_conversions(system):
     assert K.float().values.dtype == torch.float32 and isinstance(K.float(), SparseMatrix)
     assert K.float().double().pattern is K.pattern
     assert (K.to_scipy() != scipy.sparse.csr_array(dense.numpy())).nnz == 0
+
+
+# -- every backend ------------------------------------------------------------------------------
+
+BACKENDS = [
+    "splu",
+    "dense",
+    "amg",
+    "torch-cg",
+    pytest.param("cholmod", marks=pytest.mark.skipif(not solvers.cholmod_available(), reason="scikit-sparse not installed")),
+]
+TIGHT = {"amg": {"rtol": 1e-13}, "torch-cg": {"rtol": 1e-13}}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_backend_agrees_with_superlu(system, backend):
+    K, b = system
+    reference = K.solve(b, backend="splu")
+    u = K.solve(b, backend=backend, **TIGHT.get(backend, {}))
+    assert float((u - reference).norm() / reference.norm()) <= 1e-10
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_through_every_backend_pass_finite_differences(system, backend):
+    from tmcore.gradcheck import finite_difference_check
+
+    K, b = system
+    target = torch.linspace(0.0, 0.05, b.shape[0])
+    _, transpose = K.pattern.transpose
+
+    def loss(values):
+        symmetric = 0.5 * (values + values[transpose])  # perturbations keep the matrix symmetric (SPD backends)
+        u = SparseMatrix.from_pattern(K.pattern, symmetric).solve(b, backend=backend, **TIGHT.get(backend, {}))
+        return ((u - target) ** 2).sum()
+
+    check = finite_difference_check(loss, K.values.detach().clone(), n_probes=6, seed=2)
+    assert check.median_digits >= 8.0, check.table()
+
+
+def test_amg_reuses_its_hierarchy_for_new_values_but_not_for_a_new_pattern(system):
+    K, b = system
+    pattern = SparsityPattern(K.pattern.rows.clone(), K.pattern.cols.clone(), K.pattern.shape)  # fresh cache
+    solvers.stats.reset()
+    first = SparseMatrix.from_pattern(pattern, K.values).solve(b, backend="amg", rtol=1e-12)
+    second = SparseMatrix.from_pattern(pattern, 1.1 * K.values).solve(b, backend="amg", rtol=1e-12)
+    assert solvers.stats.analyses == 1 and solvers.stats.reuses == 1
+    assert torch.allclose(second, first / 1.1, rtol=1e-9)  # the reused hierarchy gives the new matrix's answer
+    # the same values on another (equal-content) pattern object build their own hierarchy
+    other = SparsityPattern(K.pattern.rows.clone(), K.pattern.cols.clone(), K.pattern.shape)
+    SparseMatrix.from_pattern(other, K.values).solve(b, backend="amg")
+    assert solvers.stats.analyses == 2
+
+
+def test_a_reused_hierarchy_for_swapped_values_still_gives_the_right_answer():
+    """torch-sla's cache fingerprints by sum |values| and returns stale answers here (NOTES.md); ours must not."""
+    mesh = Mesh.gen_grid((30, 30))
+    x = mesh.points[:, 0]
+    cond = Condenser(mesh.boundary_mask)
+    kappa = 1.0 + 10.0 * (x > 0.5)
+    laplace = Laplace.from_mesh(mesh)
+    b = torch.ones(mesh.n_points)
+    K1_, b_ = cond(laplace(point_data={"kappa": kappa}), b)
+    K2_, _ = cond(laplace(point_data={"kappa": kappa.flip(0)}), b)  # the same multiset of values, swapped
+    for K_ in (K1_, K2_):
+        u = K_.solve(b_, backend="amg", rtol=1e-12)
+        assert torch.allclose(u, K_.solve(b_, backend="splu"), rtol=1e-9, atol=1e-14)
+
+
+def test_iterative_backends_raise_when_they_do_not_converge(system):
+    from tmcore.errors import SolverError
+
+    K, b = system
+    with pytest.raises(SolverError, match=r"did not converge: relative residual .* after \d+ iterations"):
+        K.solve(b, backend="torch-cg", maxiter=3)
+
+
+def test_cholmod_reuses_its_symbolic_analysis(system):
+    if not solvers.cholmod_available():
+        pytest.skip("scikit-sparse not installed")
+    K, b = system
+    pattern = SparsityPattern(K.pattern.rows.clone(), K.pattern.cols.clone(), K.pattern.shape)
+    solvers.stats.reset()
+    for scale in (1.0, 2.0, 3.0):
+        SparseMatrix.from_pattern(pattern, scale * K.values).solve(b, backend="cholmod")
+    assert solvers.stats.analyses == 1 and solvers.stats.reuses == 2 and solvers.stats.factorizations == 3
+
+
+def test_auto_choice_by_size_device_and_symmetry(system):
+    K, _ = system
+    assert solvers.choose_backend(K.pattern, K.values) in ("splu", "cholmod")
+    big = Mesh.gen_grid((240, 240))
+    Kb_, _ = Condenser(big.boundary_mask)(Laplace.from_mesh(big)(scalar_data={"kappa": 1.0}), torch.ones(big.n_points))
+    assert Kb_.pattern.shape[0] > solvers.DIRECT_LIMIT
+    assert solvers.choose_backend(Kb_.pattern, Kb_.values) == "amg"
+    nonsymmetric = SparseMatrix.from_pattern(Kb_.pattern, Kb_.values * (1.0 + 1e-3 * torch.rand(Kb_.values.shape)))
+    assert solvers.choose_backend(nonsymmetric.pattern, nonsymmetric.values) == "splu"
