@@ -237,3 +237,32 @@ def test_elevate_order_on_gmsh_mesh_and_orient_cells():
     assert all(f.shape[1] == 6 for f in p2.facet_sets.values())
     flipped = p2.elements[:, generate._FLIP["tetra10"]]
     assert torch.equal(orient_cells(p2.points, flipped, "tetra10"), p2.elements)
+
+
+def test_uniform_refinement_splits_every_triangle_into_four():
+    from tmcore.mesh.generate import refine_uniformly
+
+    coarse = Mesh.gen_rectangle(chara_length=0.2)
+    fine = refine_uniformly(coarse)
+    n_edges = (3 * coarse.n_cells + coarse.boundary_facets.shape[0]) // 2
+    assert fine.n_cells == 4 * coarse.n_cells and fine.n_points == coarse.n_points + n_edges
+    assert torch.allclose(fine.cell_measures().sum(), torch.tensor(1.0, dtype=torch.float64))
+    assert bool((fine.cell_measures() > 0).all())
+    # children have a quarter of their parent's area: the four children of cell 0
+    m = coarse.n_cells
+    children = fine.cell_measures()[torch.arange(4) * m]
+    assert torch.allclose(children, coarse.cell_measures()[0].expand(4) / 4)
+    for name in ("left", "right", "bottom", "top"):
+        assert fine.facet_set(name).shape[0] == 2 * coarse.facet_set(name).shape[0]
+    sides = fine.nodes_of("left") | fine.nodes_of("right") | fine.nodes_of("bottom") | fine.nodes_of("top")
+    assert torch.equal(sides, fine.boundary_mask)
+
+
+def test_rectangle_refine_option_matches_explicit_refinement():
+    from tmcore.mesh.generate import refine_uniformly
+
+    direct = Mesh.gen_rectangle(chara_length=0.3, refine=2)
+    explicit = refine_uniformly(refine_uniformly(Mesh.gen_rectangle(chara_length=0.3)))
+    assert torch.equal(direct.points, explicit.points) and torch.equal(direct.elements, explicit.elements)
+    with pytest.raises(ValueError, match="refine"):
+        Mesh.gen_rectangle(chara_length=0.3, element_type="quad", refine=1)

@@ -167,7 +167,7 @@ def _side_groups(gmsh, dim: int, lower, upper, names) -> None:
             gmsh.model.addPhysicalGroup(dim - 1, sorted(groups[name]), name=name)
 
 
-def _generate(gmsh, dim: int, order: int, cell_type: str) -> Mesh:
+def _generate(gmsh, dim: int, order: int, cell_type: str, check: bool = True) -> Mesh:
     """Mesh the current model and read it back as a Mesh with its physical facet groups."""
     gmsh.model.mesh.generate(dim)
     if order == 2:
@@ -198,7 +198,7 @@ def _generate(gmsh, dim: int, order: int, cell_type: str) -> Mesh:
     points = torch.from_numpy(np.ascontiguousarray(points))
     conn = torch.from_numpy(np.searchsorted(used, cells))
     facet_sets = {name: torch.from_numpy(np.searchsorted(used, f)) for name, f in facets.items()}
-    return Mesh(points, {cell_type: orient_cells(points, conn, cell_type)}, facet_sets)
+    return Mesh(points, {cell_type: orient_cells(points, conn, cell_type)}, facet_sets, check=check)
 
 
 def _surface_options(element_type: str, order: int) -> dict:
@@ -218,12 +218,20 @@ def rectangle(
     top: float = 1.0,
     element_type: str = "triangle",
     order: int = 1,
+    refine: int = 0,
 ) -> Mesh:
     """Unstructured mesh of [left, right] x [bottom, top] with target edge length chara_length.
 
     element_type: "triangle" or "quad" (recombined); order 1 or 2 (P2 triangles).
+    refine: uniform refinements of the gmsh mesh (P1 triangles only): each splits every
+    triangle into four, so ``refine=2`` at ``chara_length=4h`` gives about the mesh of
+    ``chara_length=h`` with the same quality, several times faster for millions of nodes.
     Facet sets "left", "right", "bottom", "top".
     """
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise ValueError(f"refine must be a non-negative int, got {refine!r}")
+    if refine and (element_type != "triangle" or order != 1):
+        raise ValueError("refine applies to element_type='triangle', order=1 meshes")
     h = _check_length("chara_length", chara_length)
     left, right, bottom, top = (float(v) for v in (left, right, bottom, top))
     for low, high, names in ((left, right, "left/right"), (bottom, top, "bottom/top")):
@@ -234,7 +242,10 @@ def rectangle(
         gmsh.model.occ.synchronize()
         gmsh.model.mesh.setSize(gmsh.model.getEntities(0), h)
         _side_groups(gmsh, 2, (left, bottom), (right, top), (("left", "right"), ("bottom", "top")))
-        return _generate(gmsh, 2, order, "quad" if element_type == "quad" else "triangle")
+        mesh = _generate(gmsh, 2, order, "quad" if element_type == "quad" else "triangle", check=refine == 0)
+    for step in range(refine):
+        mesh = refine_uniformly(mesh, check=step == refine - 1)
+    return mesh
 
 
 def circle(
@@ -430,3 +441,23 @@ def elevate_order(
         new_facets[name] = torch.cat([facets, torch.stack(mids, dim=1)], dim=1)
     p2 = {"triangle": "triangle6", "tetra": "tetra10"}[cell_type]
     return new_points, {p2: torch.cat([conn, n + cell_edges], dim=1)}, new_facets
+
+
+# Children of a triangle6 (vertices 0, 1, 2; midside nodes 3 on (0,1), 4 on (1,2), 5 on (2,0)):
+# three corner triangles and the middle one, all with the parent's orientation.
+_RED_TRIANGLES = ((0, 3, 5), (3, 1, 4), (5, 4, 2), (3, 4, 5))
+
+
+def refine_uniformly(mesh: Mesh, check: bool = True) -> Mesh:
+    """Split every triangle of a P1 triangle mesh into four at its edge midpoints.
+
+    Facet sets follow (each line facet becomes two); point and cell data are dropped.
+    The result has about four times the cells and the same shape quality.
+    """
+    if mesh.cell_type != "triangle":
+        raise MeshError(f"refine_uniformly needs a 'triangle' mesh, got {mesh.cell_type!r}")
+    points, cells, facets = elevate_order(mesh.points, {"triangle": mesh.elements}, dict(mesh.facet_sets.items()))
+    p2 = cells["triangle6"]
+    children = torch.cat([p2[:, list(child)] for child in _RED_TRIANGLES])
+    halves = {name: torch.cat([f[:, [0, 2]], f[:, [2, 1]]]) for name, f in facets.items()}
+    return Mesh(points, {"triangle": children}, halves, check=check)
