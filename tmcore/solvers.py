@@ -23,11 +23,15 @@ torch-cg   Jacobi-preconditioned CG in torch on the matrix's own device      non
 dense      ``torch.linalg.lu_factor`` on the matrix's device; small systems  none
 ========== ================================================================= ===========
 
-``"auto"`` (the default) picks by device, size and symmetry (see :func:`choose_backend`):
-on the CPU a direct solver up to ``DIRECT_LIMIT`` unknowns (CHOLMOD for symmetric
-matrices when installed, else SuperLU), AMG-CG above it for symmetric matrices with a
-positive diagonal (SuperLU otherwise); on CUDA ``dense`` up to ``DENSE_LIMIT`` unknowns
-and ``torch-cg`` above. Override with ``backend=``, ``method=``, ``rtol=``, ``maxiter=``.
+``"auto"`` (the default) picks by device, size, sparsity and symmetry (see
+:func:`choose_backend`). On the CPU, symmetric matrices with a positive diagonal go to a
+direct solver while it is the faster choice, and to AMG-CG above that: with CHOLMOD up to
+``CHOLMOD_LIMIT`` unknowns, with SuperLU up to ``DIRECT_LIMIT``; both limits drop to
+``DIRECT_LIMIT_3D`` for 3-D-like sparsity (more than 10 non-zeros per row), where
+fill-in makes factorisations expensive early. Other matrices go to SuperLU. On CUDA:
+``dense`` up to ``DENSE_LIMIT`` unknowns, ``torch-cg`` above. The limits come from the
+benchmark suite (``make bench``) on a 2-core CPU. Override with ``backend=``,
+``method=``, ``rtol=``, ``maxiter=``.
 
 "Reuse" is across calls on matrices with the same pattern *object* (assemblers on one
 mesh and one Condenser share it): CHOLMOD's ordering and symbolic factorisation, and the
@@ -63,6 +67,8 @@ BACKENDS = ("auto", "splu", "cholmod", "amg", "torch-cg", "dense")
 ITERATIVE = ("amg", "torch-cg")
 # Unknowns up to which "auto" uses a direct solver on the CPU / a dense LU on a GPU.
 DIRECT_LIMIT = 50_000
+CHOLMOD_LIMIT = 200_000
+DIRECT_LIMIT_3D = 4_000
 DENSE_LIMIT = 4096
 DEFAULT_RTOL = 1e-10
 # A pivot smaller than this times the largest one marks the matrix singular to working precision.
@@ -341,7 +347,7 @@ def _has_positive_diagonal(pattern: SparsityPattern, values: Tensor) -> bool:
     return int(on_diagonal.sum()) == pattern.shape[0] and bool((values[on_diagonal] > 0).all())
 
 
-def choose_backend(pattern: SparsityPattern, values: Tensor, backend: str = "auto") -> str:
+def choose_backend(pattern: SparsityPattern, values: Tensor, backend: str = "auto", symmetric: bool | None = None) -> str:
     """The backend ``backend`` resolves to for this matrix (``"auto"``: see the module docstring)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -349,7 +355,7 @@ def choose_backend(pattern: SparsityPattern, values: Tensor, backend: str = "aut
         raise ValueError("backend='cholmod' needs scikit-sparse (apt install libsuitesparse-dev; pip install scikit-sparse)")
     if backend == "amg" and not _module_available("pyamg"):
         raise ValueError("backend='amg' needs pyamg (pip install pyamg)")
-    symmetric = _is_symmetric(pattern, values)
+    symmetric = _is_symmetric(pattern, values) if symmetric is None else symmetric
     if backend in ("cholmod", "torch-cg") and not symmetric:
         raise ValueError(f"backend={backend!r} solves symmetric matrices only; this one is not symmetric (use 'splu')")
     if backend != "auto":
@@ -358,16 +364,22 @@ def choose_backend(pattern: SparsityPattern, values: Tensor, backend: str = "aut
     spd_like = symmetric and _has_positive_diagonal(pattern, values)
     if values.device.type != "cpu":
         return "dense" if n <= DENSE_LIMIT or not spd_like else "torch-cg"
-    if n <= DIRECT_LIMIT or not spd_like:
-        return "cholmod" if spd_like and cholmod_available() else "splu"
-    return "amg" if _module_available("pyamg") else ("cholmod" if cholmod_available() else "splu")
+    if not spd_like:
+        return "splu"
+    three_d_like = pattern.nnz > 10 * n
+    cholmod = cholmod_available()
+    limit = DIRECT_LIMIT_3D if three_d_like else (CHOLMOD_LIMIT if cholmod else DIRECT_LIMIT)
+    if n <= limit or not _module_available("pyamg"):
+        return "cholmod" if cholmod else "splu"
+    return "amg"
 
 
 def factorize(pattern: SparsityPattern, values: Tensor, options: SolveOptions | str = "auto") -> Factorization:
     """Prepare the matrix with ``values`` (nnz,) on ``pattern`` for solves; raises SingularMatrixError."""
     if isinstance(options, str):
         options = SolveOptions(backend=options)
-    backend = choose_backend(pattern, values, options.backend)
+    symmetric = _is_symmetric(pattern, values)
+    backend = choose_backend(pattern, values, options.backend, symmetric)
     if options.method is not None and backend not in ITERATIVE:
         raise ValueError(f"method={options.method!r} applies to iterative backends {ITERATIVE}, not {backend!r}")
     stats.by_backend[backend] = stats.by_backend.get(backend, 0) + 1
@@ -376,12 +388,13 @@ def factorize(pattern: SparsityPattern, values: Tensor, options: SolveOptions | 
     if backend == "dense":
         stats.factorizations += 1
         return _Dense(SparseMatrix.from_pattern(pattern, values.detach().to(torch.float64)).to_dense())
-    symmetric = _is_symmetric(pattern, values)
-    perm, indptr, indices = pattern.csc
-    data = values.detach().to(device="cpu", dtype=torch.float64).numpy()[perm]
-    matrix = scipy.sparse.csc_array((data, indices, indptr), shape=pattern.shape)
+    data = values.detach().to(device="cpu", dtype=torch.float64).numpy()
     if backend == "amg":
-        return _AMG(matrix.tocsr(), pattern.solver_cache, symmetric, options)
+        indptr, indices = pattern.csr
+        matrix = scipy.sparse.csr_array((data, indices, indptr), shape=pattern.shape)
+        return _AMG(matrix, pattern.solver_cache, symmetric, options)
+    perm, indptr, indices = pattern.csc
+    matrix = scipy.sparse.csc_array((data[perm], indices, indptr), shape=pattern.shape)
     stats.factorizations += 1
     if backend == "cholmod":
         return _Cholmod(matrix, pattern.solver_cache)

@@ -120,10 +120,11 @@ class SparsityPattern:
         return perm.cpu().numpy(), indptr, pattern_t.cols.cpu().numpy()
 
     @cached_property
-    def csr_indptr(self) -> np.ndarray:
+    def csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indptr, indices) so that ``csr_array((values, indices, indptr))`` is the matrix (values in slot order)."""
         indptr = np.zeros(self.shape[0] + 1, dtype=np.int64)
         np.cumsum(np.bincount(self.rows.cpu().numpy(), minlength=self.shape[0]), out=indptr[1:])
-        return indptr
+        return indptr, self.cols.cpu().numpy()
 
     def __repr__(self) -> str:
         return f"SparsityPattern(shape={self.shape}, nnz={self.nnz}, device={self.device})"
@@ -280,10 +281,8 @@ class SparseMatrix(SparseTensor):
             if batch_index is None:
                 raise ValueError(f"to_scipy of a batch of {values.shape[0]} matrices needs batch_index")
             values = values[batch_index]
-        return scipy.sparse.csr_array(
-            (values.detach().cpu().numpy(), self.pattern.cols.cpu().numpy(), self.pattern.csr_indptr),
-            shape=self.pattern.shape,
-        )
+        indptr, indices = self.pattern.csr
+        return scipy.sparse.csr_array((values.detach().cpu().numpy(), indices, indptr), shape=self.pattern.shape)
 
     # -- solve --------------------------------------------------------------------------
 

@@ -205,12 +205,19 @@ def test_cholmod_reuses_its_symbolic_analysis(system):
     assert solvers.stats.analyses == 1 and solvers.stats.reuses == 2 and solvers.stats.factorizations == 3
 
 
-def test_auto_choice_by_size_device_and_symmetry(system):
+def test_auto_choice_by_size_sparsity_and_symmetry(system, monkeypatch):
     K, _ = system
-    assert solvers.choose_backend(K.pattern, K.values) in ("splu", "cholmod")
-    big = Mesh.gen_grid((240, 240))
-    Kb_, _ = Condenser(big.boundary_mask)(Laplace.from_mesh(big)(scalar_data={"kappa": 1.0}), torch.ones(big.n_points))
-    assert Kb_.pattern.shape[0] > solvers.DIRECT_LIMIT
-    assert solvers.choose_backend(Kb_.pattern, Kb_.values) == "amg"
-    nonsymmetric = SparseMatrix.from_pattern(Kb_.pattern, Kb_.values * (1.0 + 1e-3 * torch.rand(Kb_.values.shape)))
-    assert solvers.choose_backend(nonsymmetric.pattern, nonsymmetric.values) == "splu"
+    direct = "cholmod" if solvers.cholmod_available() else "splu"
+    assert solvers.choose_backend(K.pattern, K.values) == direct
+    # above the direct limit: AMG for an SPD matrix, SuperLU for a nonsymmetric one
+    monkeypatch.setattr(solvers, "DIRECT_LIMIT", 100)
+    monkeypatch.setattr(solvers, "CHOLMOD_LIMIT", 100)
+    assert solvers.choose_backend(K.pattern, K.values) == "amg"
+    nonsymmetric = K.values * (1.0 + 1e-3 * torch.rand(K.values.shape, generator=torch.Generator().manual_seed(0)))
+    assert solvers.choose_backend(K.pattern, nonsymmetric) == "splu"
+    monkeypatch.undo()
+    # 3-D sparsity: factorisations fill in early, AMG takes over at DIRECT_LIMIT_3D unknowns
+    cube = Mesh.gen_grid((20, 20, 20))
+    Kc_, _ = Condenser(cube.boundary_mask)(Laplace.from_mesh(cube)(scalar_data={"kappa": 1.0}), torch.ones(cube.n_points))
+    assert Kc_.pattern.shape[0] > solvers.DIRECT_LIMIT_3D
+    assert solvers.choose_backend(Kc_.pattern, Kc_.values) == "amg"
