@@ -28,14 +28,18 @@ test-all: setup
 figures: setup
 	$(BIN)/python -m flows.figures_script $(if $(QUICK),--quick,)
 
+# the performance suite: reports/benchmarks/<date>.{nc,md}; QUICK=1 for sizes up to 1e5 nodes
 bench: setup
-	@echo "make bench: the benchmark suite is not built yet (see issue 5)"; exit 1
+	$(BIN)/python -m benchmarks.suite $(if $(QUICK),--quick,)
 
 serve: setup
 	@echo "make serve: Prefect deployments are not built yet (see issue 4)"; exit 1
 
+# on a machine with CUDA: the GPU-marked tests, then the GPU benchmark at 1e5 and 1e6 nodes
+# (report in $(GPU_REPORT_DIR), default reports/gpu); CPU-only machines skip both with a reason
 gpu-check: setup
-	$(BIN)/python -m pytest -q -m gpu
+	$(BIN)/python -m pytest -q -m gpu -rs
+	$(BIN)/python -m benchmarks.gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -357,12 +357,12 @@ def to_markdown(rows: list[dict], info: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(rows: list[dict], info: dict[str, str], out: Path) -> tuple[Path, Path]:
-    """``<out>/<date>.nc`` (dim ``case``) and ``<out>/<date>.md``, each written atomically."""
+def write_report(rows: list[dict], info: dict[str, str], out: Path, name: str | None = None) -> tuple[Path, Path]:
+    """``<out>/<name>.nc`` (dim ``case``) and ``<out>/<name>.md``, each written atomically; name: the date."""
     import xarray as xr
 
     out.mkdir(parents=True, exist_ok=True)
-    stamp = info["date"][:10]
+    stamp = name or info["date"][:10]
     ds = xr.Dataset(
         {key: ("case", np.array([r[key] for r in rows])) for key in rows[0] if key != "case"},
         coords={"case": [f"{r['case']}/{r['stage']}/{r['implementation']}" for r in rows]},
