@@ -222,39 +222,10 @@ class _Assembler(nn.Module):
         integrated (identity for cells, the owner cells for facets).
         """
         data, batch, dtype = self._resolve(sources)
-        basis = geometry.basis.to(dtype)
-        args: dict[str, tuple[Tensor, tuple[str, ...]]] = {}
-        for name, (value, kind, batched) in data.items():
-            lead = (BATCH,) if batched else ()
-            if kind == "point_data":
-                gathered = value[:, geometry.conn] if batched else value[geometry.conn]  # (B?, m, k, *F)
-                interp = torch.einsum("qk,...mkf->...mqf", basis, gathered.reshape(*gathered.shape[: 3 if batched else 2], -1).to(dtype))
-                args[name] = (interp.reshape(*interp.shape[:-1], *gathered.shape[(3 if batched else 2):]), lead + (CELL, POINT))
-            elif kind == "point_gradient":
-                if geometry.gradients is None:
-                    raise AssemblyError(f"{name!r}: gradients of point data are not available on facets")
-                if value.ndim != (2 if batched else 1):
-                    raise AssemblyError(f"{name!r} needs a scalar field point_data[{name[5:]!r}], got shape {tuple(value.shape)}")
-                gathered = (value[:, geometry.conn] if batched else value[geometry.conn]).to(dtype)
-                args[name] = (torch.einsum("mqkd,...mk->...mqd", geometry.gradients.to(dtype), gathered), lead + (CELL, POINT))
-            elif kind == "element_data":
-                args[name] = (gather(value, batched).to(dtype), lead + (CELL,))
-            else:
-                args[name] = (value.to(dtype), lead)
-        reserved = {
-            "u": (basis, (POINT, TRIAL)),
-            "v": (basis, (POINT, TEST)),
-            "x": (geometry.coords.to(dtype), (CELL, POINT)),
-        }
-        if geometry.gradients is not None:
-            reserved["gradu"] = (geometry.gradients.to(dtype), (CELL, POINT, TRIAL))
-            reserved["gradv"] = (geometry.gradients.to(dtype), (CELL, POINT, TEST))
-        if geometry.normals is not None:
-            reserved["n"] = (geometry.normals.to(dtype), (CELL, POINT))
+        args = _data_arguments(data, geometry, dtype, gather)
         names = integrand_arguments(type(self).forward)
-        for name in names:
-            if name in self.reserved:
-                args[name] = reserved[name]
+        reserved = _reserved_arguments(geometry, dtype)
+        args.update({name: reserved[name] for name in names if name in self.reserved})
         levels = ([BATCH] if batch is not None else []) + [CELL, POINT] + list(self.basis_axes)
         m, q = geometry.weights.shape
         sizes = {BATCH: batch, CELL: m, POINT: q, TEST: geometry.conn.shape[1], TRIAL: geometry.conn.shape[1]}
@@ -276,6 +247,43 @@ class _Assembler(nn.Module):
         return f"{bound}, arguments={integrand_arguments(type(self).forward)}"
 
 
+def _data_arguments(data: dict, geometry: _Geometry, dtype: torch.dtype, gather) -> dict[str, tuple[Tensor, tuple[str, ...]]]:
+    """Each data argument at the quadrature points, with the axes it varies along."""
+    basis = geometry.basis.to(dtype)
+    args = {}
+    for name, (value, kind, batched) in data.items():
+        lead = (BATCH,) if batched else ()
+        if kind in ("point_data", "point_gradient"):
+            gathered = (value[:, geometry.conn] if batched else value[geometry.conn]).to(dtype)  # (B?, m, k, *F)
+        if kind == "point_data":
+            flat = gathered.reshape(*gathered.shape[: 3 if batched else 2], -1)
+            interpolated = torch.einsum("qk,...mkf->...mqf", basis, flat)
+            args[name] = (interpolated.reshape(*interpolated.shape[:-1], *gathered.shape[(3 if batched else 2):]), lead + (CELL, POINT))
+        elif kind == "point_gradient":
+            if geometry.gradients is None:
+                raise AssemblyError(f"{name!r}: gradients of point data are not available on facets")
+            if value.ndim != (2 if batched else 1):
+                raise AssemblyError(f"{name!r} needs a scalar field point_data[{name[5:]!r}], got shape {tuple(value.shape)}")
+            args[name] = (torch.einsum("mqkd,...mk->...mqd", geometry.gradients.to(dtype), gathered), lead + (CELL, POINT))
+        elif kind == "element_data":
+            args[name] = (gather(value, batched).to(dtype), lead + (CELL,))
+        else:
+            args[name] = (value.to(dtype), lead)
+    return args
+
+
+def _reserved_arguments(geometry: _Geometry, dtype: torch.dtype) -> dict[str, tuple[Tensor, tuple[str, ...]]]:
+    """The reserved arguments this geometry provides, with the axes each varies along."""
+    basis = geometry.basis.to(dtype)
+    reserved = {"u": (basis, (POINT, TRIAL)), "v": (basis, (POINT, TEST)), "x": (geometry.coords.to(dtype), (CELL, POINT))}
+    if geometry.gradients is not None:
+        reserved["gradu"] = (geometry.gradients.to(dtype), (CELL, POINT, TRIAL))
+        reserved["gradv"] = (geometry.gradients.to(dtype), (CELL, POINT, TEST))
+    if geometry.normals is not None:
+        reserved["n"] = (geometry.normals.to(dtype), (CELL, POINT))
+    return reserved
+
+
 def _sources(point_data, element_data, scalar_data) -> dict[str, dict]:
     """The three data dicts, checked to be mappings (None is empty)."""
     sources = {"point_data": point_data, "element_data": element_data, "scalar_data": scalar_data}
@@ -287,9 +295,11 @@ def _sources(point_data, element_data, scalar_data) -> dict[str, dict]:
 
 
 def _integrate(values: Tensor, weights: Tensor, n_basis_axes: int) -> Tensor:
-    """Sum values (B?, m, q, *basis) times weights (m, q) over q -> (B?, m, *basis)."""
-    weights = weights.reshape(weights.shape + (1,) * n_basis_axes)
-    return (values * weights).sum(dim=-1 - n_basis_axes)
+    """Sum values (B?, m, q, *basis) times weights (m, q) over q -> (B?, m, *basis), in one contraction."""
+    basis_shape = values.shape[values.ndim - n_basis_axes :]
+    flat = values.reshape(*values.shape[: values.ndim - n_basis_axes], -1)
+    out = torch.einsum("...mqk,mq->...mk", flat, weights)
+    return out.reshape(*out.shape[:-1], *basis_shape)
 
 
 def _check_tensor(label: str, value: Any, device: torch.device) -> Tensor:
