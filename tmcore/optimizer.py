@@ -1,16 +1,33 @@
 """The Optimality Criteria (OC) update for density-based topology optimisation.
 
-For a compliance J(rho) with sensitivity dJ/drho <= 0 and the volume constraint
-sum(w rho) / sum(w) = vf, the OC fixed point multiplies each density by
-B_e = (-dJ/drho_e / (lambda w_e))^damping, clamps the change to ``move_limit`` and the
-bounds [rho_min, rho_max], and finds the Lagrange multiplier lambda by bisection so the
-constraint holds (to ``volume_tol``) after every step.
+For an objective J(rho) whose sensitivity dJ/drho is <= 0 (a compliance: more material,
+lower compliance) and the volume constraint
+
+    V(rho) = sum_e w_e rho_e / sum_e w_e = vf,
+
+the OC fixed point scales each density by B_e = (-dJ/drho_e / (lambda w_e))^damping.
+One step computes
+
+    rho_new(lambda) = clamp(rho * B(lambda), max(rho - move, rho_min), min(rho + move, rho_max))
+
+and picks the Lagrange multiplier lambda > 0 so that V(rho_new) = vf. V(rho_new(lambda))
+is continuous and non-increasing in lambda, so lambda is bracketed from the densities
+themselves (below the bracket every density sits at its upper limit, above it at its
+lower one) and found by a safeguarded regula falsi (Illinois) on log lambda, which
+falls back to bisection when it stalls. The step stops once |V - vf| <= volume_tol.
+
+The weights w are the cells' measures for a volume in the geometric sense
+(``volume_weights=mesh.cell_measures()``) or, by default, all one: V is then the plain
+mean of the densities. The plain mean is what the chapter's "volume fraction 0.4,
+held exactly" refers to; the two agree on a uniform mesh and differ slightly on an
+unstructured one.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,23 +37,33 @@ __all__ = ["OCOptimizer"]
 logger = logging.getLogger(__name__)
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class OCOptimizer(torch.optim.Optimizer):
-    """Optimality Criteria optimiser for densities with a volume constraint.
+    """Optimality Criteria optimiser for densities under a volume constraint.
 
     Args:
-        params: the density tensor (m,) (or an iterable of tensors / param groups).
-        vf: target volume fraction in (0, 1).
-        move_limit: largest change of a density in one step.
-        damping: exponent of the OC multiplier (0.5 is the classic choice).
-        rho_min, rho_max: bounds of the densities.
-        volume_weights: (m,) cell measures for a weighted volume (e.g.
-            ``mesh.cell_measures()``); None is the plain mean, which is what the
-            chapter's "volume held at 0.4" refers to and equals the weighted volume on a
-            uniform mesh.
-        volume_tol: bisection stops when |volume - vf| is below it.
+        params: the density tensor (m,), an iterable of tensors, or param groups (dicts
+            that may override any option below). Each density tensor holds its own
+            volume constraint.
+        vf: target volume fraction, in (0, 1) and strictly between rho_min and rho_max.
+        move_limit: largest change of a density in one step, in (0, 1].
+        damping: exponent of the OC multiplier, in (0, 1] (0.5 is the classic choice).
+        rho_min, rho_max: bounds of the densities, 0 <= rho_min < vf < rho_max.
+        volume_weights: None for the plain mean (the chapter's volume), or a positive
+            tensor with the shape of the densities, e.g. ``mesh.cell_measures()``, for
+            the measure-weighted volume.
+        volume_tol: the step stops when |V - vf| <= volume_tol (> 0).
+        max_iterations: cap on the multiplier search per step.
 
-    ``step()`` reads ``rho.grad`` (the compliance sensitivity, which must be <= 0 where
-    it matters) and updates rho in place.
+    ``step()`` reads ``rho.grad`` (the sensitivity, <= 0 where it matters: positive
+    entries count as zero and send those densities to their lower limit) and updates rho
+    in place. After a step, ``optimizer.state[rho]`` holds ``step`` (count), ``volume``,
+    ``lagrange_multiplier``, ``change`` (max |delta rho|) and ``iterations``. When the
+    move limit does not let the volume reach vf in one step (a start far from vf), the
+    step goes as far as it can and logs a warning.
     """
 
     def __init__(
@@ -49,27 +76,60 @@ class OCOptimizer(torch.optim.Optimizer):
         rho_max: float = 1.0,
         volume_weights: Tensor | None = None,
         volume_tol: float = 1e-12,
+        max_iterations: int = 200,
     ):
         if isinstance(params, Tensor):
             params = [params]
-        if not (isinstance(vf, (int, float)) and 0.0 < vf < 1.0):
-            raise ValueError(f"vf must be a volume fraction in (0, 1), got {vf!r}")
-        if not 0.0 < move_limit <= 1.0:
-            raise ValueError(f"move_limit must lie in (0, 1], got {move_limit!r}")
-        if not 0.0 < damping <= 1.0:
-            raise ValueError(f"damping must lie in (0, 1], got {damping!r}")
-        if not 0.0 <= rho_min < vf < rho_max:
-            raise ValueError(f"need 0 <= rho_min < vf < rho_max, got rho_min={rho_min}, vf={vf}, rho_max={rho_max}")
-        defaults = dict(vf=vf, move_limit=move_limit, damping=damping, rho_min=rho_min, rho_max=rho_max, volume_weights=volume_weights, volume_tol=volume_tol)
+        defaults = dict(
+            vf=vf, move_limit=move_limit, damping=damping, rho_min=rho_min, rho_max=rho_max,
+            volume_weights=volume_weights, volume_tol=volume_tol, max_iterations=max_iterations,
+        )
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            for rho in group["params"]:
-                low, high = float(rho.detach().min()), float(rho.detach().max())
-                if low < rho_min or high > rho_max:
-                    raise ValueError(f"densities must lie in [rho_min, rho_max] = [{rho_min}, {rho_max}], got [{low:.3g}, {high:.3g}]")
-                weights = group["volume_weights"]
-                if weights is not None and weights.shape != rho.shape:
-                    raise ValueError(f"volume_weights must have the shape of the densities {tuple(rho.shape)}, got {tuple(weights.shape)}")
+
+    # -- groups ------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group of density tensors (options default to the constructor's); checked like the constructor's."""
+        super().add_param_group(param_group)
+        try:
+            self._check_group(self.param_groups[-1])
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    @staticmethod
+    def _check_group(group: dict[str, Any]) -> None:
+        vf, rho_min, rho_max = group["vf"], group["rho_min"], group["rho_max"]
+        if not (_is_real(vf) and 0.0 < vf < 1.0):
+            raise ValueError(f"vf must be a volume fraction in (0, 1), got {vf!r}")
+        if not (_is_real(group["move_limit"]) and 0.0 < group["move_limit"] <= 1.0):
+            raise ValueError(f"move_limit must lie in (0, 1], got {group['move_limit']!r}")
+        if not (_is_real(group["damping"]) and 0.0 < group["damping"] <= 1.0):
+            raise ValueError(f"damping must lie in (0, 1], got {group['damping']!r}")
+        if not (_is_real(rho_min) and _is_real(rho_max) and 0.0 <= rho_min < vf < rho_max):
+            raise ValueError(f"need 0 <= rho_min < vf < rho_max, got rho_min={rho_min}, vf={vf}, rho_max={rho_max}")
+        if not (_is_real(group["volume_tol"]) and group["volume_tol"] > 0.0):
+            raise ValueError(f"volume_tol must be a positive number, got {group['volume_tol']!r}")
+        cap = group["max_iterations"]
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ValueError(f"max_iterations must be an int >= 1, got {cap!r}")
+        weights = group["volume_weights"]
+        if weights is not None:
+            if not isinstance(weights, Tensor) or not weights.is_floating_point():
+                raise TypeError(f"volume_weights must be None or a floating-point tensor, got {type(weights).__name__}")
+            if not bool(torch.isfinite(weights).all()) or not bool((weights > 0).all()):
+                raise ValueError("volume_weights must be finite and positive (cell measures, say)")
+        for rho in group["params"]:
+            if not rho.is_floating_point():
+                raise TypeError(f"densities must be a floating-point tensor, got {rho.dtype}")
+            if weights is not None and weights.shape != rho.shape:
+                raise ValueError(f"volume_weights must have the shape of the densities {tuple(rho.shape)}, got {tuple(weights.shape)}")
+            values = rho.detach()
+            low, high = float(values.min()), float(values.max())
+            if low < rho_min or high > rho_max:
+                raise ValueError(f"densities must lie in [rho_min, rho_max] = [{rho_min}, {rho_max}], got [{low:.3g}, {high:.3g}]")
+
+    # -- the step ----------------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -86,10 +146,16 @@ class OCOptimizer(torch.optim.Optimizer):
         return loss
 
     @staticmethod
-    def _volume(rho: Tensor, weights: Tensor | None) -> Tensor:
-        return rho.mean() if weights is None else (weights * rho).sum() / weights.sum()
+    def volume(rho: Tensor, volume_weights: Tensor | None = None) -> float:
+        """V(rho): the plain mean, or sum(w rho) / sum(w) with weights."""
+        if volume_weights is None:
+            return float(rho.detach().mean())
+        w = volume_weights.to(rho)
+        return float((w * rho.detach()).sum() / w.sum())
 
     def _update(self, rho: Tensor, grad: Tensor, group: dict) -> None:
+        if grad.shape != rho.shape:
+            raise ValueError(f"the gradient has shape {tuple(grad.shape)} but the densities {tuple(rho.shape)}")
         if not torch.isfinite(grad).all():
             raise ValueError("the density gradient contains NaN or inf")
         if bool((grad >= 0).all()) and bool((grad > 0).any()):
@@ -99,41 +165,83 @@ class OCOptimizer(torch.optim.Optimizer):
             )
         weights = group["volume_weights"]
         w = torch.ones_like(rho) if weights is None else weights.to(rho)
+        fraction = w / w.sum()  # V(x) = fraction . x
         sensitivity = (-grad).clamp_min(0.0) / w
         if not bool((sensitivity > 0).any()):
             raise ValueError(
                 "the density gradient is zero everywhere: OC has no sensitivity to redistribute material by "
                 "(does the loss depend on the densities, and did backward() reach them?)"
             )
+        eta, vf, tol = group["damping"], group["vf"], group["volume_tol"]
         lower = (rho - group["move_limit"]).clamp_min(group["rho_min"])
         upper = (rho + group["move_limit"]).clamp_max(group["rho_max"])
 
-        def candidate(lam: float) -> Tensor:
-            return torch.minimum(torch.maximum(rho * (sensitivity / lam) ** group["damping"], lower), upper)
+        def candidate(log_lam: float) -> Tensor:
+            # rho * (s / lambda)^eta, computed as rho * exp(eta (log s - log lambda)) (s = 0 gives 0)
+            scaled = torch.nan_to_num(rho * torch.exp(eta * (log_s - log_lam)), nan=0.0)  # 0 * inf -> 0
+            return torch.minimum(torch.maximum(scaled, lower), upper)
 
-        vf = group["vf"]
-        # volume(lam) decreases in lam: bracket, then bisect in log space
-        lo, hi = 1e-30, 1e30
-        positive = sensitivity[sensitivity > 0]
-        if positive.numel():
-            lo, hi = float(positive.min()) * 1e-12, float(positive.max()) * 1e12
-        new = candidate(math.sqrt(lo * hi))
-        for _ in range(400):
-            mid = math.sqrt(lo * hi)
-            new = candidate(mid)
-            excess = float(self._volume(new, weights)) - vf
-            if abs(excess) <= group["volume_tol"] or hi / lo < 1 + 1e-15:
-                break
-            if excess > 0:
-                lo = mid
-            else:
-                hi = mid
-        volume = float(self._volume(new, weights))
-        if abs(volume - vf) > max(group["volume_tol"], 1e-10):
+        def excess(log_lam: float) -> tuple[Tensor, float]:
+            new = candidate(log_lam)
+            return new, float(fraction @ new) - vf
+
+        log_s = torch.log(sensitivity)  # -inf where s = 0
+        active = (sensitivity > 0) & (rho > 0)
+        if not bool(active.any()):
+            raise ValueError("every density with a sensitivity is zero: the multiplicative OC update cannot move them")
+        # below a: every active density at its upper limit; above b: at its lower one
+        log_rho = torch.log(rho[active])
+        a = float((log_s[active] + (log_rho - torch.log(upper[active])) / eta).min()) - 1e-9
+        b = float((log_s[active] + (log_rho - torch.log(lower[active].clamp_min(1e-300))) / eta).max()) + 1e-9
+        new_a, fa = excess(a)
+        new_b, fb = excess(b)
+        iterations = 0
+        if fa <= tol:  # even the upper limits fall short of vf (or just reach it)
+            new, f, log_lam = new_a, fa, a
+        elif fb >= -tol:  # even the lower limits exceed vf (or just reach it)
+            new, f, log_lam = new_b, fb, b
+        else:
+            new, f, log_lam, iterations = self._illinois(excess, a, fa, b, fb, tol, group["max_iterations"])
+        volume = float(fraction @ new)
+        if abs(volume - vf) > max(tol, 1e-10):
             logger.warning(
-                "OCOptimizer: volume %.6g cannot reach vf=%.6g within the move limit %.3g this step",
-                volume, vf, group["move_limit"],
+                "OCOptimizer: volume %.12g misses vf=%.6g by %.2e this step (move limit %.3g, %d iterations)",
+                volume, vf, volume - vf, group["move_limit"], iterations,
             )
+        state = self.state[rho]
+        state["step"] = state.get("step", 0) + 1
+        state["change"] = float((new - rho).abs().max())
         rho.copy_(new)
-        self.state[rho]["volume"] = volume
-        self.state[rho]["lagrange_multiplier"] = mid
+        state["volume"] = volume
+        state["lagrange_multiplier"] = math.exp(log_lam)
+        state["iterations"] = iterations
+
+    @staticmethod
+    def _illinois(excess, a: float, fa: float, b: float, fb: float, tol: float, max_iterations: int):
+        """Root of the non-increasing ``excess`` in (a, b), fa > 0 > fb, by the Illinois variant of regula
+        falsi; a bisection step whenever two steps failed to halve the bracket.
+        Returns (densities, excess, log lambda, iterations)."""
+        side = 0
+        widths = [b - a]
+        new, f, t = None, math.inf, a
+        for iteration in range(1, max_iterations + 1):
+            t = (a * fb - b * fa) / (fb - fa)
+            if (len(widths) >= 3 and widths[-1] > 0.5 * widths[-3]) or not a < t < b:
+                t = 0.5 * (a + b)
+            new, f = excess(t)
+            if abs(f) <= tol:
+                break
+            if f > 0:
+                a, fa = t, f
+                if side == 1:
+                    fb *= 0.5
+                side = 1
+            else:
+                b, fb = t, f
+                if side == -1:
+                    fa *= 0.5
+                side = -1
+            widths.append(b - a)
+            if widths[-1] <= 1e-15 * max(1.0, abs(a), abs(b)):
+                break
+        return new, f, t, iteration

@@ -410,7 +410,13 @@ def _apply(factor: Factorization, rhs: Tensor, transpose: bool) -> Tensor:
 
 
 class SparseSolve(torch.autograd.Function):
-    """u = A^{-1} b for values (B, nnz) and b (B, n, k); backward by one adjoint solve per matrix."""
+    """u = A^{-1} b for values (B, nnz) and b (B, n, k); backward by one adjoint solve per matrix.
+
+    The backward reuses the forward's factorisations. Under ``create_graph=True`` it
+    solves the adjoint system through this Function again (on the transposed pattern), so
+    second derivatives (Hessian-vector products) are exact too, at the price of one more
+    factorisation per matrix.
+    """
 
     @staticmethod
     def forward(ctx, values: Tensor, b: Tensor, pattern: SparsityPattern, options: SolveOptions):
@@ -421,13 +427,18 @@ class SparseSolve(torch.autograd.Function):
             _check_residual(values, pattern, b, u, tolerance)
         ctx.factors = factors
         ctx.pattern = pattern
-        ctx.save_for_backward(u)
+        ctx.options = options
+        ctx.save_for_backward(values, u)
         return u
 
     @staticmethod
     def backward(ctx, grad_u: Tensor):
-        (u,) = ctx.saved_tensors
-        lam = torch.stack([_apply(f, grad_u[i], transpose=True) for i, f in enumerate(ctx.factors)])
+        values, u = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: keep the adjoint solve on the graph
+            pattern_t, perm = ctx.pattern.transpose
+            lam = SparseSolve.apply(values[:, perm], grad_u, pattern_t, ctx.options)
+        else:
+            lam = torch.stack([_apply(f, grad_u[i], transpose=True) for i, f in enumerate(ctx.factors)])
         grad_values = None
         if ctx.needs_input_grad[0]:
             rows, cols = ctx.pattern.rows, ctx.pattern.cols

@@ -221,3 +221,18 @@ def test_auto_choice_by_size_sparsity_and_symmetry(system, monkeypatch):
     Kc_, _ = Condenser(cube.boundary_mask)(Laplace.from_mesh(cube)(scalar_data={"kappa": 1.0}), torch.ones(cube.n_points))
     assert Kc_.pattern.shape[0] > solvers.DIRECT_LIMIT_3D
     assert solvers.choose_backend(Kc_.pattern, Kc_.values) == "amg"
+
+
+def test_second_derivatives_through_a_solve_are_exact():
+    """gradgradcheck: Hessian-vector products through solve (create_graph=True) against finite differences."""
+    mesh = Mesh.gen_grid((3, 3))
+    K_, b_ = Condenser(mesh.boundary_mask)(Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0}), torch.ones(mesh.n_points))
+    pattern = K_.pattern
+
+    def solve(values, rhs):
+        return SparseMatrix.from_pattern(pattern, values).solve(rhs)
+
+    values = K_.values.detach().clone().requires_grad_(True)
+    rhs = (b_ + torch.linspace(0, 1, b_.shape[0])).requires_grad_(True)
+    assert torch.autograd.gradcheck(solve, (values, rhs))
+    assert torch.autograd.gradgradcheck(solve, (values, rhs))

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from tmcore import Mesh
+from tmcore.filters import HelmholtzFilter
 from tmcore.gradcheck import finite_difference_check
-from tmcore.studies import IdentificationProblem, coefficient_identification, thermal_topology
+from tmcore.studies import IdentificationProblem, IdentificationResult, coefficient_identification, thermal_topology
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,53 @@ def test_identification_to_xarray(identification):
         assert ds["loss"].shape == (50,)
 
 
+def test_identification_kappa_error_report(identification, id_mesh):
+    result, _ = identification
+    assert torch.equal(result.points, id_mesh.points)
+    report = result.kappa_error_report(centre_radius=0.2, threshold=0.05)
+    error = result.kappa_error
+    distance = (id_mesh.points - 0.5).norm(dim=1)
+    assert report.peak == float(error.max()) == max(report.near_centre, report.away)
+    assert report.peak_distance == pytest.approx(float(distance[error.argmax()]), abs=1e-12)
+    assert report.near_centre == float(error[distance < 0.2].max())
+    assert report.away == float(error[distance >= 0.2].max())
+    assert report.away_peak_distance >= 0.2
+    assert report.away_fraction_below == pytest.approx(float((error[distance >= 0.2] < 0.05).double().mean()))
+    with pytest.raises(ValueError, match="leaves no nodes on one side"):
+        result.kappa_error_report(centre_radius=5.0)
+    with pytest.raises(ValueError, match="centre_radius"):
+        result.kappa_error_report(centre_radius=-1.0)
+    bare = IdentificationResult(**{name: getattr(result, name) for name in (
+        "loss", "misfit", "u_rel_max_error", "seconds_per_step", "kappa", "kappa_true", "u", "u_obs")})
+    with pytest.raises(ValueError, match="no node coordinates"):
+        bare.kappa_error_report()
+
+
+@pytest.fixture
+def one_thread():
+    """Small solves run fastest on one thread (NOTES.md); under load on the shared 2-core machine two were far slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.slow  # 2 x 5000 Adam steps on the chapter's mesh: about 30 s on one idle core
+def test_identification_reproduces_the_chapter_and_smoothness_removes_the_centre_blob(one_thread):
+    mesh = Mesh.gen_rectangle(chara_length=0.04)
+    plain = coefficient_identification(mesh, steps=5000)
+    assert float(plain.loss[0] / plain.loss[-1]) > 1e7
+    assert plain.final_u_rel_max_error <= 1e-4
+    blob = plain.kappa_error_report(centre_radius=0.15)
+    assert blob.peak_distance < 0.15 and blob.near_centre > 0.05  # the chapter's centre blob
+    smooth = coefficient_identification(mesh, steps=5000, smoothness=1e-8)
+    report = smooth.kappa_error_report(centre_radius=0.15)
+    assert report.near_centre < 0.01 and report.near_centre < 0.1 * blob.near_centre
+    assert float(smooth.loss[0] / smooth.misfit[-1]) > 1e7
+    assert smooth.final_u_rel_max_error <= 1e-4
+    assert report.peak < 0.025
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [
@@ -174,6 +222,53 @@ def test_topology_skips_snapshots_past_the_end(topo_mesh, caplog):
     assert "outside a run of 2 steps" in caplog.text
 
 
+def test_topology_reports_both_volumes(topology, topo_mesh):
+    # the chapter's volume is the plain mean; on the unstructured mesh the measure-weighted one differs
+    result, _ = topology
+    measures = topo_mesh.cell_measures()
+    weighted = float((measures * result.rho).sum() / measures.sum())
+    assert float(result.weighted_volume[-1]) == pytest.approx(weighted, abs=1e-14)
+    assert abs(weighted - 0.4) > 1e-3
+    held = thermal_topology(topo_mesh, steps=5, snapshot_steps=None, volume_weighting="measure")
+    assert float((held.weighted_volume - 0.4).abs().max()) <= 1e-10
+    assert abs(float(held.volume[-1]) - 0.4) > 1e-3
+    assert float(held.compliance[-1]) < 0.7 * float(held.compliance[0])
+
+
+@pytest.mark.parametrize("volume_weighting", ["mean", "measure"])
+def test_topology_density_filter_on_the_unstructured_mesh(topo_mesh, volume_weighting):
+    result = thermal_topology(topo_mesh, steps=8, snapshot_steps=(0, -1), filter="density", filter_radius=0.03,
+                              volume_weighting=volume_weighting)
+    filt = HelmholtzFilter(topo_mesh, 0.03)
+    assert torch.allclose(result.rho, filt(result.design), rtol=1e-12)
+    assert torch.allclose(result.snapshots[0], torch.full_like(result.rho, 0.4), rtol=1e-12)
+    assert float(result.compliance[-1]) < 0.5 * float(result.compliance[0])
+    if volume_weighting == "measure":
+        # the filter keeps the measure-weighted volume: the physical densities hold it too
+        assert float((result.weighted_volume - 0.4).abs().max()) <= 1e-10
+    else:
+        # the design's plain mean is held; the physical one drifts with the mesh's non-uniformity
+        assert abs(float(result.design.mean()) - 0.4) <= 1e-10
+        assert 1e-5 < abs(float(result.volume[-1]) - 0.4) < 1e-2
+
+
+def test_topology_sensitivity_filter_keeps_the_chapter_volume(topo_mesh):
+    result = thermal_topology(topo_mesh, steps=8, snapshot_steps=None, filter="sensitivity")
+    assert result.design is None
+    assert float((result.volume - 0.4).abs().max()) <= 1e-10
+    assert float(result.compliance[-1]) < 0.5 * float(result.compliance[0])
+
+
+def test_topology_reproduces_the_chapter():
+    # the chapter's mesh and 60 OC steps (about half a second)
+    mesh = Mesh.gen_rectangle(chara_length=0.025)
+    result = thermal_topology(mesh, steps=60, snapshot_steps=None)
+    assert float(result.compliance[0]) == pytest.approx(5.9e-3, rel=0.01)
+    assert float(result.compliance[-1]) <= 7.0e-4
+    assert float((result.volume - 0.4).abs().max()) <= 1e-10
+    assert float(result.weighted_volume[-1]) == pytest.approx(0.4022, abs=5e-4)
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [
@@ -189,6 +284,11 @@ def test_topology_skips_snapshots_past_the_end(topo_mesh, caplog):
         ({"move_limit": 1.5}, "move_limit"),
         ({"callback": "print"}, "callback"),
         ({"snapshot_steps": (0, 1.5)}, "snapshot_steps"),
+        ({"filter": "cone"}, "filter"),
+        ({"filter": True}, "filter"),
+        ({"filter": "density", "filter_radius": -0.1}, "filter_radius"),
+        ({"filter_radius": 0.1}, "filter_radius"),
+        ({"volume_weighting": "area"}, "volume_weighting"),
     ],
 )
 def test_topology_rejects_bad_arguments(topo_mesh, kwargs, name):

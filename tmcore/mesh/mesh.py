@@ -189,8 +189,9 @@ class Mesh(nn.Module):
         dup = topology.duplicate_cells(self.elements, element.n_vertices)
         if dup.numel():
             raise MeshError(f"{dup.numel()} duplicate cells (same vertices), e.g. cells {dup[:4].tolist()}")
-        det = self.jacobian_determinants(element.reference_nodes.to(self.points))
-        extent = (self.points.max(0).values - self.points.min(0).values).norm()
+        with torch.no_grad():
+            det = self.jacobian_determinants(element.reference_nodes.to(self.points))
+            extent = (self.points.max(0).values - self.points.min(0).values).norm()
         tol = 64 * torch.finfo(self.points.dtype).eps * float(extent) ** self.dim
         degenerate = (det.abs() <= tol).any(dim=1)
         if degenerate.any():

@@ -4,18 +4,19 @@
   Poisson solution by Adam on kappa = 1 + tanh(theta), optionally with a smoothness
   penalty on theta.
 - :func:`thermal_topology`: thermal-compliance topology optimisation with SIMP and the
-  Optimality Criteria update.
+  Optimality Criteria update, optionally with a density or sensitivity filter.
 
 Both return small dataclasses of tensors (histories per step, final fields); they log
 through :mod:`logging` and never print or plot.
 """
 
-from .identification import IdentificationProblem, IdentificationResult, coefficient_identification
+from .identification import IdentificationProblem, IdentificationResult, KappaErrorReport, coefficient_identification
 from .topology import TopologyResult, thermal_topology
 
 __all__ = [
     "IdentificationProblem",
     "IdentificationResult",
+    "KappaErrorReport",
     "TopologyResult",
     "coefficient_identification",
     "thermal_topology",

@@ -25,52 +25,14 @@ from torch import Tensor
 from ..assemble import ElementAssembler, Functional, NodeAssembler
 from ..condense import Condenser
 from ..mesh import Mesh
+from ._checks import DTYPE, check_callback, check_count, check_mesh, check_real
 
-__all__ = ["IdentificationResult", "IdentificationProblem", "coefficient_identification"]
+__all__ = ["IdentificationProblem", "IdentificationResult", "KappaErrorReport", "coefficient_identification"]
 
 logger = logging.getLogger(__name__)
 
-DTYPE = torch.float64
 
-
-# -- argument checks shared by the studies ---------------------------------------------------
-
-
-def check_mesh(mesh: Any) -> Mesh:
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
-    return mesh
-
-
-def check_count(name: str, value: Any, minimum: int = 1) -> int:
-    """An int >= minimum (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
-
-
-def check_real(name: str, value: Any, low: float | None = None, high: float | None = None,
-               low_open: bool = True, high_open: bool = True) -> float:
-    """A finite real number in the interval (low, high); either end may be closed or absent."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
-    value = float(value)
-    below = low is not None and (value <= low if low_open else value < low)
-    above = high is not None and (value >= high if high_open else value > high)
-    if below or above:
-        left = "-inf" if low is None else f"{low:g}"
-        right = "inf" if high is None else f"{high:g}"
-        interval = f"{'(' if low_open or low is None else '['}{left}, {right}{')' if high_open or high is None else ']'}"
-        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
-    return value
-
-
-def check_callback(callback: Any) -> Callable | None:
-    if callback is not None and not callable(callback):
-        raise ValueError(f"callback must be None or a callable (step, value), got {type(callback).__name__}")
-    return callback
+# -- fields ---------------------------------------------------------------------------------
 
 
 def nodal_field(name: str, value: Any, mesh: Mesh, default: Callable[[Tensor], Tensor]) -> Tensor:
@@ -190,6 +152,23 @@ class IdentificationProblem:
 # -- the study --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class KappaErrorReport:
+    """Max |kappa - kappa_true| overall (``peak``, at ``peak_distance`` from the centre),
+    within ``centre_radius`` of the centre (``near_centre``) and beyond it (``away``, at
+    ``away_peak_distance``); ``away_fraction_below``: the share of the nodes beyond it
+    whose error is below ``threshold``."""
+
+    peak: float
+    peak_distance: float
+    centre_radius: float
+    near_centre: float
+    away: float
+    away_peak_distance: float
+    threshold: float
+    away_fraction_below: float
+
+
 @dataclass
 class IdentificationResult:
     """History and final fields of one identification run.
@@ -200,6 +179,7 @@ class IdentificationResult:
     ``seconds_per_step`` (wall time of the step). Final fields (n,), after the last
     update: ``kappa``, ``kappa_true``, ``u`` (the solution for the final kappa), ``u_obs``.
     ``snapshots`` maps a step to the kappa (n,) that step used (every ``snapshot_every`` steps).
+    ``points`` (n, dim): the mesh's nodes, for :meth:`kappa_error_report`.
     """
 
     loss: Tensor
@@ -212,10 +192,51 @@ class IdentificationResult:
     u_obs: Tensor
     snapshots: dict[int, Tensor] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
+    points: Tensor | None = None
 
     @property
     def steps(self) -> int:
         return self.loss.shape[0]
+
+    @property
+    def kappa_error(self) -> Tensor:
+        """|kappa - kappa_true| per node (n,)."""
+        return (self.kappa - self.kappa_true).abs()
+
+    def kappa_error_report(self, centre_radius: float = 0.15, threshold: float = 0.01) -> "KappaErrorReport":
+        """Where the coefficient error lies, by distance from the centre of the nodes' bounding box.
+
+        The centre is where grad u vanishes for the chapter's problem (f = 1 on the
+        unit square), so the data say least about kappa there; the corners are the other
+        such places. ``centre_radius`` splits the nodes into near and away.
+        """
+        if self.points is None:
+            raise ValueError("this result carries no node coordinates (points=None): build it with coefficient_identification")
+        centre_radius = check_real("centre_radius", centre_radius, low=0.0)
+        threshold = check_real("threshold", threshold, low=0.0)
+        points = self.points.to(self.kappa)
+        centre = 0.5 * (points.min(dim=0).values + points.max(dim=0).values)
+        distance = (points - centre).norm(dim=1)
+        error = self.kappa_error
+        near = distance < centre_radius
+        if bool(near.all()) or not bool(near.any()):
+            raise ValueError(
+                f"centre_radius {centre_radius:g} leaves no nodes on one side "
+                f"(distances from the centre run from {float(distance.min()):.3g} to {float(distance.max()):.3g})"
+            )
+        peak = int(error.argmax())
+        away_error = torch.where(near, torch.zeros_like(error), error)
+        away_peak = int(away_error.argmax())
+        return KappaErrorReport(
+            peak=float(error[peak]),
+            peak_distance=float(distance[peak]),
+            centre_radius=centre_radius,
+            near_centre=float(error[near].max()),
+            away=float(error[~near].max()),
+            away_peak_distance=float(distance[away_peak]),
+            threshold=threshold,
+            away_fraction_below=float((error[~near] < threshold).to(DTYPE).mean()),
+        )
 
     @property
     def final_u_rel_max_error(self) -> float:
@@ -313,6 +334,7 @@ def coefficient_identification(
         u_obs=problem.u_obs,
         snapshots=snapshots,
         parameters={"steps": steps, "lr": lr, "smoothness": smoothness, "n_points": mesh.n_points},
+        points=mesh.points.detach().to(DTYPE).clone(),
     )
     logger.info(
         "coefficient identification done: loss %.3e -> %.3e, rel max error of u %.2e, median %.1f ms/step",

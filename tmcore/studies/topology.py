@@ -5,6 +5,8 @@ box sits in a plate held at u = 0 on its boundary. Each cell carries a density r
 [rho_min, 1] and the SIMP conductivity kappa = kmin + (1 - kmin) rho^p. The compliance
 J = b . u (b the load vector) is minimised under mean(rho) = vf by
 :class:`~tmcore.optimizer.OCOptimizer`, whose step reads dJ/drho from one adjoint solve.
+Optionally a density or sensitivity filter (:mod:`tmcore.filters`) sets a length scale,
+which removes the checkerboards an unfiltered run builds on a quad grid.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from torch import Tensor
 from ..assemble import ElementAssembler, NodeAssembler
 from ..condense import Condenser
 from ..mesh import Mesh
+from ..filters import HelmholtzFilter, default_filter_radius, sensitivity_filter
 from ..optimizer import OCOptimizer
-from .identification import DTYPE, check_callback, check_count, check_mesh, check_real
+from ._checks import DTYPE, check_callback, check_choice, check_count, check_mesh, check_real
 
 __all__ = ["TopologyResult", "thermal_topology"]
 
@@ -49,8 +52,13 @@ class TopologyResult:
     """History and final design of one topology run.
 
     Per step (steps,): ``compliance`` (b . u for the densities the step started from),
-    ``volume`` (mean density after the step's update), ``seconds_per_step``. ``rho``:
-    the final densities (m,). ``snapshots`` maps a step to the densities (m,) its solve used.
+    ``volume`` (plain mean of the physical densities after the step's update: the
+    chapter's volume fraction), ``weighted_volume`` (the same densities weighted by cell
+    measure, sum |e| rho_e / sum |e|; None in results built without it),
+    ``seconds_per_step``. ``rho``: the final physical densities (m,), those the solve
+    sees (the filtered ones under ``filter="density"``); ``design``: the final design
+    variables the optimiser updates (None when they are ``rho``). ``snapshots`` maps a
+    step to the physical densities (m,) its solve used.
     """
 
     compliance: Tensor
@@ -59,6 +67,8 @@ class TopologyResult:
     rho: Tensor
     snapshots: dict[int, Tensor] = field(default_factory=dict)
     parameters: dict[str, Any] = field(default_factory=dict)
+    weighted_volume: Tensor | None = None
+    design: Tensor | None = None
 
     @property
     def steps(self) -> int:
@@ -74,14 +84,18 @@ class TopologyResult:
             import xarray as xr
         except ImportError as error:  # pragma: no cover - depends on the environment
             raise ImportError("TopologyResult.to_xarray needs xarray, which is not installed (pip install xarray)") from error
-        data = {name: (("step",), getattr(self, name).cpu().numpy()) for name in ("compliance", "volume", "seconds_per_step")}
+        names = ["compliance", "volume", "seconds_per_step"] + (["weighted_volume"] if self.weighted_volume is not None else [])
+        data = {name: (("step",), getattr(self, name).cpu().numpy()) for name in names}
         data["rho"] = (("cell",), self.rho.cpu().numpy())
+        if self.design is not None:
+            data["design"] = (("cell",), self.design.cpu().numpy())
         coords = {}
         if self.snapshots:
             steps = sorted(self.snapshots)
             data["rho_snapshot"] = (("snapshot_step", "cell"), torch.stack([self.snapshots[s] for s in steps]).cpu().numpy())
             coords["snapshot_step"] = steps
-        return xr.Dataset(data, coords=coords, attrs={"study": "thermal_topology", **self.parameters})
+        attrs = {key: ("none" if value is None else value) for key, value in self.parameters.items()}
+        return xr.Dataset(data, coords=coords, attrs={"study": "thermal_topology", **attrs})
 
 
 def _snapshot_set(snapshot_steps: Any, steps: int) -> set[int]:
@@ -104,6 +118,10 @@ def _snapshot_set(snapshot_steps: Any, steps: int) -> set[int]:
     return keep
 
 
+FILTERS = (None, "density", "sensitivity")
+VOLUME_WEIGHTINGS = ("mean", "measure")
+
+
 def thermal_topology(
     mesh: Mesh,
     vf: float = 0.4,
@@ -114,18 +132,35 @@ def thermal_topology(
     move_limit: float = 0.15,
     callback: Callable[[int, float], Any] | None = None,
     snapshot_steps: Iterable[int] | None = (0, 5, 59),
+    filter: str | None = None,  # noqa: A002 - the option's natural name
+    filter_radius: float | None = None,
+    volume_weighting: str = "mean",
 ) -> TopologyResult:
     """Minimise the thermal compliance over cell densities starting from the uniform rho = vf.
 
     Args:
         mesh: the mesh; u = 0 on ``mesh.boundary_mask``.
-        vf: volume fraction (mean density) held by every step, in (0, 1).
+        vf: volume fraction held by every step, in (0, 1).
         p: SIMP exponent (> 0). kmin: conductivity of void, in (0, 1).
-        sigma: width of the Gaussian source (> 0), in the mesh's length unit.
+        sigma: width of the Gaussian source (> 0), in the mesh's length unit (a sigma
+            much larger than the domain gives a nearly uniform source).
         steps: OC steps. move_limit: largest density change per step, in (0, 1].
         callback: called as ``callback(step, compliance)`` after every step.
         snapshot_steps: steps whose densities to keep (negative: from the end; steps
             past the end of the run are skipped with a warning).
+        filter: None (the chapter's unfiltered run), ``"density"`` (the solve sees the
+            Helmholtz-filtered densities, :class:`~tmcore.filters.HelmholtzFilter`, and
+            the gradient flows back through the filter) or ``"sensitivity"`` (the
+            gradient is smoothed by :func:`~tmcore.filters.sensitivity_filter` before
+            each OC step).
+        filter_radius: the Helmholtz length r (> 0); None for
+            :func:`~tmcore.filters.default_filter_radius` (one cell size).
+        volume_weighting: ``"mean"`` (the OC constraint is the plain mean of the
+            design variables, the chapter's) or ``"measure"`` (weighted by cell
+            measure). The Helmholtz filter keeps the measure-weighted volume exactly, so
+            with ``filter="density"`` the ``"measure"`` constraint holds for the physical
+            densities as well; the plain mean of the physical densities drifts from vf
+            on a non-uniform mesh (``result.volume`` reports it).
     """
     check_mesh(mesh)
     vf = check_real("vf", vf, low=0.0, high=1.0)
@@ -136,50 +171,82 @@ def thermal_topology(
     move_limit = check_real("move_limit", move_limit, low=0.0, high=1.0, high_open=False)
     check_callback(callback)
     keep = _snapshot_set(snapshot_steps, steps)
+    check_choice("filter", filter, FILTERS)
+    check_choice("volume_weighting", volume_weighting, VOLUME_WEIGHTINGS)
+    if filter_radius is not None:
+        filter_radius = check_real("filter_radius", filter_radius, low=0.0)
+        if filter is None:
+            raise ValueError("filter_radius was given but filter is None; pass filter='density' or 'sensitivity'")
 
+    # everything mesh-only, built once
     points = mesh.points.to(DTYPE)
     centre = 0.5 * (points.min(dim=0).values + points.max(dim=0).values)
     f = torch.exp(-((points - centre) ** 2).sum(dim=1) / (2 * sigma**2))
     condenser = Condenser(mesh.boundary_mask)
     stiffness = SIMPLaplace.from_mesh(mesh)
     load = Source.from_mesh(mesh)(point_data={"f": f}).to(DTYPE)
+    measures = mesh.cell_measures().to(DTYPE)
+    radius = None
+    helmholtz = None
+    if filter is not None:
+        radius = default_filter_radius(mesh) if filter_radius is None else filter_radius
+        helmholtz = HelmholtzFilter(mesh, radius)
 
-    rho = torch.full((mesh.n_cells,), vf, dtype=DTYPE, device=mesh.device, requires_grad=True)
-    optimizer = OCOptimizer(rho, vf=vf, move_limit=move_limit)
-    logger.info("thermal topology: %d cells, %d steps, vf %g, p %g, kmin %g", mesh.n_cells, steps, vf, p, kmin)
+    design = torch.full((mesh.n_cells,), vf, dtype=DTYPE, device=mesh.device, requires_grad=True)
+    optimizer = OCOptimizer(design, vf=vf, move_limit=move_limit, volume_weights=measures if volume_weighting == "measure" else None)
+    logger.info(
+        "thermal topology: %d cells, %d steps, vf %g, p %g, kmin %g, filter %s (r %s), volume %s",
+        mesh.n_cells, steps, vf, p, kmin, filter, "-" if radius is None else f"{radius:.4g}", volume_weighting,
+    )
 
-    compliances, volumes, seconds = [], [], []
+    def physical(x: Tensor) -> Tensor:
+        return helmholtz(x) if filter == "density" else x
+
+    compliances, volumes, weighted, seconds = [], [], [], []
     snapshots: dict[int, Tensor] = {}
     for step in range(steps):
         start = time.perf_counter()
+        optimizer.zero_grad()
+        rho = physical(design)
         if step in keep:
             snapshots[step] = rho.detach().clone()
-        optimizer.zero_grad()
         kappa = kmin + (1.0 - kmin) * rho**p
         K = stiffness(element_data={"kappa": kappa}).double()
         K_free, b_free = condenser(K, load)
         u = condenser.recover(K_free.solve(b_free))
         compliance = (load * u).sum()
         compliance.backward()
+        if filter == "sensitivity":
+            design.grad = sensitivity_filter(helmholtz, design.detach(), design.grad)
         optimizer.step()
+        with torch.no_grad():
+            after = physical(design)
+            volumes.append(float(after.mean()))
+            weighted.append(float((measures * after).sum() / measures.sum()))
         compliances.append(float(compliance.detach()))
-        volumes.append(float(rho.detach().mean()))
         seconds.append(time.perf_counter() - start)
         if not math.isfinite(compliances[-1]):
             raise FloatingPointError(f"the compliance became {compliances[-1]} at step {step}")
         if callback is not None:
             callback(step, compliances[-1])
 
+    with torch.no_grad():
+        final = physical(design).detach().clone()
     result = TopologyResult(
         compliance=torch.tensor(compliances, dtype=DTYPE),
         volume=torch.tensor(volumes, dtype=DTYPE),
         seconds_per_step=torch.tensor(seconds, dtype=DTYPE),
-        rho=rho.detach().clone(),
+        rho=final,
         snapshots=snapshots,
-        parameters={"vf": vf, "p": p, "kmin": kmin, "sigma": sigma, "steps": steps, "move_limit": move_limit},
+        parameters={
+            "vf": vf, "p": p, "kmin": kmin, "sigma": sigma, "steps": steps, "move_limit": move_limit,
+            "filter": filter, "filter_radius": radius, "volume_weighting": volume_weighting,
+        },
+        weighted_volume=torch.tensor(weighted, dtype=DTYPE),
+        design=design.detach().clone() if filter == "density" else None,
     )
     logger.info(
-        "thermal topology done: compliance %.4e -> %.4e, volume %.12f, median %.1f ms/step",
-        compliances[0], compliances[-1], volumes[-1], 1e3 * result.median_seconds_per_step,
+        "thermal topology done: compliance %.4e -> %.4e, volume %.12f (measure-weighted %.12f), median %.1f ms/step",
+        compliances[0], compliances[-1], volumes[-1], weighted[-1], 1e3 * result.median_seconds_per_step,
     )
     return result
