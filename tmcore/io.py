@@ -240,3 +240,66 @@ def write_mesh(
             os.replace(os.path.join(tmpdir, name), path.parent / name)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+# -- xarray ---------------------------------------------------------------------------------
+#
+# The mesh schema of the artifact store (docs/artifacts.md): dimensions ``node``, ``cell``,
+# ``vertex`` (nodes per cell) and ``dim``; variables ``points`` (node, dim), ``cells``
+# (cell, vertex) and ``boundary_mask`` (node,); attribute ``cell_type``. Facet sets, point
+# data and cell data ride along as ``facets_<name>``, ``point_<key>`` and ``cell_<key>``.
+
+_XR_FACETS, _XR_POINT, _XR_CELL = "facets_", "point_", "cell_"
+
+
+def _extra_dims(key: str, value: np.ndarray) -> tuple[str, ...]:
+    return tuple(f"{key}_axis{i}" for i in range(1, value.ndim))
+
+
+def mesh_to_xarray(mesh: Mesh):
+    """An ``xarray.Dataset`` of the mesh in the artifact schema (needs xarray).
+
+    Points keep their dtype, indices are int64, ``boundary_mask`` is bool.
+    """
+    try:
+        import xarray as xr
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("mesh_to_xarray needs xarray, which is not installed (pip install xarray)") from error
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
+    data = {
+        "points": (("node", "dim"), _numpy(mesh.points)),
+        "cells": (("cell", "vertex"), _numpy(mesh.elements).astype(np.int64)),
+        "boundary_mask": (("node",), _numpy(mesh.boundary_mask).astype(bool)),
+    }
+    for name, facets in mesh.facet_sets.items():
+        data[_XR_FACETS + name] = ((f"facet_{name}", f"facet_{name}_vertex"), _numpy(facets).astype(np.int64))
+    for prefix, first, fields in ((_XR_POINT, "node", mesh.point_data), (_XR_CELL, "cell", mesh.cell_data)):
+        for key, value in fields.items():
+            value = _numpy(value)
+            data[prefix + key] = ((first,) + _extra_dims(prefix + key, value), value)
+    return xr.Dataset(data, attrs={"cell_type": mesh.cell_type})
+
+
+def mesh_from_xarray(dataset, check: bool = True) -> Mesh:
+    """The Mesh stored in a Dataset of the mesh schema (see :func:`mesh_to_xarray`)."""
+    missing = [name for name in ("points", "cells") if name not in dataset.variables]
+    if missing or "cell_type" not in dataset.attrs:
+        raise MeshError(
+            "a mesh dataset needs variables 'points' (node, dim) and 'cells' (cell, vertex) and the attribute "
+            f"'cell_type'; missing {missing + ([] if 'cell_type' in dataset.attrs else ['cell_type'])}"
+        )
+    facets, point_data, cell_data = {}, {}, {}
+    for name in dataset.data_vars:
+        for prefix, target in ((_XR_FACETS, facets), (_XR_POINT, point_data), (_XR_CELL, cell_data)):
+            if name.startswith(prefix):
+                target[name[len(prefix):]] = _tensor(dataset[name].values)
+                break
+    return Mesh(
+        _tensor(dataset["points"].values),
+        {str(dataset.attrs["cell_type"]): _tensor(dataset["cells"].values)},
+        facets,
+        point_data,
+        cell_data,
+        check=check,
+    )

@@ -1,0 +1,267 @@
+"""The cache key of a stage, and the tasks that use it.
+
+A stage's *identity* is a sha256 of
+
+- the task's name,
+- its parameters (JSON; artifact references by their content hash, tensors and arrays
+  by dtype, shape and bytes; the ``store`` argument left out: it says where, not what),
+- the sha256 of the ``tmcore`` sources (every ``.py`` file of the package),
+- the task's own source and the modules it declares (e.g. ``flows.figures``),
+- the torch version and the artifact schema version.
+
+Prefect's cache key is that identity plus a *generation*: ``<task>-<identity>-<gen>``.
+After a run, the task records in the store's index which artifacts the generation
+produced (``index/<task>-<identity>.json``). Before a run, :func:`cache_key_fn` reads
+that entry and verifies every artifact by its sha256:
+
+- all present and intact: the recorded key, so Prefect finds its record -> Cached;
+- an artifact missing or corrupt (moved to ``quarantine/``), or no entry yet: a new
+  generation, which Prefect has never seen -> the stage runs and records again.
+
+So unchanged inputs give Cached across processes and days, any change recomputes the
+stages downstream of it (their inputs' content hashes change), and a damaged artifact
+is recomputed rather than used. Results are small JSON references (never pickles),
+stored by Prefect under ``<store>/results``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import importlib.util
+import inspect
+import json
+import logging
+import math
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import SCHEMA_VERSION, Store, hash_array, is_ref, iter_refs
+
+logger = logging.getLogger(__name__)
+
+# Parameters that choose where artifacts live, not what they hold.
+NOT_KEYED = ("store",)
+
+
+# -- source hashes ------------------------------------------------------------------------------
+
+
+def _hash_files(root: Path, files: Iterable[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def tmcore_hash() -> str:
+    """sha256 of every ``.py`` file of the installed ``tmcore`` package (paths and bytes)."""
+    import tmcore
+
+    root = Path(tmcore.__file__).resolve().parent
+    return _hash_files(root, (p for p in root.rglob("*.py") if "__pycache__" not in p.parts))
+
+
+@functools.lru_cache(maxsize=None)
+def module_hash(name: str) -> str:
+    """sha256 of a module's source file (a package: all its ``.py`` files)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"cannot find the source of module {name!r}")
+    origin = Path(spec.origin).resolve()
+    if origin.name == "__init__.py":
+        return _hash_files(origin.parent, origin.parent.rglob("*.py"))
+    return hashlib.sha256(origin.read_bytes()).hexdigest()
+
+
+def function_hash(fn: Callable) -> str:
+    """sha256 of a function's source text (its byte code and constants if the source is unavailable)."""
+    try:
+        text = inspect.getsource(fn)
+    except (OSError, TypeError):
+        code = fn.__code__
+        text = repr((code.co_code, code.co_consts, code.co_names))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- canonical parameters -------------------------------------------------------------------
+
+
+def canonical(value: Any) -> Any:
+    """A JSON-able form of a parameter value that is equal exactly when the values are.
+
+    References become their content hash (not their path), tensors and arrays their
+    :func:`~flows.artifacts.hash_array`, floats their ``repr`` (so 0.1 and 0.1000001 differ
+    and -0.0 is kept), tuples lists. Anything else raises TypeError: a parameter the key
+    cannot see must not silently share a cache entry.
+    """
+    if is_ref(value):
+        return {"artifact": value["kind"], "content": value["content"]}
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return {"float": repr(value)} if not math.isfinite(value) else value
+    if isinstance(value, Mapping):
+        keys = [str(k) for k in value]
+        if len(set(keys)) != len(keys):
+            raise TypeError(f"mapping keys must be distinct as strings, got {list(value)}")
+        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "detach") or isinstance(value, np.ndarray):
+        return {"array": hash_array(value)}
+    raise TypeError(f"cannot key a parameter of type {type(value).__name__}: {value!r:.80}")
+
+
+# -- stages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What the cache key needs to know about a task function."""
+
+    name: str
+    fn: Callable
+    source: str  # sha256 of the function and the declared modules
+    normalise: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+
+    def arguments(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters with defaults filled in and normalisers applied, ``store`` removed."""
+        bound = inspect.signature(self.fn).bind_partial(**parameters)
+        bound.apply_defaults()
+        arguments = {k: v for k, v in bound.arguments.items() if k not in NOT_KEYED}
+        for name, normalise in self.normalise.items():
+            if name in arguments:
+                arguments[name] = normalise(arguments[name])
+        return arguments
+
+    def identity(self, parameters: Mapping[str, Any]) -> str:
+        """``<task>-<sha256>``: the same for the same task, parameters, inputs and code."""
+        import torch
+
+        payload = {
+            "task": self.name,
+            "parameters": canonical(self.arguments(parameters)),
+            "tmcore": tmcore_hash(),
+            "source": self.source,
+            "torch": torch.__version__,
+            "schema": SCHEMA_VERSION,
+        }
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return f"{self.name}-{hashlib.sha256(text.encode()).hexdigest()[:40]}"
+
+
+def cache_key(stage: Stage, parameters: Mapping[str, Any]) -> str:
+    """Prefect's key for a stage run: the recorded key if its artifacts verify, else a new generation."""
+    store = Store(parameters.get("store"))
+    identity = stage.identity(parameters)
+    entry = store.read_index(identity)
+    if entry is not None:
+        refs = list(iter_refs(entry.get("result")))
+        intact = [store.verify(ref) for ref in refs]  # every one checked: corrupt ones all moved aside
+        if refs and all(intact) and str(entry.get("key", "")).startswith(identity + "-"):
+            return entry["key"]
+        logger.info("%s: %d of %d recorded artifacts missing or corrupt; recomputing", stage.name, intact.count(False), len(refs))
+    return f"{identity}-{secrets.token_hex(4)}"
+
+
+def cache_key_fn(context, parameters: Mapping[str, Any]) -> str:
+    """The ``cache_key_fn`` of every cached task (see the module docstring)."""
+    return cache_key(context.task.fn.__stage__, parameters)
+
+
+def record(stage: Stage, parameters: Mapping[str, Any], result: Any, key: str | None) -> None:
+    """Write the index entry of a finished stage run: its key and the artifacts it produced."""
+    if key is None:  # called outside a Prefect transaction (``task.fn(...)``): nothing to record
+        return
+    identity = stage.identity(parameters)
+    if not key.startswith(identity + "-"):
+        raise RuntimeError(f"{stage.name}: the run's cache key {key!r} does not belong to its identity {identity!r}")
+    Store(parameters.get("store")).write_index(
+        identity,
+        {
+            "key": key,
+            "task": stage.name,
+            "parameters": canonical(stage.arguments(parameters)),
+            "result": result,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+
+
+def cached_task(name: str, sources: Iterable[str] = (), normalise: Mapping[str, Callable] | None = None, **options):
+    """Make a Prefect task of a stage function ``fn(store, ...) -> reference(s)``.
+
+    The task is keyed by :func:`cache_key_fn`, persists its result as JSON and records
+    its artifacts in the store's index. ``sources``: modules whose code shapes the
+    result besides the function's own (hashed into the key). ``normalise``: parameter
+    name -> function applied before keying (e.g. ``device="auto"`` -> ``"cuda"``).
+    """
+    from prefect import task
+    from prefect.transactions import get_transaction
+
+    sources = tuple(sources)
+
+    def decorate(fn: Callable) -> Any:
+        if "store" not in inspect.signature(fn).parameters:
+            raise TypeError(f"stage function {fn.__name__} must take a 'store' argument")
+        digest = hashlib.sha256(function_hash(fn).encode())
+        for module in sources:
+            digest.update(module_hash(module).encode())
+        stage = Stage(name, fn, digest.hexdigest(), dict(normalise or {}))
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            bound = inspect.signature(fn).bind(*args, **kwargs)
+            bound.apply_defaults()
+            result = fn(*bound.args, **bound.kwargs)
+            transaction = get_transaction()
+            record(stage, bound.arguments, result, getattr(transaction, "key", None))
+            return result
+
+        run.__stage__ = stage
+        return task(
+            run,
+            name=name,
+            cache_key_fn=cache_key_fn,
+            persist_result=True,
+            result_serializer="json",
+            **options,
+        )
+
+    return decorate
+
+
+class Bound:
+    """A cached task bound to one store: ``store=`` passed for you, results recorded under
+    ``<store>/results``; ``refresh=True`` recomputes even when a valid cache entry exists."""
+
+    def __init__(self, task: Any, store: Store, refresh: bool = False):
+        self.store = store
+        # absolute, so that workers with another working directory (Dask) find the same files
+        self.root = str(store.root.resolve())
+        self.task = task.with_options(result_storage=store.results.resolve(), refresh_cache=True if refresh else None)
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.task(store=self.root, **kwargs)
+
+    def submit(self, **kwargs: Any) -> Any:
+        return self.task.submit(store=self.root, **kwargs)
+
+    def map(self, **kwargs: Any) -> Any:
+        from prefect import unmapped
+
+        return self.task.map(store=unmapped(self.root), **kwargs)

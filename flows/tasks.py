@@ -1,0 +1,315 @@
+"""The pipeline's stages as cached Prefect tasks, thin wrappers over tmcore.
+
+Each stage reads its inputs from the artifact store by reference, computes with tmcore,
+writes xarray Datasets (netCDF) back and returns references (path + sha256): never a
+tensor, never a pickle. Schemas: docs/artifacts.md. Caching: flows.caching.
+
+    generate_mesh         -> mesh
+    assemble(mesh)        -> system          (device "auto": CUDA when available)
+    solve(mesh, system)   -> fields          (u, and errors when the problem has an exact solution)
+    identify_coefficient(mesh)  -> {"history", "fields"}
+    optimise_topology(mesh)     -> {"history", "fields"}
+    gradient_check(mesh)        -> gradcheck table (dim probe)
+    render_figures(meshes, histories, fields) -> {"<name>.png": figure}
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from tmcore import Condenser, Mesh, SparseMatrix
+from tmcore.gradcheck import finite_difference_check
+from tmcore.io import mesh_from_xarray, mesh_to_xarray
+from tmcore.studies import IdentificationProblem, coefficient_identification, thermal_topology
+from tmcore.studies.topology import SIMPLaplace
+from tmcore.studies.topology import Source as TopologySource
+
+from . import figures
+from .artifacts import Store, provenance
+from .caching import cached_task
+from .problems import get_problem
+
+logger = logging.getLogger(__name__)
+
+DTYPE = torch.float64
+GRADIENT_TARGETS = ("identification", "topology")
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a CUDA device is available, else "cpu"; other names unchanged."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    torch.device(device)  # raises on a malformed name
+    return device
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # outside a run (task.fn(...) in a test)
+        return logger
+
+
+class Progress:
+    """A study callback: logs and moves a Prefect progress artifact about every 2% of the steps."""
+
+    def __init__(self, key: str, total: int, description: str):
+        self.total, self.every = total, max(1, total // 50)
+        self.log = _run_logger()
+        self.artifact = None
+        try:
+            from prefect.artifacts import create_progress_artifact
+            from prefect.context import TaskRunContext
+
+            if TaskRunContext.get() is not None:  # outside a run there is no API to report to
+                self.artifact = create_progress_artifact(progress=0.0, key=key, description=description)
+        except Exception as error:  # no API to talk to: progress goes to the log only
+            self.log.debug("no progress artifact (%s)", error)
+
+    def __call__(self, step: int, value: float) -> None:
+        done = step + 1
+        if done % self.every and done != self.total:
+            return
+        if self.artifact is not None:
+            try:
+                from prefect.artifacts import update_progress_artifact
+
+                update_progress_artifact(self.artifact, progress=100.0 * done / self.total)
+            except Exception as error:
+                self.log.debug("progress artifact not updated (%s)", error)
+        if done % max(1, self.total // 10) == 0 or done == self.total:
+            self.log.info("step %d/%d: %.4e", done, self.total, value)
+
+
+def _mesh(store: Store, ref) -> Mesh:
+    return mesh_from_xarray(store.open_dataset(ref, "mesh"))
+
+
+def _step_arrays(result, names: Sequence[str]) -> dict[str, tuple]:
+    return {name: (("step",), getattr(result, name).detach().cpu().numpy()) for name in names}
+
+
+# -- stages -------------------------------------------------------------------------------------
+
+
+@cached_task("generate_mesh")
+def generate_mesh(
+    store: str,
+    kind: str = "rectangle",
+    chara_length: float = 0.1,
+    cells: int | Sequence[int] | None = None,
+    element_type: str = "triangle",
+    order: int = 1,
+) -> dict:
+    """A mesh: ``kind="rectangle"`` (gmsh, unit square, edge length ``chara_length``) or
+    ``kind="grid"`` (structured, ``cells`` per side or per axis)."""
+    start = time.perf_counter()
+    if kind == "rectangle":
+        mesh = Mesh.gen_rectangle(chara_length=chara_length, element_type=element_type, order=order)
+    elif kind == "grid":
+        if cells is None:
+            raise ValueError("kind='grid' needs cells (an int per side, or one per axis)")
+        shape = (cells, cells) if isinstance(cells, int) else tuple(cells)
+        mesh = Mesh.gen_grid(shape, element_type=element_type, order=order)
+    else:
+        raise ValueError(f"kind must be 'rectangle' or 'grid', got {kind!r}")
+    parameters = {"kind": kind, "chara_length": chara_length, "cells": cells, "element_type": element_type, "order": order}
+    dataset = mesh_to_xarray(mesh).assign_attrs(provenance(parameters, seconds=time.perf_counter() - start))
+    return Store(store).put_dataset(dataset, "mesh")
+
+
+@cached_task("assemble", sources=("flows.problems",), normalise={"device": resolve_device})
+def assemble(store: str, mesh: dict, problem: str = "poisson-mms", device: str = "auto") -> dict:
+    """The linear system of a named problem (flows.problems) on the mesh, assembled on
+    ``device`` and stored as COO entries (dim ``entry``) with the load and Dirichlet data."""
+    artifacts = Store(store)
+    device = resolve_device(device)
+    spec = get_problem(problem)
+    mesh_ = _mesh(artifacts, mesh).to(device)
+    start = time.perf_counter()
+    system = spec.assemble(mesh_)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    matrix = system.matrix
+    dataset = xr.Dataset(
+        {
+            "row": (("entry",), matrix.pattern.rows.cpu().numpy().astype(np.int64)),
+            "col": (("entry",), matrix.pattern.cols.cpu().numpy().astype(np.int64)),
+            "value": (("entry",), matrix.values.detach().cpu().numpy()),
+            "load": (("node",), system.load.detach().cpu().numpy()),
+            "dirichlet_mask": (("node",), system.dirichlet_mask.cpu().numpy().astype(bool)),
+            "dirichlet_value": (("node",), system.dirichlet_value.detach().cpu().numpy()),
+        },
+        attrs={"problem": problem, "n_rows": matrix.shape[-2], "n_cols": matrix.shape[-1]},
+    )
+    dataset = dataset.assign_attrs(provenance({"problem": problem}, {"mesh": mesh}, device=device, seconds=seconds))
+    return artifacts.put_dataset(dataset, "system")
+
+
+@cached_task("solve", sources=("flows.problems",))
+def solve(store: str, mesh: dict, system: dict) -> dict:
+    """The nodal solution u of a stored system (CPU, direct solver), with the error norms of
+    problems that have an exact solution."""
+    artifacts = Store(store)
+    data = artifacts.open_dataset(system, "system")
+    mesh_ = _mesh(artifacts, mesh)
+    shape = (int(data.attrs["n_rows"]), int(data.attrs["n_cols"]))
+    matrix = SparseMatrix(
+        torch.from_numpy(data["value"].values), torch.from_numpy(data["row"].values), torch.from_numpy(data["col"].values), shape
+    )
+    mask = torch.from_numpy(data["dirichlet_mask"].values.astype(bool))
+    condenser = Condenser(mask, dirichlet_value=torch.from_numpy(data["dirichlet_value"].values))
+    start = time.perf_counter()
+    K, b = condenser(matrix, torch.from_numpy(data["load"].values))
+    u = condenser.recover(K.solve(b))
+    seconds = time.perf_counter() - start
+    variables: dict[str, Any] = {"u": (("node",), u.numpy())}
+    problem = get_problem(str(data.attrs["problem"]))
+    if problem.exact is not None:
+        variables["u_exact"] = (("node",), problem.exact(mesh_.points.to(DTYPE)).numpy())
+    if problem.errors is not None:
+        variables.update({name: ((), value) for name, value in problem.errors(mesh_, u).items()})
+    dataset = xr.Dataset(variables, attrs={"problem": problem.name})
+    dataset = dataset.assign_attrs(provenance({}, {"mesh": mesh, "system": system}, seconds=seconds))
+    return artifacts.put_dataset(dataset, "fields")
+
+
+@cached_task("identify_coefficient")
+def identify_coefficient(store: str, mesh: dict, steps: int = 5000, lr: float = 3e-2, smoothness: float = 0.0) -> dict:
+    """The coefficient identification study (tmcore.studies): history (dim step) and final
+    fields (kappa, kappa_true, u, u_obs on node)."""
+    artifacts = Store(store)
+    mesh_ = _mesh(artifacts, mesh)
+    progress = Progress("identification-progress", steps, f"coefficient identification, {steps} Adam steps")
+    start = time.perf_counter()
+    result = coefficient_identification(mesh_, steps=steps, lr=lr, smoothness=smoothness, callback=progress)
+    seconds = time.perf_counter() - start
+    parameters = {"steps": steps, "lr": lr, "smoothness": smoothness}
+    attrs = provenance(parameters, {"mesh": mesh}, seconds=seconds)
+    attrs["run_median_seconds_per_step"] = result.median_seconds_per_step
+    history = xr.Dataset(_step_arrays(result, ("loss", "misfit", "u_rel_max_error")), attrs={"study": "coefficient_identification", **attrs})
+    fields = xr.Dataset(
+        {name: (("node",), getattr(result, name).cpu().numpy()) for name in ("kappa", "kappa_true", "u", "u_obs")},
+        attrs={"study": "coefficient_identification", **attrs},
+    )
+    return {"history": artifacts.put_dataset(history, "history"), "fields": artifacts.put_dataset(fields, "fields")}
+
+
+@cached_task("optimise_topology")
+def optimise_topology(
+    store: str,
+    mesh: dict,
+    steps: int = 60,
+    vf: float = 0.4,
+    p: float = 3.0,
+    kmin: float = 1e-3,
+    sigma: float = 0.08,
+    move_limit: float = 0.15,
+    snapshot_steps: Sequence[int] | None = None,
+) -> dict:
+    """The thermal topology study (tmcore.studies): history (compliance, volume on step;
+    rho_snapshot on snapshot_step x cell) and the final densities rho on cell.
+    ``snapshot_steps`` None: 0, 5 and the last."""
+    artifacts = Store(store)
+    mesh_ = _mesh(artifacts, mesh)
+    if snapshot_steps is None:
+        snapshot_steps = sorted({0, min(5, steps - 1), steps - 1})
+    progress = Progress("topology-progress", steps, f"thermal topology optimisation, {steps} OC steps")
+    start = time.perf_counter()
+    result = thermal_topology(
+        mesh_, vf=vf, p=p, kmin=kmin, sigma=sigma, steps=steps, move_limit=move_limit,
+        snapshot_steps=snapshot_steps, callback=progress,
+    )
+    seconds = time.perf_counter() - start
+    parameters = {"steps": steps, "vf": vf, "p": p, "kmin": kmin, "sigma": sigma, "move_limit": move_limit, "snapshot_steps": list(snapshot_steps)}
+    attrs = provenance(parameters, {"mesh": mesh}, seconds=seconds)
+    attrs["run_median_seconds_per_step"] = result.median_seconds_per_step
+    kept = sorted(result.snapshots)
+    variables = _step_arrays(result, ("compliance", "volume"))
+    variables["rho_snapshot"] = (("snapshot_step", "cell"), torch.stack([result.snapshots[s] for s in kept]).cpu().numpy())
+    history = xr.Dataset(variables, coords={"snapshot_step": np.asarray(kept, dtype=np.int64)}, attrs={"study": "thermal_topology", **attrs})
+    fields = xr.Dataset({"rho": (("cell",), result.rho.cpu().numpy())}, attrs={"study": "thermal_topology", **attrs})
+    return {"history": artifacts.put_dataset(history, "history"), "fields": artifacts.put_dataset(fields, "fields")}
+
+
+def _topology_compliance(mesh: Mesh, vf: float = 0.4, p: float = 3.0, kmin: float = 1e-3, sigma: float = 0.08) -> tuple[Callable, torch.Tensor]:
+    """The thermal compliance b . u(rho) of the topology study and its starting densities rho = vf."""
+    points = mesh.points.to(DTYPE)
+    centre = 0.5 * (points.min(dim=0).values + points.max(dim=0).values)
+    load = TopologySource.from_mesh(mesh)(point_data={"f": torch.exp(-((points - centre) ** 2).sum(dim=1) / (2 * sigma**2))}).to(DTYPE)
+    stiffness, condenser = SIMPLaplace.from_mesh(mesh), Condenser(mesh.boundary_mask)
+
+    def compliance(rho: torch.Tensor) -> torch.Tensor:
+        K = stiffness(element_data={"kappa": kmin + (1.0 - kmin) * rho**p}).double()
+        K_free, b_free = condenser(K, load)
+        return (load * condenser.recover(K_free.solve(b_free))).sum()
+
+    return compliance, torch.full((mesh.n_cells,), vf, dtype=DTYPE)
+
+
+@cached_task("gradient_check")
+def gradient_check(store: str, mesh: dict, target: str = "identification", n_probes: int = 5, seed: int = 0) -> dict:
+    """Autograd against five-point central differences at ``n_probes`` entries drawn with
+    ``seed``: d(identification loss)/d(theta) at theta = 0 on interior nodes, or
+    d(thermal compliance)/d(rho) at rho = 0.4 on cells. A table with dim ``probe``."""
+    artifacts = Store(store)
+    mesh_ = _mesh(artifacts, mesh)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    if target == "identification":
+        problem = IdentificationProblem(mesh_)
+        interior = torch.nonzero(~mesh_.boundary_mask).flatten()
+        indices = interior[torch.randperm(interior.numel(), generator=generator)[:n_probes]]
+        check = finite_difference_check(problem.objective, torch.zeros(mesh_.n_points, dtype=DTYPE), indices=indices)
+        label = "node"
+    elif target == "topology":
+        compliance, rho = _topology_compliance(mesh_)
+        indices = torch.randperm(mesh_.n_cells, generator=generator)[:n_probes]
+        check = finite_difference_check(compliance, rho, indices=indices)
+        label = "cell"
+    else:
+        raise ValueError(f"target must be one of {GRADIENT_TARGETS}, got {target!r}")
+    seconds = time.perf_counter() - start
+    n = check.indices.numel()
+    table = xr.Dataset(
+        {
+            "target": (("probe",), np.asarray([target] * n, dtype=object)),
+            "entity": (("probe",), np.asarray([label] * n, dtype=object)),
+            "index": (("probe",), check.indices.numpy().astype(np.int64)),
+            "autograd": (("probe",), check.autograd.numpy()),
+            "finite_difference": (("probe",), check.finite_difference.numpy()),
+            "abs_diff": (("probe",), check.abs_diff.numpy()),
+            "rel_diff": (("probe",), check.rel_diff.numpy()),
+            "digits": (("probe",), check.digits.numpy()),
+        },
+        attrs={"target": target, "fd_step": check.step, "median_digits": check.median_digits, "min_digits": float(check.digits.min())},
+    )
+    table = table.assign_attrs(provenance({"target": target, "n_probes": n_probes, "seed": seed}, {"mesh": mesh}, seconds=seconds))
+    return artifacts.put_dataset(table, "gradcheck")
+
+
+@cached_task("render_figures", sources=("flows.figures",))
+def render_figures(store: str, identification_mesh: dict, identification: dict, topology_mesh: dict, topology: dict) -> dict:
+    """The three PNGs of the differentiability figures (flows.figures), stored as figure artifacts."""
+    artifacts = Store(store)
+    pngs = figures.render_all(
+        artifacts.open_dataset(identification_mesh, "mesh"),
+        artifacts.open_dataset(identification["history"], "history"),
+        artifacts.open_dataset(identification["fields"], "fields"),
+        artifacts.open_dataset(topology_mesh, "mesh"),
+        artifacts.open_dataset(topology["history"], "history"),
+    )
+    return {name: artifacts.put_bytes(data, "figure", ".png") for name, data in pngs.items()}
+

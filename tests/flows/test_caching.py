@@ -1,0 +1,101 @@
+"""The cache key: what it sees, what it ignores, and how damaged artifacts force a new generation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from flows import caching, tasks
+from flows.caching import Stage, cache_key, canonical, record
+
+
+def _ref(content="c" * 64, path="objects/ab/x.nc"):
+    return {"kind": "mesh", "path": path, "sha256": "s" * 64, "content": content}
+
+
+def test_canonical_parameters():
+    assert canonical(_ref(path="objects/aa/1.nc")) == canonical(_ref(path="elsewhere/2.nc"))  # where is not what
+    assert canonical(_ref("a" * 64)) != canonical(_ref("b" * 64))
+    assert canonical({"b": 1, "a": (0.1, None)}) == {"a": [0.1, None], "b": 1}
+    assert canonical(0.1) != canonical(float(np.nextafter(0.1, 1.0)))  # one ulp apart
+    assert canonical(float("nan")) == {"float": "nan"}
+    assert canonical(np.int64(3)) == 3 and canonical(np.float32(0.5)) == 0.5
+    t = torch.ones(3, dtype=torch.float64)
+    assert canonical(t) == canonical(t.clone()) != canonical(t.float())
+    with pytest.raises(TypeError, match="cannot key"):
+        canonical(object())
+
+
+def _stage(source="source-1", name="solve"):
+    def fn(store, mesh, steps: int = 10, device: str = "auto"):
+        return None
+
+    return Stage(name, fn, source, {"device": tasks.resolve_device})
+
+
+def test_identity_sees_name_parameters_inputs_source_and_tmcore(monkeypatch):
+    stage = _stage()
+    base = {"store": "/a", "mesh": _ref()}
+    key = stage.identity(base)
+    assert key.startswith("solve-")
+    assert stage.identity({**base, "store": "/elsewhere"}) == key  # the store is not keyed
+    assert stage.identity({**base, "steps": 10}) == key  # defaults are filled in
+    assert stage.identity({**base, "device": tasks.resolve_device("auto")}) == key  # "auto" keyed as what it resolves to
+    assert stage.identity({**base, "steps": 11}) != key
+    assert stage.identity({**base, "mesh": _ref("d" * 64)}) != key
+    assert _stage(source="source-2").identity(base) != key
+    assert _stage(name="assemble").identity(base) != key
+    monkeypatch.setattr(caching, "tmcore_hash", lambda: "an edited tmcore")
+    assert stage.identity(base) != key
+
+
+def test_source_hashes_follow_file_contents_and_names(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 2\n")
+    files = lambda: sorted(tmp_path.glob("*.py"))  # noqa: E731
+    first = caching._hash_files(tmp_path, files())
+    assert caching._hash_files(tmp_path, reversed(files())) == first
+    (tmp_path / "b.py").write_text("y = 3\n")
+    assert caching._hash_files(tmp_path, files()) != first
+    assert len(caching.tmcore_hash()) == 64 and caching.module_hash("flows.figures") != caching.module_hash("flows.problems")
+    # every task hashes its own source (and its declared modules): all different
+    sources = {t.fn.__stage__.source for t in (tasks.generate_mesh, tasks.assemble, tasks.solve, tasks.render_figures)}
+    assert len(sources) == 4
+
+
+def test_generations_follow_the_recorded_artifacts(store):
+    stage = _stage()
+    ref = store.put_dataset(xr.Dataset({"u": (("node",), np.arange(3.0))}), "fields")
+    parameters = {"store": str(store.root), "mesh": _ref()}
+    identity = stage.identity(parameters)
+
+    fresh = cache_key(stage, parameters)
+    assert fresh.startswith(identity + "-") and cache_key(stage, parameters) != fresh  # nothing recorded: never a hit
+    record(stage, parameters, {"fields": ref}, fresh)
+    assert cache_key(stage, parameters) == fresh  # intact: the recorded key, so Prefect finds its record
+
+    store.path(ref).write_bytes(b"garbage")
+    renewed = cache_key(stage, parameters)
+    assert renewed != fresh and renewed.startswith(identity + "-")
+    assert not store.path(ref).exists() and len(list((store.root / "quarantine").iterdir())) == 1
+
+    record(stage, parameters, {"fields": store.put_dataset(xr.Dataset({"u": (("node",), np.arange(3.0))}), "fields")}, renewed)
+    assert cache_key(stage, parameters) == renewed
+    store.path(ref).unlink()  # deleted
+    assert cache_key(stage, parameters) != renewed
+
+    with pytest.raises(RuntimeError, match="does not belong"):
+        record(stage, parameters, {}, "solve-someone-else")
+    record(stage, parameters, {}, None)  # outside a transaction: nothing recorded, no error
+
+
+def test_an_unreadable_index_entry_is_a_miss(store):
+    stage = _stage()
+    parameters = {"store": str(store.root), "mesh": _ref()}
+    path = store.root / "index" / f"{stage.identity(parameters)}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    assert cache_key(stage, parameters).startswith(stage.identity(parameters))
+    assert path.exists()  # left in place; the next run of the stage overwrites it
