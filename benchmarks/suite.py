@@ -47,6 +47,10 @@ QUICK_2D, QUICK_3D = ("1e3", "1e4", "1e5"), ("1e3", "1e4")
 # gmsh: chara_length and uniform refinements per 2-D size, and chara_length per 3-D size
 GMSH_2D = {"1e3": (0.035, 0), "1e4": (0.011, 0), "1e5": (0.007, 1), "4e5": (0.0035, 1), "1e6": (0.004, 2)}
 GMSH_3D = {"1e3": 0.12, "1e4": 0.05, "1e5": 0.022}
+# SuperLU comparators only up to these node counts: beyond, one factorisation takes
+# minutes (3-D fill-in) or tens of seconds per repetition (2-D 1e6) and the fastest
+# comparators (AMG, CHOLMOD) are measured anyway
+SUPERLU_LIMIT = {2: 500_000, 3: 20_000}
 
 
 class Diffusion(ElementAssembler):
@@ -135,7 +139,7 @@ def _condensed(mesh: Mesh):
     return kappa, cond, K_, b_
 
 
-def _timers_for(label: str, dim: int, n: int, repeats_heavy: bool) -> list[Timer]:
+def _timers_for(label: str, dim: int, n: int) -> list[Timer]:
     """Every timer of one size; the mesh and matrices are built once, outside the timings."""
     element = "triangle" if dim == 2 else "tetra"
     mesh = Mesh.gen_grid((n,) * dim, element_type=element)
@@ -194,7 +198,7 @@ def _timers_for(label: str, dim: int, n: int, repeats_heavy: bool) -> list[Timer
         Timer(case, "forward solve", f"tmcore ({backend})", forward, setup=forward_setup, **sizes),
         Timer(case, "backward", f"tmcore ({backend})", backward, setup=backward_setup, **sizes),
     ]
-    timers += _solver_timers(case, K_, b_, sizes, include_splu=not (dim == 2 and label == "1e6") or repeats_heavy)
+    timers += _solver_timers(case, K_, b_, sizes, include_splu=mesh.n_points <= SUPERLU_LIMIT[dim])
 
     theta = torch.zeros(mesh.n_points, dtype=torch.float64, requires_grad=True)
     u_obs = cond.recover(K_.solve(b_)).detach()
@@ -285,17 +289,29 @@ def machine() -> dict[str, str]:
     }
 
 
-def run(quick: bool = False, repeats: int | None = None) -> list[Timer]:
-    """Time every stage at every size, round-robin within a size; returns the timers."""
+def run(quick: bool = False, repeats: int | None = None, cases: list[str] | None = None, on_size=None) -> list[Timer]:
+    """Time every stage at every size, round-robin within a size; returns the timers.
+
+    cases: e.g. ["2d-1e5", "3d-1e4"] to run only those sizes; on_size(timers so far) is
+    called after each size (the command line writes the report there, so an interrupted
+    run keeps what it measured).
+    """
     torch.set_default_dtype(torch.float64)
     repeats = repeats or (3 if quick else 5)
     labels_2d = QUICK_2D if quick else tuple(SIZES_2D)
     labels_3d = QUICK_3D if quick else tuple(SIZES_3D)
     plan = [(label, 2, SIZES_2D[label]) for label in labels_2d] + [(label, 3, SIZES_3D[label]) for label in labels_3d]
+    if cases:
+        unknown = set(cases) - {f"2d-{label}" for label in SIZES_2D} - {f"3d-{label}" for label in SIZES_3D}
+        if unknown:
+            raise ValueError(f"unknown cases {sorted(unknown)}; choose from 2d-{list(SIZES_2D)} and 3d-{list(SIZES_3D)}")
+        plan = [(label, 2, SIZES_2D[label]) for label in SIZES_2D if f"2d-{label}" in cases] + [
+            (label, 3, SIZES_3D[label]) for label in SIZES_3D if f"3d-{label}" in cases
+        ]
     timers: list[Timer] = []
     for label, dim, n in plan:
         large = label in ("4e5", "1e6", "3e5")
-        size_timers = _timers_for(label, dim, n, repeats_heavy=not large)
+        size_timers = _timers_for(label, dim, n)
         for timer in size_timers:  # warm-up (imports, caches, first-touch allocations) and memory
             timer.measure_memory()
         for _ in range(max(2, repeats - 2) if large else repeats):
@@ -303,6 +319,8 @@ def run(quick: bool = False, repeats: int | None = None) -> list[Timer]:
                 timer.measure()
         timers += size_timers
         logger.info("%s-D %s done", dim, label)
+        if on_size is not None:
+            on_size(timers)
     return timers
 
 
@@ -380,11 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="sizes up to 1e5 (2-D) / 1e4 (3-D), 3 repetitions")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--cases", nargs="+", default=None, help="only these sizes, e.g. 2d-1e5 3d-1e4")
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("skfem").setLevel(logging.WARNING)
     info = machine()
-    rows = summarise(run(quick=args.quick, repeats=args.repeats))
+    timers = run(quick=args.quick, repeats=args.repeats, cases=args.cases, on_size=lambda t: write_report(summarise(t), info, args.out))
+    rows = summarise(timers)
     netcdf, markdown = write_report(rows, info, args.out)
     print(to_markdown(rows, info))
     print(f"wrote {netcdf} and {markdown}")
