@@ -5,7 +5,8 @@
     python -m flows.serve                         serve every deployment (`make serve`)
 
 Modules: ``artifacts`` (the store), ``caching`` (cache keys), ``tasks`` (the stages),
-``figures`` (rendering), ``problems`` (named boundary-value problems), ``runners``
+``figures`` (rendering), ``problems`` (named boundary-value problems), ``parameters``
+(the flows' parameter types and ranges), ``runners``
 (threads or Dask), ``benchmarks`` (validation suites), ``differentiability``,
 ``validation`` and ``serve`` (flows and deployments). See docs/flows.md.
 """

@@ -5,10 +5,18 @@ Artifacts are files addressed by the sha256 of their bytes::
     <root>/objects/<sha[:2]>/<sha>.<ext>     netCDF datasets (.nc) and rendered figures (.png)
     <root>/index/<stage key>.json            which artifacts a stage run produced (flows.caching)
     <root>/results/<cache key>               Prefect's result records (JSON, small references)
+    <root>/checkpoints/<stage key>.json      the latest checkpoint of a long stage (a reference)
     <root>/quarantine/                       artifacts that failed verification, moved aside
 
 Files are written to a dot-named temporary file in their final folder and renamed into
-place, so a name under ``objects/`` only ever holds complete bytes.
+place, so a name under ``objects/`` only ever holds complete bytes. A writer killed
+mid-write leaves at most a dot-named ``.<name>.*.tmp`` file, which nothing reads.
+
+Nothing here unpickles: datasets are netCDF-4 with plain dtypes, index entries JSON, and
+optimiser state travels as tensors in a netCDF file (:func:`state_to_dataset`). A
+reference names its file by content (``objects/<sha[:2]>/<sha256>.<ext>``) and
+:meth:`Store.path` refuses any other path, so a reference passed in as a parameter
+cannot reach outside the store (``../`` or an absolute path raises ValueError).
 
 A task hands on a *reference*, a small JSON-able dict::
 
@@ -33,6 +41,7 @@ import json
 import logging
 import os
 import platform
+import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -48,9 +57,14 @@ DEFAULT_ROOT = Path("data") / "artifacts"
 # Bump when the layout of any dataset written by the flows changes: it is part of every
 # cache key (flows.caching), so old artifacts are recomputed rather than misread.
 SCHEMA_VERSION = 1
-KINDS = ("mesh", "system", "fields", "history", "gradcheck", "benchmark", "figure")
+KINDS = ("mesh", "system", "fields", "history", "gradcheck", "benchmark", "figure", "checkpoint")
 RUN_PREFIX = "run_"  # attributes that vary between identical computations (timings, dates)
 _CHUNK = 1 << 20
+# the only paths a reference may hold: objects/<sha[:2]>/<sha256><suffix>
+_OBJECT_PATH = re.compile(r"objects/([0-9a-f]{2})/([0-9a-f]{64})((?:\.[a-z0-9]{1,8})?)")
+_SUFFIX = re.compile(r"(?:\.[a-z0-9]{1,8})?")
+# index and checkpoint keys: plain file names (a stage's name, a dash, a hex digest)
+_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 
 
 class ArtifactError(RuntimeError):
@@ -277,16 +291,34 @@ class Store:
         return self.root / "results"
 
     def path(self, ref: Mapping[str, Any]) -> Path:
-        """The local file of a reference."""
-        return self.root / _check_ref(ref)["path"]
+        """The local file of a reference: ``objects/<sha[:2]>/<sha256>.<ext>`` under the root.
+
+        Any other path (``../``, an absolute path, a name that is not the reference's own
+        sha256) raises ValueError: a reference handed in as a parameter cannot point
+        outside the store, nor at a file the store did not address by its content.
+        """
+        ref = _check_ref(ref)
+        path, sha = ref["path"], ref["sha256"]
+        match = _OBJECT_PATH.fullmatch(path) if isinstance(path, str) else None
+        if match is None or match.group(2) != sha or match.group(1) != sha[:2]:
+            raise ValueError(
+                f"artifact path {path!r} is not an object of the store (expected objects/<sha[:2]>/<sha256>.<ext> "
+                f"for sha256 {str(sha)[:80]!r}); refusing to read or move it"
+            )
+        return self.root / path
 
     def _object_path(self, sha: str, suffix: str) -> str:
+        if not _SUFFIX.fullmatch(suffix):
+            raise ValueError(f"suffix must be empty or a dot and 1-8 lowercase letters or digits, got {suffix!r}")
         return f"objects/{sha[:2]}/{sha}{suffix}"
 
+    def _key_path(self, folder: str, key: str) -> Path:
+        if not isinstance(key, str) or not _KEY.fullmatch(key) or ".." in key:
+            raise ValueError(f"{folder} keys are plain file names (letters, digits, '_', '-', '.'; no '..'), got {key!r}")
+        return self.root / folder / f"{key}.json"
+
     def _index_path(self, key: str) -> Path:
-        if not key or "/" in key or key.startswith("."):
-            raise ValueError(f"index keys are plain file names, got {key!r}")
-        return self.root / "index" / f"{key}.json"
+        return self._key_path("index", key)
 
     # -- writing --
 
@@ -297,8 +329,12 @@ class Store:
         sha = sha256_bytes(data)
         relative = self._object_path(sha, suffix)
         target = self.root / relative
-        if not (target.is_file() and sha256_file(target) == sha):
-            atomic_write_bytes(target, data)
+        if target.is_file():
+            if sha256_file(target) == sha:  # written before (by us, or by a concurrent run)
+                return {"kind": kind, "path": relative, "sha256": sha, "content": content or sha}
+            with contextlib.suppress(FileNotFoundError):  # a concurrent run may have moved it already
+                self.quarantine(target)
+        atomic_write_bytes(target, data)
         return {"kind": kind, "path": relative, "sha256": sha, "content": content or sha}
 
     def put_dataset(self, dataset, kind: str) -> dict[str, str]:
@@ -367,3 +403,136 @@ class Store:
 
     def write_index(self, key: str, entry: Mapping[str, Any]) -> Path:
         return atomic_write_json(self._index_path(key), dict(entry))
+
+    # -- checkpoints of long stages (flows.tasks) --
+
+    def put_checkpoint(self, key: str, state: Mapping[str, Any]) -> dict[str, str]:
+        """Store a study state (:mod:`tmcore.studies.checkpoint`) as a checkpoint artifact and
+        make it the latest of ``key`` (the one it replaces is deleted); returns its reference."""
+        ref = self.put_dataset(state_to_dataset(state), "checkpoint")
+        path = self._key_path("checkpoints", key)
+        previous = self._checkpoint_ref(path)
+        entry = {"key": key, "step": state.get("step"), "checkpoint": ref,
+                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        atomic_write_json(path, entry)  # the new one is in place before the old one goes
+        if previous is not None and previous["path"] != ref["path"]:
+            self._remove_checkpoint_object(previous)
+        return ref
+
+    def discard_checkpoint(self, key: str) -> None:
+        """Forget the checkpoint of ``key`` (its stage finished): the pointer and its file."""
+        path = self._key_path("checkpoints", key)
+        previous = self._checkpoint_ref(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        if previous is not None:
+            self._remove_checkpoint_object(previous)
+
+    def _checkpoint_ref(self, pointer: Path) -> Mapping[str, Any] | None:
+        try:
+            ref = json.loads(pointer.read_text())["checkpoint"]
+            self.path(ref)  # a reference of this store's layout, or ValueError
+            return ref if ref.get("kind") == "checkpoint" else None
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    def _remove_checkpoint_object(self, ref: Mapping[str, Any]) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(ref))
+
+    def latest_checkpoint(self, key: str) -> dict[str, Any] | None:
+        """The state of the latest checkpoint of ``key``, or None if there is none or it is
+        damaged (a corrupt file is moved to quarantine and logged)."""
+        path = self._key_path("checkpoints", key)
+        try:
+            entry = json.loads(path.read_text())
+            ref = entry["checkpoint"]
+            if not self.verify(ref):
+                logger.warning("checkpoint %s of %s is missing or corrupt; starting over", ref.get("path"), key)
+                return None
+            return state_from_dataset(self.open_dataset(ref, "checkpoint"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError, ArtifactError) as error:
+            logger.warning("checkpoint of %s is unreadable (%s: %s); starting over", key, type(error).__name__, error)
+            return None
+
+
+# -- state dicts (optimiser state, checkpoints) as datasets -------------------------------------
+
+# torch dtypes a state tensor may have (a whitelist: names are looked up, never evaluated)
+_STATE_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+
+
+def state_to_dataset(state: Mapping[str, Any]):
+    """A nested state (dicts with str/int keys, lists, tuples, torch tensors, numpy arrays,
+    str/int/float/bool/None) as a Dataset, without pickle.
+
+    Every tensor becomes a variable ``t<i>`` (dims ``t<i>_<axis>``, its exact dtype and
+    bytes); the structure, with tensors replaced by ``{"tensor": "t<i>", "dtype": ...}``,
+    is JSON text in the attribute ``state``. :func:`state_from_dataset` inverts it exactly
+    (Python floats round-trip through JSON by their repr).
+    """
+    import xarray as xr
+
+    variables: dict[str, Any] = {}
+
+    def encode(value: Any) -> Any:
+        if hasattr(value, "detach") or isinstance(value, np.ndarray):
+            is_torch = hasattr(value, "detach")
+            array = value.detach().cpu().contiguous().numpy() if is_torch else np.ascontiguousarray(value)
+            dtype = str(value.dtype).removeprefix("torch.") if is_torch else array.dtype.name
+            if dtype not in _STATE_DTYPES:
+                raise TypeError(f"state tensors must have one of the dtypes {_STATE_DTYPES}, got {dtype}")
+            name = f"t{len(variables)}"
+            variable = xr.Variable(tuple(f"{name}_{axis}" for axis in range(array.ndim)), array)
+            variable.encoding["_FillValue"] = None  # values are stored as they are, never masked
+            variables[name] = variable
+            return {"tensor": name, "dtype": dtype, "torch": is_torch}
+        if isinstance(value, Mapping):
+            for key in value:
+                if isinstance(key, bool) or not isinstance(key, (str, int)):
+                    raise TypeError(f"state dict keys must be str or int, got {key!r}")
+            return {"dict": [[key, encode(item)] for key, item in value.items()]}
+        if isinstance(value, tuple):
+            return {"tuple": [encode(item) for item in value]}
+        if isinstance(value, list):
+            return {"list": [encode(item) for item in value]}
+        if value is None or isinstance(value, (bool, int, str)):
+            return value
+        if isinstance(value, float):
+            return {"float": repr(value)}
+        if isinstance(value, (np.integer, np.floating, np.bool_)):
+            return encode(value.item())
+        raise TypeError(f"a state may hold tensors, numbers, strings, None and containers of them; got {type(value).__name__}")
+
+    skeleton = encode(dict(state))
+    return xr.Dataset(variables, attrs={"state": json.dumps(skeleton, sort_keys=False), "state_format": 1})
+
+
+def state_from_dataset(dataset) -> dict[str, Any]:
+    """The state dict of :func:`state_to_dataset` (tensors as torch tensors of their saved dtype)."""
+    import torch
+
+    skeleton = json.loads(dataset.attrs["state"])  # plain JSON: no object hooks, nothing imported
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, dict):
+            if "tensor" in value:
+                dtype = value["dtype"]
+                if dtype not in _STATE_DTYPES:
+                    raise ValueError(f"state tensor {value['tensor']!r} has an unsupported dtype {dtype!r}")
+                array = np.array(dataset[value["tensor"]].values, dtype=np.dtype(dtype), copy=True)
+                return torch.from_numpy(array) if value.get("torch", True) else array
+            if "dict" in value:
+                return {key: decode(item) for key, item in value["dict"]}
+            if "tuple" in value:
+                return tuple(decode(item) for item in value["tuple"])
+            if "list" in value:
+                return [decode(item) for item in value["list"]]
+            if "float" in value:
+                return float(value["float"])
+            raise ValueError(f"unknown node in a state: {sorted(value)}")
+        return value
+
+    return decode(skeleton)

@@ -22,10 +22,18 @@ So unchanged inputs give Cached across processes and days, any change recomputes
 stages downstream of it (their inputs' content hashes change), and a damaged artifact
 is recomputed rather than used. Results are small JSON references (never pickles),
 stored by Prefect under ``<store>/results``.
+
+Prefect decodes a result record with the serializer the record itself names (a record
+saying ``"pickle"`` is unpickled), so before the recorded key is handed back its record
+is read as plain JSON and checked (:func:`check_result_record`): JSON serializer, the
+standard decoder, and exactly the result the index recorded. Anything else (a pickle, a
+foreign object hook, a truncated file) is moved to ``quarantine/``, logged, and the
+stage recomputes under a new generation; Prefect never sees the bad record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import hashlib
@@ -34,8 +42,10 @@ import inspect
 import json
 import logging
 import math
+import re
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +58,28 @@ logger = logging.getLogger(__name__)
 
 # Parameters that choose where artifacts live, not what they hold.
 NOT_KEYED = ("store",)
+# The only result decoders a record may name (None: plain json.loads).
+JSON_DECODERS = (None, "prefect.serializers.prefect_json_object_decoder")
+# The identity of the stage running in this thread or task (see current_identity).
+_IDENTITY: ContextVar[str | None] = ContextVar("tmcore_stage_identity", default=None)
+
+
+def current_identity() -> str | None:
+    """The identity (``<task>-<sha256>``) of the cached stage whose function is running, or
+    None outside one. Long stages key their checkpoints by it: a checkpoint is resumed only
+    by a run with the same task, parameters, inputs and code."""
+    return _IDENTITY.get()
+
+
+@contextlib.contextmanager
+def _running(identity: str) -> Iterator[None]:
+    """:func:`current_identity` is ``identity`` inside the block. A module-level function, so
+    that a task shipped by value to a Dask worker (cloudpickle) never carries the ContextVar."""
+    token = _IDENTITY.set(identity)
+    try:
+        yield
+    finally:
+        _IDENTITY.reset(token)
 
 
 # -- source hashes ------------------------------------------------------------------------------
@@ -137,12 +169,14 @@ class Stage:
     fn: Callable
     source: str  # sha256 of the function and the declared modules
     normalise: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    unkeyed: tuple[str, ...] = ()  # parameters that change how, never what (e.g. checkpoint_every)
 
     def arguments(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
-        """The parameters with defaults filled in and normalisers applied, ``store`` removed."""
+        """The parameters with defaults filled in and normalisers applied, ``store`` and the
+        unkeyed ones removed."""
         bound = inspect.signature(self.fn).bind_partial(**parameters)
         bound.apply_defaults()
-        arguments = {k: v for k, v in bound.arguments.items() if k not in NOT_KEYED}
+        arguments = {k: v for k, v in bound.arguments.items() if k not in NOT_KEYED and k not in self.unkeyed}
         for name, normalise in self.normalise.items():
             if name in arguments:
                 arguments[name] = normalise(arguments[name])
@@ -164,23 +198,92 @@ class Stage:
         return f"{self.name}-{hashlib.sha256(text.encode()).hexdigest()[:40]}"
 
 
-def cache_key(stage: Stage, parameters: Mapping[str, Any]) -> str:
-    """Prefect's key for a stage run: the recorded key if its artifacts verify, else a new generation."""
+def _forbidden_keys(value: Any) -> bool:
+    """True if a decoded JSON value holds a key Prefect's decoder would act on."""
+    if isinstance(value, Mapping):
+        return bool({"__class__", "__exc_type__"} & set(value)) or any(_forbidden_keys(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_forbidden_keys(v) for v in value)
+    return False
+
+
+def check_result_record(path: Path, expected: Any) -> str | None:
+    """Why the Prefect result record at ``path`` must not be loaded, or None if it is safe (or absent).
+
+    Safe: a JSON document ``{"metadata": ..., "result": "<json text>"}`` whose serializer is
+    ``json`` with the standard library's ``json`` and Prefect's default (or no) object
+    decoder, no extra load options, and whose result, decoded as plain JSON, equals
+    ``expected`` (the result the index recorded) and holds no ``__class__``/``__exc_type__``
+    key. Read with ``json.loads`` only: checking a record never imports or unpickles.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return "not a JSON document (truncated or foreign)"
+    if not isinstance(record, dict) or set(record) != {"metadata", "result"} or not isinstance(record["metadata"], dict):
+        return "not a result record of the current layout ({metadata, result})"
+    serializer = record["metadata"].get("serializer")
+    if not isinstance(serializer, dict) or serializer.get("type") != "json":
+        kind = serializer.get("type") if isinstance(serializer, dict) else serializer
+        return f"its serializer is {kind!r}, not 'json'"
+    if serializer.get("jsonlib", "json") != "json":
+        return f"its JSON library is {serializer.get('jsonlib')!r}, not 'json'"
+    if serializer.get("object_decoder") not in JSON_DECODERS:
+        return f"its object decoder is {serializer.get('object_decoder')!r}"
+    if serializer.get("loads_kwargs"):
+        return f"it passes load options {serializer.get('loads_kwargs')!r}"
+    if not isinstance(record["result"], str):
+        return "its result is not JSON text"
+    try:
+        value = json.loads(record["result"])
+    except ValueError:
+        return "its result is not valid JSON"
+    if _forbidden_keys(value):
+        return "its result holds __class__/__exc_type__ keys (objects Prefect would import)"
+    if value != expected:
+        return "its result differs from the index entry"
+    return None
+
+
+def cache_key(stage: Stage, parameters: Mapping[str, Any], records: Path | None = None) -> str:
+    """Prefect's key for a stage run: the recorded key if its artifacts verify (and its result
+    record in ``records``, default ``<store>/results``, is safe), else a new generation."""
     store = Store(parameters.get("store"))
+    records = store.results if records is None else Path(records)
     identity = stage.identity(parameters)
     entry = store.read_index(identity)
     if entry is not None:
         refs = list(iter_refs(entry.get("result")))
         intact = [store.verify(ref) for ref in refs]  # every one checked: corrupt ones all moved aside
-        if refs and all(intact) and str(entry.get("key", "")).startswith(identity + "-"):
-            return entry["key"]
-        logger.info("%s: %d of %d recorded artifacts missing or corrupt; recomputing", stage.name, intact.count(False), len(refs))
+        key = entry.get("key")
+        if refs and all(intact) and isinstance(key, str) and re.fullmatch(re.escape(identity) + r"-[0-9a-f]{8}", key):
+            problem = check_result_record(records / key, entry.get("result"))
+            if problem is None:
+                return key
+            try:
+                moved = store.quarantine(records / key)
+            except FileNotFoundError:  # a concurrent run moved it first
+                moved = store.root / "quarantine"
+            logger.warning("%s: result record %s refused (%s); moved to %s, recomputing", stage.name, key, problem, moved)
+        else:
+            logger.info("%s: %d of %d recorded artifacts missing or corrupt; recomputing", stage.name, intact.count(False), len(refs))
     return f"{identity}-{secrets.token_hex(4)}"
+
+
+def _record_folder(context: Any) -> Path | None:
+    """The folder of the task's local result storage (Bound sets ``<store>/results``), if local."""
+    storage = getattr(getattr(context, "result_store", None), "result_storage", None)
+    basepath = getattr(storage, "basepath", None)
+    return Path(basepath).expanduser() if basepath else None
 
 
 def cache_key_fn(context, parameters: Mapping[str, Any]) -> str:
     """The ``cache_key_fn`` of every cached task (see the module docstring)."""
-    return cache_key(context.task.fn.__stage__, parameters)
+    return cache_key(context.task.fn.__stage__, parameters, _record_folder(context))
 
 
 def record(stage: Stage, parameters: Mapping[str, Any], result: Any, key: str | None) -> None:
@@ -202,13 +305,17 @@ def record(stage: Stage, parameters: Mapping[str, Any], result: Any, key: str | 
     )
 
 
-def cached_task(name: str, sources: Iterable[str] = (), normalise: Mapping[str, Callable] | None = None, **options):
+def cached_task(
+    name: str, sources: Iterable[str] = (), normalise: Mapping[str, Callable] | None = None, unkeyed: Iterable[str] = (), **options
+):
     """Make a Prefect task of a stage function ``fn(store, ...) -> reference(s)``.
 
     The task is keyed by :func:`cache_key_fn`, persists its result as JSON and records
     its artifacts in the store's index. ``sources``: modules whose code shapes the
     result besides the function's own (hashed into the key). ``normalise``: parameter
     name -> function applied before keying (e.g. ``device="auto"`` -> ``"cuda"``).
+    ``unkeyed``: parameters left out of the key (how often to checkpoint, say).
+    While the function runs, :func:`current_identity` returns its stage identity.
     """
     from prefect import task
     from prefect.transactions import get_transaction
@@ -221,13 +328,14 @@ def cached_task(name: str, sources: Iterable[str] = (), normalise: Mapping[str, 
         digest = hashlib.sha256(function_hash(fn).encode())
         for module in sources:
             digest.update(module_hash(module).encode())
-        stage = Stage(name, fn, digest.hexdigest(), dict(normalise or {}))
+        stage = Stage(name, fn, digest.hexdigest(), dict(normalise or {}), tuple(unkeyed))
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             bound = inspect.signature(fn).bind(*args, **kwargs)
             bound.apply_defaults()
-            result = fn(*bound.args, **bound.kwargs)
+            with _running(stage.identity(bound.arguments)):
+                result = fn(*bound.args, **bound.kwargs)
             transaction = get_transaction()
             record(stage, bound.arguments, result, getattr(transaction, "key", None))
             return result

@@ -14,6 +14,10 @@ then publishes (every run, cached or not) the PNGs and the gradient-check table
 (``gradient_check.nc`` + ``.md``) to ``out`` (default ``reports/figures``), and the same as
 markdown/table artifacts in the Prefect UI. A second run with the same parameters
 recomputes nothing: every task is Cached.
+
+Parameters are typed with ranges (:mod:`flows.parameters`): Prefect refuses a run with a
+step count below 1, a mesh size outside [0.002, 0.5] and so on before any task starts.
+The studies checkpoint every ``checkpoint_every`` steps and resume after a crash.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from prefect import flow, unmapped
 from . import tasks
 from .artifacts import Store
 from .caching import Bound
+from .parameters import Checkpoints, Exponent, LearningRate, MeshSize, NonNegative, Probes, Steps, VolumeFraction
 from .reports import figures_markdown, markdown_table, table_rows, ui_markdown, ui_table, write_table
 from .runners import task_runner
 
@@ -41,12 +46,7 @@ DEFAULT_OUT = Path("reports") / "figures"
 STEPS = {"identification": 5000, "topology": 60}
 QUICK_STEPS = {"identification": 300, "topology": 20}
 MESHES = {"identification": 0.04, "topology": 0.025, "gradcheck": 0.2}
-
-
-def _positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+CHECKPOINT_EVERY = 250  # steps between checkpoints of a study (5000 Adam steps: 19 checkpoints of a few ms each)
 
 
 def gradient_table(store: Store, checks: Sequence[dict]) -> xr.Dataset:
@@ -104,28 +104,28 @@ def publish(store: Store, out: Path, artifacts: dict) -> dict[str, Any]:
 
 @flow(name="differentiability-figures", task_runner=task_runner(), log_prints=True)
 def differentiability_figures(
-    identification_steps: int = STEPS["identification"],
-    topology_steps: int = STEPS["topology"],
-    identification_mesh: float = MESHES["identification"],
-    topology_mesh: float = MESHES["topology"],
-    gradcheck_mesh: float = MESHES["gradcheck"],
-    n_probes: int = 5,
+    identification_steps: Steps = STEPS["identification"],
+    topology_steps: Steps = STEPS["topology"],
+    identification_mesh: MeshSize = MESHES["identification"],
+    topology_mesh: MeshSize = MESHES["topology"],
+    gradcheck_mesh: MeshSize = MESHES["gradcheck"],
+    n_probes: Probes = 5,
     store: str | None = None,
     out: str = str(DEFAULT_OUT),
+    checkpoint_every: Checkpoints = CHECKPOINT_EVERY,
 ) -> dict[str, Any]:
     """Both worked studies, the gradient checks and the three PNGs; returns the published
     paths, the artifact references and the key numbers."""
-    _positive("identification_steps", identification_steps)
-    _positive("topology_steps", topology_steps)
-    _positive("n_probes", n_probes)
     artifacts = Store(store)
     generate_mesh = Bound(tasks.generate_mesh, artifacts)
     meshes = {
         name: generate_mesh.submit(kind="rectangle", chara_length=h)
         for name, h in (("identification", identification_mesh), ("topology", topology_mesh), ("gradcheck", gradcheck_mesh))
     }
-    identification = Bound(tasks.identify_coefficient, artifacts).submit(mesh=meshes["identification"], steps=identification_steps)
-    topology = Bound(tasks.optimise_topology, artifacts).submit(mesh=meshes["topology"], steps=topology_steps)
+    identification = Bound(tasks.identify_coefficient, artifacts).submit(
+        mesh=meshes["identification"], steps=identification_steps, checkpoint_every=checkpoint_every
+    )
+    topology = Bound(tasks.optimise_topology, artifacts).submit(mesh=meshes["topology"], steps=topology_steps, checkpoint_every=checkpoint_every)
     checks = Bound(tasks.gradient_check, artifacts).map(
         mesh=unmapped(meshes["gradcheck"]), target=list(tasks.GRADIENT_TARGETS), n_probes=unmapped(n_probes)
     )
@@ -148,19 +148,34 @@ def differentiability_figures(
 
 
 @flow(name="coefficient-identification", task_runner=task_runner())
-def identification_study(steps: int = STEPS["identification"], chara_length: float = MESHES["identification"], lr: float = 3e-2, smoothness: float = 0.0, store: str | None = None) -> dict:
+def identification_study(
+    steps: Steps = STEPS["identification"],
+    chara_length: MeshSize = MESHES["identification"],
+    lr: LearningRate = 3e-2,
+    smoothness: NonNegative = 0.0,
+    store: str | None = None,
+    checkpoint_every: Checkpoints = CHECKPOINT_EVERY,
+) -> dict:
     """The coefficient identification on its own: mesh -> history and fields artifacts."""
     artifacts = Store(store)
     mesh = Bound(tasks.generate_mesh, artifacts)(kind="rectangle", chara_length=chara_length)
-    return {"mesh": mesh, **Bound(tasks.identify_coefficient, artifacts)(mesh=mesh, steps=_positive("steps", steps), lr=lr, smoothness=smoothness)}
+    study = Bound(tasks.identify_coefficient, artifacts)(mesh=mesh, steps=steps, lr=lr, smoothness=smoothness, checkpoint_every=checkpoint_every)
+    return {"mesh": mesh, **study}
 
 
 @flow(name="thermal-topology", task_runner=task_runner())
-def topology_study(steps: int = STEPS["topology"], chara_length: float = MESHES["topology"], vf: float = 0.4, p: float = 3.0, store: str | None = None) -> dict:
+def topology_study(
+    steps: Steps = STEPS["topology"],
+    chara_length: MeshSize = MESHES["topology"],
+    vf: VolumeFraction = 0.4,
+    p: Exponent = 3.0,
+    store: str | None = None,
+    checkpoint_every: Checkpoints = 20,
+) -> dict:
     """The thermal topology optimisation on its own: mesh -> history and fields artifacts."""
     artifacts = Store(store)
     mesh = Bound(tasks.generate_mesh, artifacts)(kind="rectangle", chara_length=chara_length)
-    return {"mesh": mesh, **Bound(tasks.optimise_topology, artifacts)(mesh=mesh, steps=_positive("steps", steps), vf=vf, p=p)}
+    return {"mesh": mesh, **Bound(tasks.optimise_topology, artifacts)(mesh=mesh, steps=steps, vf=vf, p=p, checkpoint_every=checkpoint_every)}
 
 
 # -- the command ------------------------------------------------------------------------------

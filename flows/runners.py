@@ -17,6 +17,7 @@ from typing import Any
 
 ENV_DASK_ADDRESS = "TMCORE_DASK_ADDRESS"
 ENV_MAX_WORKERS = "TMCORE_MAX_WORKERS"
+LOCAL_HOST = "127.0.0.1"  # what a cluster started here listens on
 
 
 def task_runner(address: str | None = None, max_workers: int | None = None) -> Any:
@@ -36,5 +37,8 @@ def task_runner(address: str | None = None, max_workers: int | None = None) -> A
 
     if address == "local":
         workers = max_workers or min(2, os.cpu_count() or 1)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": False, "dashboard_address": ":0"})
+        # the dashboard on the loopback interface only (":0" would listen on every interface)
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": False, "dashboard_address": f"{LOCAL_HOST}:0"}
+        )
     return DaskTaskRunner(address=address)

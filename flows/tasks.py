@@ -4,17 +4,25 @@ Each stage reads its inputs from the artifact store by reference, computes with 
 writes xarray Datasets (netCDF) back and returns references (path + sha256): never a
 tensor, never a pickle. Schemas: docs/artifacts.md. Caching: flows.caching.
 
+The two studies take ``checkpoint_every`` (not part of the cache key): every that many
+steps the study's state (iterate, optimiser ``state_dict``, step, histories) is stored
+as a ``checkpoint`` artifact under the stage's identity, and a later run of the same
+stage (same parameters, inputs and code) resumes from the latest one after a crash,
+reaching bitwise the result of an uninterrupted run (docs/reliability.md). A finished
+stage discards its checkpoint.
+
     generate_mesh         -> mesh
     assemble(mesh)        -> system          (device "auto": CUDA when available)
     solve(mesh, system)   -> fields          (u, and errors when the problem has an exact solution)
-    identify_coefficient(mesh)  -> {"history", "fields"}
-    optimise_topology(mesh)     -> {"history", "fields"}
+    identify_coefficient(mesh)  -> {"history", "fields"}   (checkpoints every N steps, resumes)
+    optimise_topology(mesh)     -> {"history", "fields"}   (checkpoints every N steps, resumes)
     gradient_check(mesh)        -> gradcheck table (dim probe)
     render_figures(meshes, histories, fields) -> {"<name>.png": figure}
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +41,7 @@ from tmcore.studies.topology import Source as TopologySource
 
 from . import figures
 from .artifacts import Store, provenance
-from .caching import cached_task
+from .caching import cached_task, current_identity
 from .problems import get_problem
 
 logger = logging.getLogger(__name__)
@@ -94,6 +102,36 @@ class Progress:
 
 def _mesh(store: Store, ref) -> Mesh:
     return mesh_from_xarray(store.open_dataset(ref, "mesh"))
+
+
+def _run_study(store: Store, study: Callable, checkpoint_every: int | None, **kwargs: Any):
+    """``study(**kwargs)`` with checkpoints every ``checkpoint_every`` steps, resumed from
+    this stage's latest checkpoint if there is one it accepts.
+
+    Checkpoints are filed under the running stage's identity, so only a run of the same
+    stage with the same parameters, inputs and code resumes from them, and they are
+    discarded once the stage finishes. Outside a cached stage (no identity): neither.
+    """
+    key = current_identity()
+    if key is None:
+        return study(**kwargs)
+    log = _run_logger()
+    if checkpoint_every is not None:
+        kwargs.update(checkpoint_every=checkpoint_every, checkpoint=functools.partial(store.put_checkpoint, key))
+    resume = store.latest_checkpoint(key)
+    result = None
+    if resume is not None:
+        try:
+            log.info("resuming %s from its checkpoint at step %s", study.__name__, resume.get("step"))
+            result = study(resume_from=resume, **kwargs)
+        except ValueError as error:
+            if "resume_from" not in str(error):
+                raise
+            log.warning("the checkpoint does not fit this run (%s); starting over", error)
+    if result is None:
+        result = study(**kwargs)
+    store.discard_checkpoint(key)
+    return result
 
 
 def _step_arrays(result, names: Sequence[str]) -> dict[str, tuple]:
@@ -186,15 +224,20 @@ def solve(store: str, mesh: dict, system: dict) -> dict:
     return artifacts.put_dataset(dataset, "fields")
 
 
-@cached_task("identify_coefficient")
-def identify_coefficient(store: str, mesh: dict, steps: int = 5000, lr: float = 3e-2, smoothness: float = 0.0) -> dict:
+@cached_task("identify_coefficient", unkeyed=("checkpoint_every",))
+def identify_coefficient(
+    store: str, mesh: dict, steps: int = 5000, lr: float = 3e-2, smoothness: float = 0.0, checkpoint_every: int | None = None
+) -> dict:
     """The coefficient identification study (tmcore.studies): history (dim step) and final
-    fields (kappa, kappa_true, u, u_obs on node)."""
+    fields (kappa, kappa_true, u, u_obs on node). ``checkpoint_every``: steps between
+    checkpoints (None: none); a checkpoint of this stage is resumed either way."""
     artifacts = Store(store)
     mesh_ = _mesh(artifacts, mesh)
     progress = Progress("identification-progress", steps, f"coefficient identification, {steps} Adam steps")
     start = time.perf_counter()
-    result = coefficient_identification(mesh_, steps=steps, lr=lr, smoothness=smoothness, callback=progress)
+    result = _run_study(
+        artifacts, coefficient_identification, checkpoint_every, mesh=mesh_, steps=steps, lr=lr, smoothness=smoothness, callback=progress
+    )
     seconds = time.perf_counter() - start
     parameters = {"steps": steps, "lr": lr, "smoothness": smoothness}
     attrs = provenance(parameters, {"mesh": mesh}, seconds=seconds)
@@ -207,7 +250,7 @@ def identify_coefficient(store: str, mesh: dict, steps: int = 5000, lr: float = 
     return {"history": artifacts.put_dataset(history, "history"), "fields": artifacts.put_dataset(fields, "fields")}
 
 
-@cached_task("optimise_topology")
+@cached_task("optimise_topology", unkeyed=("checkpoint_every",))
 def optimise_topology(
     store: str,
     mesh: dict,
@@ -218,19 +261,21 @@ def optimise_topology(
     sigma: float = 0.08,
     move_limit: float = 0.15,
     snapshot_steps: Sequence[int] | None = None,
+    checkpoint_every: int | None = None,
 ) -> dict:
     """The thermal topology study (tmcore.studies): history (compliance, volume on step;
     rho_snapshot on snapshot_step x cell) and the final densities rho on cell.
-    ``snapshot_steps`` None: 0, 5 and the last."""
+    ``snapshot_steps`` None: 0, 5 and the last. ``checkpoint_every``: steps between
+    checkpoints (None: none); a checkpoint of this stage is resumed either way."""
     artifacts = Store(store)
     mesh_ = _mesh(artifacts, mesh)
     if snapshot_steps is None:
         snapshot_steps = sorted({0, min(5, steps - 1), steps - 1})
     progress = Progress("topology-progress", steps, f"thermal topology optimisation, {steps} OC steps")
     start = time.perf_counter()
-    result = thermal_topology(
-        mesh_, vf=vf, p=p, kmin=kmin, sigma=sigma, steps=steps, move_limit=move_limit,
-        snapshot_steps=snapshot_steps, callback=progress,
+    result = _run_study(
+        artifacts, thermal_topology, checkpoint_every, mesh=mesh_, vf=vf, p=p, kmin=kmin, sigma=sigma, steps=steps,
+        move_limit=move_limit, snapshot_steps=snapshot_steps, callback=progress,
     )
     seconds = time.perf_counter() - start
     parameters = {"steps": steps, "vf": vf, "p": p, "kmin": kmin, "sigma": sigma, "move_limit": move_limit, "snapshot_steps": list(snapshot_steps)}

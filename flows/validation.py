@@ -27,6 +27,7 @@ from prefect import flow
 from .artifacts import Store, provenance
 from .benchmarks import Check, Context, get_suite
 from .caching import tmcore_hash
+from .parameters import Date, SuiteNames
 from .reports import markdown_table, table_rows, ui_markdown, ui_table, write_table
 from .runners import task_runner
 
@@ -53,17 +54,18 @@ def benchmark_table(checks: Sequence[Check], attrs: Mapping[str, Any] | None = N
 
 @flow(name="validation-benchmark", task_runner=task_runner(), log_prints=True)
 def validation_benchmark(
-    suites: list[str] = list(DEFAULT_SUITES),
+    suites: SuiteNames = list(DEFAULT_SUITES),
     options: dict[str, dict[str, Any]] | None = None,
     use_cache: bool = True,
     store: str | None = None,
     out: str = str(DEFAULT_OUT),
-    date: str | None = None,
+    date: Date | None = None,
 ) -> dict[str, Any]:
     """Run ``suites`` (keyword ``options`` per suite name), write the dated report, fail on a miss.
 
     ``use_cache=False`` recomputes every stage, so timings are measured by this run.
-    ``date``: the report's date (default: today, UTC), e.g. "2025-01-31".
+    ``date``: the report's date (default: today, UTC), e.g. "2025-01-31"; it names the
+    report files, so anything but YYYY-MM-DD (a ``../``, say) is refused by Prefect.
     """
     options = dict(options or {})
     unknown = sorted(set(options) - set(suites))

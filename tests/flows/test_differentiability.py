@@ -116,7 +116,9 @@ def test_arguments_are_checked(prefect_api, tmp_path):
         differentiability.parse_args(["--identification-steps", "0"])
     state = differentiability_figures(**{**TINY, "n_probes": 0, "store": str(tmp_path)}, return_state=True)
     assert state.is_failed()
-    with pytest.raises(ValueError, match="n_probes must be an int >= 1"):
+    from prefect.exceptions import ParameterTypeError
+
+    with pytest.raises(ParameterTypeError, match="n_probes: Input should be greater than or equal to 1"):
         state.result()
     assert not any(tmp_path.iterdir())  # refused before any work
 

@@ -26,10 +26,14 @@ from ..assemble import ElementAssembler, Functional, NodeAssembler
 from ..condense import Condenser
 from ..mesh import Mesh
 from ._checks import DTYPE, check_callback, check_count, check_mesh, check_real
+from .checkpoint import FORMAT, check_checkpointing, check_resume, clone_state, due, history_lists, history_tensors
 
 __all__ = ["IdentificationProblem", "IdentificationResult", "KappaErrorReport", "coefficient_identification"]
 
 logger = logging.getLogger(__name__)
+
+STUDY = "coefficient_identification"
+HISTORY = ("loss", "misfit", "u_rel_max_error", "seconds_per_step")  # per-step series a checkpoint carries
 
 
 # -- fields ---------------------------------------------------------------------------------
@@ -275,6 +279,9 @@ def coefficient_identification(
     smoothness: float = 0.0,
     callback: Callable[[int, float], Any] | None = None,
     snapshot_every: int | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint: Callable[[dict[str, Any]], Any] | None = None,
+    resume_from: dict[str, Any] | None = None,
 ) -> IdentificationResult:
     """Recover kappa = 1 + tanh(theta) from u_obs = u(kappa_true) by Adam on theta (from theta = 0).
 
@@ -287,6 +294,12 @@ def coefficient_identification(
         smoothness: weight of int |grad theta|^2 added to the misfit (0: none).
         callback: called as ``callback(step, loss)`` after every step (loss a float).
         snapshot_every: keep the kappa of every this many steps (None: none).
+        checkpoint_every, checkpoint: call ``checkpoint(state)`` after every
+            ``checkpoint_every``-th step (not after the last); ``state`` is a dict of
+            tensors and Python scalars (theta, Adam's ``state_dict()``, the step, the
+            histories; :mod:`tmcore.studies.checkpoint`).
+        resume_from: such a state: continue from its step. The final result is bitwise
+            that of an uninterrupted run; ``lr``, ``smoothness`` and the mesh size must match.
     """
     check_mesh(mesh)
     check_count("steps", steps)
@@ -296,14 +309,28 @@ def coefficient_identification(
     if snapshot_every is not None:
         check_count("snapshot_every", snapshot_every)
 
+    checkpoint_every = check_checkpointing(checkpoint_every, checkpoint)
+    keyed = {"lr": lr, "smoothness": smoothness, "n_points": mesh.n_points}
+    if resume_from is not None:
+        check_resume(resume_from, STUDY, keyed, steps, "theta", mesh.n_points, HISTORY)
+
     problem = IdentificationProblem(mesh, kappa_true=kappa_true, f=f, smoothness=smoothness)
     theta = torch.zeros(mesh.n_points, dtype=DTYPE, device=mesh.device, requires_grad=True)
     optimizer = torch.optim.Adam([theta], lr=lr)
+    first = 0
+    history = history_lists(resume_from, HISTORY)
+    snapshots: dict[int, Tensor] = {}
+    if resume_from is not None:
+        with torch.no_grad():
+            theta.copy_(resume_from["theta"].to(theta))
+        optimizer.load_state_dict(clone_state(resume_from["optimizer"]))
+        snapshots = {int(k): v.to(device=mesh.device, dtype=DTYPE).clone() for k, v in resume_from["snapshots"].items()}
+        first = resume_from["step"]
+        logger.info("coefficient identification: resuming at step %d of %d", first, steps)
     logger.info("coefficient identification: %d nodes, %d steps, lr %g, smoothness %g", mesh.n_points, steps, lr, smoothness)
 
-    losses, misfits, errors, seconds = [], [], [], []
-    snapshots: dict[int, Tensor] = {}
-    for step in range(steps):
+    losses, misfits, errors, seconds = (history[name] for name in HISTORY)
+    for step in range(first, steps):
         start = time.perf_counter()
         optimizer.zero_grad()
         if snapshot_every is not None and step % snapshot_every == 0:
@@ -317,6 +344,11 @@ def coefficient_identification(
         seconds.append(time.perf_counter() - start)
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"the identification loss became {losses[-1]} at step {step} (lr {lr} too large?)")
+        if due(step, steps, checkpoint_every):
+            checkpoint(clone_state({
+                "format": FORMAT, "study": STUDY, "step": step + 1, "parameters": keyed, "theta": theta,
+                "optimizer": optimizer.state_dict(), "history": history_tensors(history), "snapshots": snapshots,
+            }))
         if callback is not None:
             callback(step, losses[-1])
 

@@ -27,6 +27,7 @@ from ..mesh import Mesh
 from ..filters import HelmholtzFilter, default_filter_radius, sensitivity_filter
 from ..optimizer import OCOptimizer
 from ._checks import DTYPE, check_callback, check_choice, check_count, check_mesh, check_real
+from .checkpoint import FORMAT, check_checkpointing, check_resume, clone_state, due, history_lists, history_tensors
 
 __all__ = ["TopologyResult", "thermal_topology"]
 
@@ -118,6 +119,8 @@ def _snapshot_set(snapshot_steps: Any, steps: int) -> set[int]:
     return keep
 
 
+STUDY = "thermal_topology"
+HISTORY = ("compliance", "volume", "weighted_volume", "seconds_per_step")  # per-step series a checkpoint carries
 FILTERS = (None, "density", "sensitivity")
 VOLUME_WEIGHTINGS = ("mean", "measure")
 
@@ -135,6 +138,9 @@ def thermal_topology(
     filter: str | None = None,  # noqa: A002 - the option's natural name
     filter_radius: float | None = None,
     volume_weighting: str = "mean",
+    checkpoint_every: int | None = None,
+    checkpoint: Callable[[dict[str, Any]], Any] | None = None,
+    resume_from: dict[str, Any] | None = None,
 ) -> TopologyResult:
     """Minimise the thermal compliance over cell densities starting from the uniform rho = vf.
 
@@ -161,6 +167,13 @@ def thermal_topology(
             with ``filter="density"`` the ``"measure"`` constraint holds for the physical
             densities as well; the plain mean of the physical densities drifts from vf
             on a non-uniform mesh (``result.volume`` reports it).
+        checkpoint_every, checkpoint: call ``checkpoint(state)`` after every
+            ``checkpoint_every``-th step (not after the last); ``state`` is a dict of
+            tensors and Python scalars (the design, the OC optimiser's ``state_dict()``,
+            the step, the histories; :mod:`tmcore.studies.checkpoint`).
+        resume_from: such a state: continue from its step. The final result is bitwise
+            that of an uninterrupted run; every option but ``steps``, ``snapshot_steps``
+            and ``callback`` must match.
     """
     check_mesh(mesh)
     vf = check_real("vf", vf, low=0.0, high=1.0)
@@ -177,6 +190,7 @@ def thermal_topology(
         filter_radius = check_real("filter_radius", filter_radius, low=0.0)
         if filter is None:
             raise ValueError("filter_radius was given but filter is None; pass filter='density' or 'sensitivity'")
+    checkpoint_every = check_checkpointing(checkpoint_every, checkpoint)
 
     # everything mesh-only, built once
     points = mesh.points.to(DTYPE)
@@ -192,8 +206,24 @@ def thermal_topology(
         radius = default_filter_radius(mesh) if filter_radius is None else filter_radius
         helmholtz = HelmholtzFilter(mesh, radius)
 
+    keyed = {
+        "vf": vf, "p": p, "kmin": kmin, "sigma": sigma, "move_limit": move_limit, "filter": filter,
+        "filter_radius": radius, "volume_weighting": volume_weighting, "n_cells": mesh.n_cells,
+    }
+    if resume_from is not None:
+        check_resume(resume_from, STUDY, keyed, steps, "design", mesh.n_cells, HISTORY)
     design = torch.full((mesh.n_cells,), vf, dtype=DTYPE, device=mesh.device, requires_grad=True)
     optimizer = OCOptimizer(design, vf=vf, move_limit=move_limit, volume_weights=measures if volume_weighting == "measure" else None)
+    first = 0
+    history = history_lists(resume_from, HISTORY)
+    snapshots: dict[int, Tensor] = {}
+    if resume_from is not None:
+        with torch.no_grad():
+            design.copy_(resume_from["design"].to(design))
+        optimizer.load_state_dict(clone_state(resume_from["optimizer"]))
+        snapshots = {int(k): v.to(device=mesh.device, dtype=DTYPE).clone() for k, v in resume_from["snapshots"].items()}
+        first = resume_from["step"]
+        logger.info("thermal topology: resuming at step %d of %d", first, steps)
     logger.info(
         "thermal topology: %d cells, %d steps, vf %g, p %g, kmin %g, filter %s (r %s), volume %s",
         mesh.n_cells, steps, vf, p, kmin, filter, "-" if radius is None else f"{radius:.4g}", volume_weighting,
@@ -202,9 +232,8 @@ def thermal_topology(
     def physical(x: Tensor) -> Tensor:
         return helmholtz(x) if filter == "density" else x
 
-    compliances, volumes, weighted, seconds = [], [], [], []
-    snapshots: dict[int, Tensor] = {}
-    for step in range(steps):
+    compliances, volumes, weighted, seconds = (history[name] for name in HISTORY)
+    for step in range(first, steps):
         start = time.perf_counter()
         optimizer.zero_grad()
         rho = physical(design)
@@ -227,6 +256,11 @@ def thermal_topology(
         seconds.append(time.perf_counter() - start)
         if not math.isfinite(compliances[-1]):
             raise FloatingPointError(f"the compliance became {compliances[-1]} at step {step}")
+        if due(step, steps, checkpoint_every):
+            checkpoint(clone_state({
+                "format": FORMAT, "study": STUDY, "step": step + 1, "parameters": keyed, "design": design,
+                "optimizer": optimizer.state_dict(), "history": history_tensors(history), "snapshots": snapshots,
+            }))
         if callback is not None:
             callback(step, compliances[-1])
 
