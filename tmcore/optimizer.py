@@ -126,7 +126,7 @@ class OCOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"volume_weights must have the shape of the densities {tuple(rho.shape)}, got {tuple(weights.shape)}")
             values = rho.detach()
             low, high = float(values.min()), float(values.max())
-            if low < rho_min or high > rho_max:
+            if not bool(torch.isfinite(values).all()) or low < rho_min or high > rho_max:
                 raise ValueError(f"densities must lie in [rho_min, rho_max] = [{rho_min}, {rho_max}], got [{low:.3g}, {high:.3g}]")
 
     # -- the step ----------------------------------------------------------------------
@@ -158,6 +158,8 @@ class OCOptimizer(torch.optim.Optimizer):
             raise ValueError(f"the gradient has shape {tuple(grad.shape)} but the densities {tuple(rho.shape)}")
         if not torch.isfinite(grad).all():
             raise ValueError("the density gradient contains NaN or inf")
+        if not torch.isfinite(rho).all():
+            raise ValueError("the densities contain NaN or inf (changed in place since the optimiser was built?)")
         if bool((grad >= 0).all()) and bool((grad > 0).any()):
             raise ValueError(
                 "the density gradient is positive everywhere: OC minimises a compliance whose sensitivity is "

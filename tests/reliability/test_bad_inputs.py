@@ -125,8 +125,6 @@ def test_oc_volume_fraction_that_is_not_a_number(vf):
         OCOptimizer([torch.full((4,), 0.5, dtype=F64, requires_grad=True)], vf=vf)
 
 
-@pytest.mark.xfail(strict=True, reason="defect in tmcore/optimizer.py: the bounds check compares min/max, which are NaN "
-                   "for a NaN density, so a NaN density passes, and step() keeps the NaN and moves the other densities without an error")
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad=True")
 def test_oc_nan_density_is_outside_the_bounds():
     rho = torch.full((4,), 0.5, dtype=F64)
