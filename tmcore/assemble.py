@@ -25,13 +25,25 @@ is computed once per mesh and quadrature degree and cached on the mesh.
 
 Data with a leading batch dimension, (B, n) per node or (B, m) per cell, gives a batch
 of B matrices on one pattern, values (B, nnz), or vectors (B, n).
+
+Vector-valued fields (displacements): a subclass that sets ``components = "dim"`` (or
+an int c; :class:`VectorElementAssembler`, :class:`VectorNodeAssembler` and
+:class:`VectorFacetAssembler` do) has c unknowns per node. Its basis functions are
+N_a e_i, one per node a and component i, so ``u``/``v`` have shape (c,) and
+``gradu``/``gradv`` shape (c, dim) with ``gradu[i, j] = d u_i / d x_j``; the integrand
+is still written for one pair of basis functions and returns a scalar (the strain
+energy ``lam * tr(eps(u)) * tr(eps(v)) + 2 * mu * (eps(u) * eps(v)).sum()``). Dofs are
+numbered **node-major**: dof ``c * a + i`` is component i of node a, so a solution
+(n * c,) reshapes to nodal vectors with ``u.reshape(n, c)`` and the matrix is
+(n * c, n * c). Dirichlet conditions go through a per-dof mask, :func:`dof_mask`. The
+scalar assemblers (``components = None``, the default) are unchanged.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -45,11 +57,26 @@ from .mesh import Mesh
 from .mesh import geometry as geo
 from .sparse import SparseMatrix, SparsityPattern
 
-__all__ = ["ElementAssembler", "NodeAssembler", "FacetAssembler", "Functional", "default_quadrature_degree"]
+__all__ = [
+    "ElementAssembler",
+    "NodeAssembler",
+    "FacetAssembler",
+    "Functional",
+    "VectorElementAssembler",
+    "VectorNodeAssembler",
+    "VectorFacetAssembler",
+    "default_quadrature_degree",
+    "dof_connectivity",
+    "dof_mask",
+    "share_patterns",
+]
 
 # Axes an integrand argument may vary along, outermost first; the vmap levels follow this order.
 BATCH, CELL, POINT, TEST, TRIAL = "batch", "cell", "point", "test", "trial"
-AXES = (BATCH, CELL, POINT, TEST, TRIAL)
+# the component of a vector-valued basis function, right after its node axis
+TEST_COMPONENT, TRIAL_COMPONENT = "test_component", "trial_component"
+AXES = (BATCH, CELL, POINT, TEST, TEST_COMPONENT, TRIAL, TRIAL_COMPONENT)
+_COMPONENT_OF = {TEST: TEST_COMPONENT, TRIAL: TRIAL_COMPONENT}
 
 
 @lru_cache(maxsize=None)
@@ -140,6 +167,8 @@ class _Assembler(nn.Module):
 
     reserved: frozenset[str] = frozenset()
     basis_axes: tuple[str, ...] = ()  # (TEST,) for linear forms, (TEST, TRIAL) for bilinear ones
+    # unknowns per node: None for a scalar field, "dim" for one per coordinate, or an int
+    components: int | str | None = None
 
     def __init__(self):
         super().__init__()
@@ -157,6 +186,9 @@ class _Assembler(nn.Module):
             raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
         if quadrature_order is not None and (isinstance(quadrature_order, bool) or not isinstance(quadrature_order, int) or quadrature_order < 0):
             raise ValueError(f"quadrature_order must be a non-negative int or None, got {quadrature_order!r}")
+        components = cls.components
+        if components is not None and components != "dim" and (isinstance(components, bool) or not isinstance(components, int) or components < 1):
+            raise AssemblyError(f"{cls.__name__}.components must be None, 'dim' or a positive int, got {components!r}")
         assembler = cls(**kwargs)
         object.__setattr__(assembler, "_mesh", mesh)
         object.__setattr__(assembler, "_quadrature_order", quadrature_order)
@@ -168,6 +200,20 @@ class _Assembler(nn.Module):
         if self._mesh is None:
             raise RuntimeError(f"{type(self).__name__} is not bound to a mesh; create it with {type(self).__name__}.from_mesh(mesh)")
         return self._mesh
+
+    @property
+    def n_components(self) -> int | None:
+        """Unknowns per node of a vector-valued form (``components`` resolved on the mesh); None for scalar forms."""
+        components = type(self).components
+        if components is None:
+            return None
+        return self.mesh.dim if components == "dim" else int(components)
+
+    def _basis_levels(self, components: int | None) -> list[str]:
+        """The vmap levels of the basis functions: each basis axis, followed by its component axis for vector forms."""
+        if components is None:
+            return list(self.basis_axes)
+        return [level for axis in self.basis_axes for level in (axis, _COMPONENT_OF[axis])]
 
     # -- argument resolution ------------------------------------------------------------
 
@@ -224,13 +270,16 @@ class _Assembler(nn.Module):
         data, batch, dtype = self._resolve(sources)
         args = _data_arguments(data, geometry, dtype, gather)
         names = integrand_arguments(type(self).forward)
-        reserved = _reserved_arguments(geometry, dtype)
+        components = self.n_components
+        reserved = _reserved_arguments(geometry, dtype, components)
         args.update({name: reserved[name] for name in names if name in self.reserved})
-        levels = ([BATCH] if batch is not None else []) + [CELL, POINT] + list(self.basis_axes)
+        basis_levels = self._basis_levels(components)
+        levels = ([BATCH] if batch is not None else []) + [CELL, POINT] + basis_levels
         m, q = geometry.weights.shape
-        sizes = {BATCH: batch, CELL: m, POINT: q, TEST: geometry.conn.shape[1], TRIAL: geometry.conn.shape[1]}
+        k = geometry.conn.shape[1]
+        sizes = {BATCH: batch, CELL: m, POINT: q, TEST: k, TRIAL: k, TEST_COMPONENT: components, TRIAL_COMPONENT: components}
         values = _vmap_integrand(self.forward, names, args, levels, sizes, geometry.weights.device)
-        expected = ((batch,) if batch is not None else ()) + tuple(geometry.weights.shape) + (geometry.conn.shape[1],) * len(self.basis_axes)
+        expected = ((batch,) if batch is not None else ()) + tuple(geometry.weights.shape) + tuple(sizes[level] for level in basis_levels)
         if tuple(values.shape) != expected:
             per = {0: "quadrature point", 1: "quadrature point and basis function", 2: "quadrature point and basis pair"}
             raise AssemblyError(
@@ -240,11 +289,12 @@ class _Assembler(nn.Module):
                 "returned a non-scalar)"
             )
         weights = geometry.weights.to(dtype)
-        return _integrate(values, weights, len(self.basis_axes))
+        return _integrate(values, weights, len(basis_levels))
 
     def extra_repr(self) -> str:
         bound = f"mesh={self._mesh.cell_type}:{self._mesh.n_cells}" if self._mesh is not None else "unbound"
-        return f"{bound}, arguments={integrand_arguments(type(self).forward)}"
+        vector = f", components={type(self).components!r}" if type(self).components is not None else ""
+        return f"{bound}, arguments={integrand_arguments(type(self).forward)}{vector}"
 
 
 def _data_arguments(data: dict, geometry: _Geometry, dtype: torch.dtype, gather) -> dict[str, tuple[Tensor, tuple[str, ...]]]:
@@ -262,9 +312,13 @@ def _data_arguments(data: dict, geometry: _Geometry, dtype: torch.dtype, gather)
         elif kind == "point_gradient":
             if geometry.gradients is None:
                 raise AssemblyError(f"{name!r}: gradients of point data are not available on facets")
-            if value.ndim != (2 if batched else 1):
-                raise AssemblyError(f"{name!r} needs a scalar field point_data[{name[5:]!r}], got shape {tuple(value.shape)}")
-            args[name] = (torch.einsum("mqkd,...mk->...mqd", geometry.gradients.to(dtype), gathered), lead + (CELL, POINT))
+            if value.ndim == (2 if batched else 1):  # a scalar field: gradient (dim,)
+                args[name] = (torch.einsum("mqkd,...mk->...mqd", geometry.gradients.to(dtype), gathered), lead + (CELL, POINT))
+            else:  # a field with values of shape F: gradient (*F, dim), e.g. (c, dim) for a displacement
+                field_shape = gathered.shape[(3 if batched else 2):]
+                flat = gathered.reshape(*gathered.shape[: 3 if batched else 2], -1)
+                grad = torch.einsum("mqkd,...mkf->...mqfd", geometry.gradients.to(dtype), flat)
+                args[name] = (grad.reshape(*grad.shape[:-2], *field_shape, grad.shape[-1]), lead + (CELL, POINT))
         elif kind == "element_data":
             args[name] = (gather(value, batched).to(dtype), lead + (CELL,))
         else:
@@ -272,13 +326,29 @@ def _data_arguments(data: dict, geometry: _Geometry, dtype: torch.dtype, gather)
     return args
 
 
-def _reserved_arguments(geometry: _Geometry, dtype: torch.dtype) -> dict[str, tuple[Tensor, tuple[str, ...]]]:
-    """The reserved arguments this geometry provides, with the axes each varies along."""
+def _reserved_arguments(geometry: _Geometry, dtype: torch.dtype, components: int | None = None) -> dict[str, tuple[Tensor, tuple[str, ...]]]:
+    """The reserved arguments this geometry provides, with the axes each varies along.
+
+    For a vector form with c components the basis function (a, i) is N_a e_i: its value
+    (q, k, c, c) varies along (point, node, component) and holds a (c,) vector, its
+    gradient (m, q, k, c, c, dim) a (c, dim) matrix, row i the gradient of N_a.
+    """
     basis = geometry.basis.to(dtype)
-    reserved = {"u": (basis, (POINT, TRIAL)), "v": (basis, (POINT, TEST)), "x": (geometry.coords.to(dtype), (CELL, POINT))}
-    if geometry.gradients is not None:
-        reserved["gradu"] = (geometry.gradients.to(dtype), (CELL, POINT, TRIAL))
-        reserved["gradv"] = (geometry.gradients.to(dtype), (CELL, POINT, TEST))
+    coords = (geometry.coords.to(dtype), (CELL, POINT))
+    if components is None:
+        reserved = {"u": (basis, (POINT, TRIAL)), "v": (basis, (POINT, TEST)), "x": coords}
+        if geometry.gradients is not None:
+            reserved["gradu"] = (geometry.gradients.to(dtype), (CELL, POINT, TRIAL))
+            reserved["gradv"] = (geometry.gradients.to(dtype), (CELL, POINT, TEST))
+    else:
+        eye = torch.eye(components, dtype=dtype, device=basis.device)
+        values = basis[:, :, None, None] * eye  # (q, k, c, c): [q, a, i] = N_a e_i
+        reserved = {"u": (values, (POINT, TRIAL, TRIAL_COMPONENT)), "v": (values, (POINT, TEST, TEST_COMPONENT)), "x": coords}
+        if geometry.gradients is not None:
+            # [m, q, a, i, r, s] = delta_ir dN_a/dx_s
+            gradients = eye[:, :, None] * geometry.gradients.to(dtype)[:, :, :, None, None, :]
+            reserved["gradu"] = (gradients, (CELL, POINT, TRIAL, TRIAL_COMPONENT))
+            reserved["gradv"] = (gradients, (CELL, POINT, TEST, TEST_COMPONENT))
     if geometry.normals is not None:
         reserved["n"] = (geometry.normals.to(dtype), (CELL, POINT))
     return reserved
@@ -371,15 +441,42 @@ class ElementAssembler(_Assembler):
     def __call__(self, point_data=None, element_data=None, scalar_data=None) -> SparseMatrix:
         mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
         geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, sources))
-        pattern, slots = _cached_pattern(mesh)
+        components = self.n_components
+        pattern, slots = _cached_pattern(mesh, components)
+        local = self._assemble(sources, geometry, _identity)  # (B?, m, k[, c], k[, c])
+        flat = local.reshape(*local.shape[: local.ndim - 1 - len(self._basis_levels(components))], -1)
+        values = flat.new_zeros(*flat.shape[:-1], pattern.nnz).index_add(-1, slots, flat)
+        return SparseMatrix.from_pattern(pattern, values)
+
+    def local(self, point_data=None, element_data=None, scalar_data=None) -> Tensor:
+        """The element matrices (B?, m, K, K) before summation, K = k (scalar) or k c (vector,
+        in the order of :func:`dof_connectivity`). With :meth:`scatter` this lets a caller
+        reuse element matrices, e.g. scale unit-modulus ones by a per-cell SIMP modulus."""
+        mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
+        geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, sources))
         local = self._assemble(sources, geometry, _identity)
+        lead = local.shape[: local.ndim - 1 - len(self._basis_levels(self.n_components))]
+        size = geometry.conn.shape[1] * (self.n_components or 1)
+        return local.reshape(*lead, mesh.n_cells, size, size)
+
+    def scatter(self, local: Tensor) -> SparseMatrix:
+        """The global SparseMatrix of element matrices ``local`` (B?, m, K, K) (see :meth:`local`)."""
+        mesh = self.mesh
+        pattern, slots = _cached_pattern(mesh, self.n_components)
+        size = mesh.elements.shape[1] * (self.n_components or 1)
+        if not isinstance(local, Tensor) or local.ndim not in (3, 4) or tuple(local.shape[-3:]) != (mesh.n_cells, size, size):
+            got = tuple(local.shape) if isinstance(local, Tensor) else type(local).__name__
+            raise AssemblyError(f"local must have shape (m, K, K) or (B, m, K, K) with m={mesh.n_cells}, K={size}; got {got}")
         flat = local.reshape(*local.shape[:-3], -1)
         values = flat.new_zeros(*flat.shape[:-1], pattern.nnz).index_add(-1, slots, flat)
         return SparseMatrix.from_pattern(pattern, values)
 
 
 class NodeAssembler(_Assembler):
-    """Linear form sum_cells int forward(v, gradv, x, data...) dx -> vector (n,) or (B, n)."""
+    """Linear form sum_cells int forward(v, gradv, x, data...) dx -> vector (n,) or (B, n).
+
+    With ``components`` set: (n * c,) or (B, n * c), node-major.
+    """
 
     reserved = frozenset({"v", "gradv", "x"})
     basis_axes = (TEST,)
@@ -388,12 +485,45 @@ class NodeAssembler(_Assembler):
         mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
         geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, sources))
         local = self._assemble(sources, geometry, _identity)
-        return _scatter_vector(local, geometry.conn, mesh.n_points)
+        return _scatter_vector(local, geometry.conn, mesh.n_points, self.n_components)
 
 
-def _scatter_vector(local: Tensor, conn: Tensor, n: int) -> Tensor:
-    flat = local.reshape(*local.shape[:-2], -1)
-    return flat.new_zeros(*flat.shape[:-1], n).index_add(-1, conn.reshape(-1), flat)
+def _scatter_vector(local: Tensor, conn: Tensor, n: int, components: int | None = None) -> Tensor:
+    """Sum local vectors (B?, m, k[, c]) into a global one (B?, n[ * c])."""
+    if components is None:
+        flat = local.reshape(*local.shape[:-2], -1)
+        return flat.new_zeros(*flat.shape[:-1], n).index_add(-1, conn.reshape(-1), flat)
+    flat = local.reshape(*local.shape[:-3], -1)
+    dofs = dof_connectivity(conn, components)
+    return flat.new_zeros(*flat.shape[:-1], n * components).index_add(-1, dofs.reshape(-1), flat)
+
+
+def dof_connectivity(conn: Tensor, components: int) -> Tensor:
+    """Dofs (m, k * c) of cells (m, k) for c components per node, node-major: entry a * c + i is dof conn[:, a] * c + i."""
+    if isinstance(components, bool) or not isinstance(components, int) or components < 1:
+        raise ValueError(f"components must be a positive int, got {components!r}")
+    offsets = torch.arange(components, dtype=conn.dtype, device=conn.device)
+    return (conn[..., None] * components + offsets).reshape(*conn.shape[:-1], conn.shape[-1] * components)
+
+
+def dof_mask(node_mask: Tensor, components: int, which: int | Sequence[int] | None = None) -> Tensor:
+    """Per-dof Dirichlet mask (n * c,) from a node mask (n,), node-major (dof a * c + i).
+
+    which: the components to fix at the masked nodes (an int or a sequence), by default
+    all of them: ``dof_mask(mesh.nodes_of("left"), 2, which=0)`` fixes u_x on the left
+    edge only. Pass the result to :class:`~tmcore.condense.Condenser`.
+    """
+    if not isinstance(node_mask, Tensor) or node_mask.dtype != torch.bool or node_mask.ndim != 1:
+        got = f"dtype {node_mask.dtype} and shape {tuple(node_mask.shape)}" if isinstance(node_mask, Tensor) else type(node_mask).__name__
+        raise ValueError(f"node_mask must be an (n,) bool tensor, got {got}")
+    if isinstance(components, bool) or not isinstance(components, int) or components < 1:
+        raise ValueError(f"components must be a positive int, got {components!r}")
+    chosen = list(range(components)) if which is None else ([which] if isinstance(which, int) else list(which))
+    if not chosen or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < components for i in chosen):
+        raise ValueError(f"which must name components in [0, {components}), got {which!r}")
+    per_component = torch.zeros(components, dtype=torch.bool, device=node_mask.device)
+    per_component[chosen] = True
+    return (node_mask[:, None] & per_component).reshape(-1)
 
 
 def _identity(value: Tensor, batched: bool) -> Tensor:
@@ -465,14 +595,16 @@ class FacetAssembler(_Assembler):
             return value[:, owners] if batched else value[owners]
 
         local = self._assemble(sources, geometry, gather)
+        components = self.n_components
         if len(self.basis_axes) == 1:
-            return _scatter_vector(local, facets, mesh.n_points)
-        pattern, _ = _cached_pattern(mesh)
-        k = facets.shape[1]
-        rows = facets[:, :, None].expand(-1, k, k).reshape(-1)
-        cols = facets[:, None, :].expand(-1, k, k).reshape(-1)
+            return _scatter_vector(local, facets, mesh.n_points, components)
+        pattern, _ = _cached_pattern(mesh, components)
+        dofs = facets if components is None else dof_connectivity(facets, components)
+        k = dofs.shape[1]
+        rows = dofs[:, :, None].expand(-1, k, k).reshape(-1)
+        cols = dofs[:, None, :].expand(-1, k, k).reshape(-1)
         slots = pattern.slots(rows, cols)
-        flat = local.reshape(*local.shape[:-3], -1)
+        flat = local.reshape(*local.shape[: local.ndim - 1 - len(self._basis_levels(components))], -1)
         values = flat.new_zeros(*flat.shape[:-1], pattern.nnz).index_add(-1, slots, flat)
         return SparseMatrix.from_pattern(pattern, values)
 
@@ -492,6 +624,28 @@ class Functional(_Assembler):
         geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, sources))
         cells = self._assemble(sources, geometry, _identity)
         return cells if per_cell else cells.sum(-1)
+
+
+class VectorElementAssembler(ElementAssembler):
+    """Bilinear form of a vector field with one component per coordinate -> SparseMatrix (n dim, n dim).
+
+    ``u``, ``v`` are (dim,), ``gradu``, ``gradv`` (dim, dim) with ``gradu[i, j] = du_i/dx_j``;
+    dofs node-major (see the module docstring).
+    """
+
+    components = "dim"
+
+
+class VectorNodeAssembler(NodeAssembler):
+    """Linear form of a vector field (body force, ``v @ f``) -> vector (n dim,), node-major."""
+
+    components = "dim"
+
+
+class VectorFacetAssembler(FacetAssembler):
+    """Boundary integrals of a vector field (traction, ``v @ t``) -> (n dim,) or SparseMatrix (n dim, n dim)."""
+
+    components = "dim"
 
 
 # -- mesh-only caches -------------------------------------------------------------------------
@@ -525,15 +679,32 @@ def _cached_cell_geometry(mesh: Mesh, degree: int) -> _Geometry:
     )
 
 
-def _cached_pattern(mesh: Mesh) -> tuple[SparsityPattern, Tensor]:
-    """The (n, n) pattern of the mesh's cells and the slot (m * k * k,) of each local entry."""
+def share_patterns(source: Mesh, target: Mesh) -> None:
+    """Let ``target``, a mesh on the same connectivity tensor as ``source`` (other points),
+    reuse the sparsity patterns ``source`` has built (a shape study makes one mesh per shape)."""
+    if source.elements.data_ptr() != target.elements.data_ptr() or source.elements.shape != target.elements.shape:
+        raise ValueError("share_patterns needs two meshes on the same connectivity tensor")
+    _cached_pattern(source)
+    store = target.__dict__.setdefault("_assembly_cache", {})
+    for name, hit in source.__dict__.get("_assembly_cache", {}).items():
+        if name.startswith("pattern"):
+            store.setdefault(name, hit)
+
+
+def _cached_pattern(mesh: Mesh, components: int | None = None) -> tuple[SparsityPattern, Tensor]:
+    """The (n, n) pattern of the mesh's cells and the slot (m * k * k,) of each local entry;
+    with c components the (n c, n c) pattern and the slots (m * (k c)^2,) in node-major dof order."""
 
     def compute():
         conn = mesh.elements
+        size = mesh.n_points
+        if components is not None:
+            conn, size = dof_connectivity(conn, components), size * components
         k = conn.shape[1]
         rows = conn[:, :, None].expand(-1, k, k).reshape(-1)
         cols = conn[:, None, :].expand(-1, k, k).reshape(-1)
-        return SparsityPattern.from_coo(rows, cols, (mesh.n_points, mesh.n_points))
+        return SparsityPattern.from_coo(rows, cols, (size, size))
 
     conn = mesh.elements
-    return _mesh_cache(mesh, "pattern", (conn.data_ptr(), conn._version, conn.device, mesh.n_points), compute)
+    name = "pattern" if components is None else f"pattern/{components}"
+    return _mesh_cache(mesh, name, (conn.data_ptr(), conn._version, conn.device, mesh.n_points), compute)

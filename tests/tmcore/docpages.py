@@ -1,0 +1,27 @@
+"""Run a user-guide page's python blocks in order and compare what they print (the rule of tests/test_docs.py)."""
+
+import contextlib
+import io
+from pathlib import Path
+
+from tests.test_docs import _clean, python_blocks
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def run_page(page: str, minimum_blocks: int = 3) -> dict:
+    """Execute docs/<page>; every ```python block followed by a ```text block must print exactly that text."""
+    path = DOCS / page
+    blocks = python_blocks(path.read_text())
+    assert len(blocks) >= minimum_blocks, f"{page}: expected at least {minimum_blocks} python blocks, found {len(blocks)}"
+    namespace = {"__name__": f"docs.{path.stem}"}
+    for block in blocks:
+        code = compile("\n" * (block.line - 1) + block.code, str(path), "exec")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(code, namespace)
+        if block.expected is not None:
+            assert _clean(out.getvalue()) == _clean(block.expected), (
+                f"{page}:{block.line}: the block printed\n{out.getvalue()}\nbut the page shows\n{block.expected}"
+            )
+    return namespace
