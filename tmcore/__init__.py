@@ -6,7 +6,16 @@ or an ``autograd.Function``; a loss on the solution back-propagates to every ten
 that fed it through one adjoint solve.
 """
 
-from .assemble import ElementAssembler, FacetAssembler, Functional, NodeAssembler
+from .assemble import (
+    ElementAssembler,
+    FacetAssembler,
+    Functional,
+    NodeAssembler,
+    VectorElementAssembler,
+    VectorFacetAssembler,
+    VectorNodeAssembler,
+    dof_mask,
+)
 from .condense import Condenser
 from .errors import AssemblyError, MeshError, SingularMatrixError, SolverError
 from .mesh import Mesh
@@ -26,4 +35,8 @@ __all__ = [
     "SingularMatrixError",
     "SolverError",
     "SparseMatrix",
+    "VectorElementAssembler",
+    "VectorFacetAssembler",
+    "VectorNodeAssembler",
+    "dof_mask",
 ]
