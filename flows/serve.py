@@ -8,6 +8,7 @@ Uses the Prefect server at ``$PREFECT_API_URL`` if one answers there, otherwise 
     differentiability-figures/default    the figures (parameters overridable per run)
     coefficient-identification/default   the identification study alone
     thermal-topology/default             the topology study alone
+    operator-dataset/default             (kappa, u) pairs for operator learning (flows.datagen)
     validation-benchmark/nightly         the benchmark on a cron schedule, use_cache=False
 
 until Ctrl-C. In another shell, with the same ``PREFECT_API_URL``::
@@ -84,6 +85,7 @@ def stop(process: subprocess.Popen, timeout: float = 30.0) -> None:
 
 def deployments(cron: str = DEFAULT_CRON) -> list:
     """The deployments served by ``make serve``."""
+    from .datagen import operator_dataset
     from .differentiability import differentiability_figures, identification_study, topology_study
     from .validation import validation_benchmark
 
@@ -91,6 +93,7 @@ def deployments(cron: str = DEFAULT_CRON) -> list:
         differentiability_figures.to_deployment(name="default", description="the differentiability figures (make figures)"),
         identification_study.to_deployment(name="default", description="coefficient identification study"),
         topology_study.to_deployment(name="default", description="thermal topology optimisation study"),
+        operator_dataset.to_deployment(name="default", description="operator-learning data set: N (kappa, u) pairs, one netCDF file"),
         validation_benchmark.to_deployment(
             name="nightly", cron=cron, parameters={"use_cache": False},
             description="validation benchmark, every night, fresh timings; fails on a tolerance miss",
