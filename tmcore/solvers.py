@@ -57,6 +57,7 @@ uses the BLAS's threads; torch's own kernels follow ``torch.set_num_threads``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -205,7 +206,11 @@ class _AMG(Factorization):
         self.cache = cache
         entry = cache.get("amg")
         if entry is None or entry["stale"]:
-            hierarchy = pyamg.ruge_stuben_solver(self.matrix)
+            try:
+                with np.errstate(all="ignore"):
+                    hierarchy = pyamg.ruge_stuben_solver(self.matrix)
+            except (ValueError, ZeroDivisionError, np.linalg.LinAlgError) as exc:
+                raise SolverError(f"AMG set-up failed ({exc}); the matrix is not suited to AMG, use a direct backend") from None
             entry = cache["amg"] = {"preconditioner": hierarchy.aspreconditioner(cycle="V"), "baseline": None, "stale": False}
             stats.analyses += 1
             stats.factorizations += 1
@@ -221,10 +226,14 @@ class _AMG(Factorization):
             iterations += 1
 
         common = dict(rtol=self.rtol, atol=0.0, maxiter=self.maxiter, M=self.entry["preconditioner"], callback=count)
-        if self.method == "cg":
-            x, _ = scipy.sparse.linalg.cg(matrix, b, **common)
-        else:
-            x, _ = scipy.sparse.linalg.gmres(matrix, b, callback_type="pr_norm", **common)
+        try:
+            with np.errstate(all="ignore"):  # a breakdown shows as a non-finite residual, checked by the caller
+                if self.method == "cg":
+                    x, _ = scipy.sparse.linalg.cg(matrix, b, **common)
+                else:
+                    x, _ = scipy.sparse.linalg.gmres(matrix, b, callback_type="pr_norm", **common)
+        except (ValueError, ZeroDivisionError, np.linalg.LinAlgError) as exc:  # e.g. NaN in the coarse-grid solve
+            raise SolverError(f"AMG-{self.method.upper()} broke down after {iterations} iterations ({exc})") from None
         return x, iterations
 
     def solve(self, rhs, transpose=False):
@@ -646,8 +655,19 @@ class SparseSolve(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, values: Tensor, b: Tensor, pattern: SparsityPattern, options: SolveOptions):
-        factors = factorize_batch(pattern, values, options)
-        u = factors.solve(b, transpose=False)
+        try:
+            factors = factorize_batch(pattern, values, options)
+            u = factors.solve(b, transpose=False)
+        except SolverError as exc:
+            if options.backend != "auto" or isinstance(exc, SingularMatrixError):
+                raise
+            # "auto" chose an iterative backend that failed on this matrix (AMG on an
+            # elasticity-like system, say): a direct solver always applies
+            direct = "cholmod" if cholmod_available() and _is_symmetric(pattern, values[0]) else "splu"
+            logger.warning("solve: the automatic iterative backend failed (%s); falling back to %r", exc, direct)
+            options = dataclasses.replace(options, backend=direct)
+            factors = factorize_batch(pattern, values, options)
+            u = factors.solve(b, transpose=False)
         if options.check:
             tolerance = max(RESIDUAL_TOL, 100 * options.rtol) if factors.iterative else RESIDUAL_TOL
             _check_residual(values, pattern, b, u, tolerance)

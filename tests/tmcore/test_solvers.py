@@ -9,7 +9,7 @@ import torch
 from tmcore import Condenser, Mesh, SparseMatrix
 from tmcore.sparse import SparsityPattern
 from tmcore import solvers
-from tmcore.errors import SingularMatrixError
+from tmcore.errors import SingularMatrixError, SolverError
 
 from .forms import Laplace, Source
 
@@ -236,3 +236,23 @@ def test_second_derivatives_through_a_solve_are_exact():
     rhs = (b_ + torch.linspace(0, 1, b_.shape[0])).requires_grad_(True)
     assert torch.autograd.gradcheck(solve, (values, rhs))
     assert torch.autograd.gradgradcheck(solve, (values, rhs))
+
+
+def test_auto_falls_back_to_a_direct_solver_when_amg_fails():
+    """2-D elasticity (18 non-zeros per row) looks 3-D to 'auto', which tries AMG; RS-AMG breaks down on it."""
+    from tmcore import dof_mask
+    from tmcore.elasticity import LinearElasticity
+
+    mesh = Mesh.gen_grid((160, 16), upper=(10.0, 1.0), element_type="quad")
+    K = LinearElasticity.from_mesh(mesh)(scalar_data={"E": 1.0})
+    f = torch.zeros(2 * mesh.n_points)
+    f[1::2] = -1.0 / mesh.n_points
+    K_, f_ = Condenser(dof_mask(mesh.nodes_of("left"), 2))(K, f)
+    assert solvers.choose_backend(K_.pattern, K_.values) == "amg"
+    with pytest.raises(SolverError, match="AMG"):
+        K_.solve(f_, backend="amg")  # asked for explicitly: the failure is reported
+    solvers.stats.reset()
+    u = K_.solve(f_)  # automatic: falls back to a direct factorisation
+    assert solvers.stats.by_backend.get("amg") == 1 and (solvers.stats.by_backend.get("splu") or solvers.stats.by_backend.get("cholmod"))
+    reference = K_.solve(f_, backend="splu")
+    assert float((u - reference).norm() / reference.norm()) < 1e-9
