@@ -76,8 +76,8 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "splu", "cholmod", "amg", "torch-cg", "dense", "pardiso")
 ITERATIVE = ("amg", "torch-cg")
 # Unknowns up to which "auto" uses a direct solver on the CPU / a dense LU on a GPU.
-DIRECT_LIMIT = 50_000
-CHOLMOD_LIMIT = 200_000
+DIRECT_LIMIT = 30_000
+CHOLMOD_LIMIT = 30_000
 DIRECT_LIMIT_3D = 4_000
 DENSE_LIMIT = 4096
 DEFAULT_RTOL = 1e-10
