@@ -36,24 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tmcore import Condenser, ElementAssembler, Mesh, NodeAssembler, solvers
+from tmcore import Condenser, Mesh, solvers
 from tmcore.batch import random_fields
 
-from .suite import PeakMemory, machine
+from .suite import Diffusion, Load, PeakMemory, machine
 
 logger = logging.getLogger(__name__)
 
 MODES = ("forward", "forward+backward")
-
-
-class Diffusion(ElementAssembler):
-    def forward(self, gradu, gradv, kappa):
-        return kappa * (gradu @ gradv)
-
-
-class Load(NodeAssembler):
-    def forward(self, v, f):
-        return f * v
 
 
 class Setup:

@@ -4,8 +4,6 @@ A ```python block followed directly by a ```text block must print exactly that t
 the numbers quoted in the docs are the numbers the code produces.
 """
 
-import contextlib
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,17 +52,6 @@ def _clean(text: str) -> str:
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_code_runs_and_prints_what_the_page_shows(page):
-    path = DOCS / page
-    blocks = python_blocks(path.read_text())
-    assert len(blocks) >= 5, f"{page}: expected several python blocks, found {len(blocks)}"
-    namespace = {"__name__": f"docs.{path.stem}"}
-    for block in blocks:
-        # pad with newlines so tracebacks point at the line of the page
-        code = compile("\n" * (block.line - 1) + block.code, str(path), "exec")
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            exec(code, namespace)
-        if block.expected is not None:
-            assert _clean(out.getvalue()) == _clean(block.expected), (
-                f"{page}:{block.line}: the block printed\n{out.getvalue()}\nbut the page shows\n{block.expected}"
-            )
+    from tests.tmcore.docpages import run_page
+
+    run_page(page, minimum_blocks=5)
