@@ -36,7 +36,8 @@ import scipy.sparse.linalg
 import torch
 
 import tmcore
-from tmcore import Condenser, ElementAssembler, Mesh, NodeAssembler, SparseMatrix, solvers
+from tmcore import Condenser, Mesh, SparseMatrix, solvers
+from tmcore.forms import Diffusion, Source
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +54,7 @@ GMSH_3D = {"1e3": 0.12, "1e4": 0.05, "1e5": 0.022}
 SUPERLU_LIMIT = {2: 500_000, 3: 20_000}
 
 
-class Diffusion(ElementAssembler):
-    def forward(self, gradu, gradv, kappa):
-        return kappa * (gradu @ gradv)
-
-
-class Load(NodeAssembler):
-    def forward(self, v, f):
-        return f * v
+Load = Source
 
 
 # -- measuring ---------------------------------------------------------------------------------

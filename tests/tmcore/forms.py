@@ -1,15 +1,6 @@
-"""Weak forms shared by the tmcore tests."""
+"""Weak forms shared by the tmcore tests: the library's own (tmcore.forms)."""
 
-from tmcore import ElementAssembler, NodeAssembler
-class Laplace(ElementAssembler):
-    """kappa grad u . grad v"""
+from tmcore.forms import Diffusion as Laplace
+from tmcore.forms import Source
 
-    def forward(self, gradu, gradv, kappa):
-        return kappa * (gradu @ gradv)
-
-
-class Source(NodeAssembler):
-    """f v"""
-
-    def forward(self, v, f):
-        return f * v
+__all__ = ["Laplace", "Source"]

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..assemble import ElementAssembler, Functional, NodeAssembler
+from ..assemble import Functional
+from ..forms import Diffusion, Source
 from ..condense import Condenser
 from ..mesh import Mesh
 from ._checks import DTYPE, check_callback, check_count, check_mesh, check_real
@@ -67,18 +68,7 @@ def default_kappa_true(points: Tensor) -> Tensor:
 # -- the forms --------------------------------------------------------------------------------
 
 
-class WeightedLaplace(ElementAssembler):
-    """Stiffness of -div(kappa grad u) with a nodal kappa."""
-
-    def forward(self, gradu, gradv, kappa):
-        return kappa * (gradu @ gradv)
-
-
-class Source(NodeAssembler):
-    """Load vector of a nodal source f."""
-
-    def forward(self, v, f):
-        return v * f
+WeightedLaplace = Diffusion  # the chapter's name for the stiffness of -div(kappa grad u), nodal kappa
 
 
 class GradientPenalty(Functional):

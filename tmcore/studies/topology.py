@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..assemble import ElementAssembler, NodeAssembler
+from ..forms import Diffusion, Source
 from ..condense import Condenser
 from ..mesh import Mesh
 from ..filters import HelmholtzFilter, default_filter_radius, sensitivity_filter
@@ -34,18 +34,7 @@ __all__ = ["TopologyResult", "thermal_topology"]
 logger = logging.getLogger(__name__)
 
 
-class SIMPLaplace(ElementAssembler):
-    """Stiffness of -div(kappa grad u) with a per-cell kappa."""
-
-    def forward(self, gradu, gradv, kappa):
-        return kappa * (gradu @ gradv)
-
-
-class Source(NodeAssembler):
-    """Load vector of a nodal source f."""
-
-    def forward(self, v, f):
-        return v * f
+SIMPLaplace = Diffusion  # the stiffness of -div(kappa(rho) grad u), kappa per cell
 
 
 @dataclass
