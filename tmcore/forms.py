@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .assemble import ElementAssembler, NodeAssembler
 
-__all__ = ["Diffusion", "Mass", "Source"]
+__all__ = ["Diffusion", "Laplace", "Mass", "Source"]
 
 
 class Diffusion(ElementAssembler):
@@ -16,6 +16,13 @@ class Diffusion(ElementAssembler):
 
     def forward(self, gradu, gradv, kappa):
         return kappa * (gradu @ gradv)
+
+
+class Laplace(ElementAssembler):
+    """grad u . grad v: the stiffness matrix of -lap(u), unit coefficient."""
+
+    def forward(self, gradu, gradv):
+        return gradu @ gradv
 
 
 class Mass(ElementAssembler):

@@ -8,26 +8,12 @@ import math
 import pytest
 import torch
 
-from tmcore import AssemblyError, Condenser, ElementAssembler, Mesh, MeshError, NodeAssembler, SingularMatrixError, SolverError
+from tmcore import AssemblyError, Condenser, Mesh, MeshError, SingularMatrixError, SolverError
 from tmcore.optimizer import OCOptimizer
 from tmcore.solvers import cholmod_available
+from tmcore.forms import Diffusion, Laplace, Source
 
 F64 = torch.float64
-
-
-class Diffusion(ElementAssembler):
-    def forward(self, gradu, gradv, kappa):
-        return kappa * (gradu @ gradv)
-
-
-class Laplace(ElementAssembler):
-    def forward(self, gradu, gradv):
-        return gradu @ gradv
-
-
-class Source(NodeAssembler):
-    def forward(self, v, f):
-        return f * v
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import tmcore
-from tmcore import AssemblyError, Condenser, ElementAssembler, Mesh, MeshError, NodeAssembler, SolverError
+from tmcore import AssemblyError, Condenser, Mesh, MeshError, SolverError
+from tmcore.forms import Diffusion, Source
 
 TMCORE = str(Path(tmcore.__file__).resolve().parent)
 OURS = (MeshError, AssemblyError, SolverError)
@@ -34,16 +35,6 @@ PROPERTY = settings(
 )
 
 SPECIAL = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1e300, -1e300, 1e-300, 5e-324]
-
-
-class Diffusion(ElementAssembler):
-    def forward(self, gradu, gradv, kappa):
-        return kappa * (gradu @ gradv)
-
-
-class Source(NodeAssembler):
-    def forward(self, v, f):
-        return f * v
 
 
 def raised_in_tmcore(error: BaseException) -> bool:

@@ -25,6 +25,7 @@ from tmcore import (
     SparseMatrix,
 )
 from tmcore.optimizer import OCOptimizer
+from tmcore.forms import Diffusion, Laplace, Source
 
 F64 = torch.float64
 NAN, INF = float("nan"), float("inf")
@@ -44,21 +45,6 @@ def mesh() -> Mesh:
 
 
 # -- integrands used below -----------------------------------------------------------------
-
-
-class Diffusion(ElementAssembler):
-    def forward(self, gradu, gradv, kappa):
-        return kappa * (gradu @ gradv)
-
-
-class Laplace(ElementAssembler):
-    def forward(self, gradu, gradv):
-        return gradu @ gradv
-
-
-class Source(NodeAssembler):
-    def forward(self, v, f):
-        return f * v
 
 
 class VectorBilinear(ElementAssembler):
