@@ -1,9 +1,9 @@
 """Memory and time of a long transient run with its adjoint, with and without checkpointing.
 
-    python -m benchmarks.transient_memory [--steps 1000] [--cells 99] [--out reports/benchmarks]
+    python -m benchmarks.transient_memory [--steps 1000] [--cells 100] [--out reports/benchmarks]
 
 Each configuration runs in a fresh process: a Crank-Nicolson heat run on a (cells+1)^2
-node quad grid (99 -> 1e4 nodes), kappa per cell requiring grad, the loss on the final
+node quad grid (100 -> 10,201 nodes), kappa per cell requiring grad, the loss on the final
 state, then the backward. Reported per configuration: the bytes of the tensors autograd
 keeps for the backward (distinct storages, outside checkpointed segments), the process's
 peak resident memory above the state before the forward, and the forward/backward
@@ -98,18 +98,28 @@ def measure(steps: int, cells: int, checkpoint) -> dict:
 
 
 def child_environment() -> dict:
-    """One thread, and glibc's mmap threshold fixed at 64 KiB: by default glibc raises it after
-    freeing large blocks, and the heap then fragments (freed per-step temporaries of 0.7 MiB
-    interleaved with the kept 80 KiB states), so resident memory would overstate what is alive
-    by a factor of 2-4. With the threshold fixed, blocks of a state or larger are mapped and
-    unmapped, and the resident memory follows the live memory."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    """One thread, and glibc's mmap threshold fixed at 16 KiB: by default glibc raises it after
+    freeing large blocks, and the heap then fragments (freed per-step temporaries interleaved
+    with the kept states), so resident memory would overstate what is alive by a factor of 2-10.
+    With the threshold fixed below the size of one state (29 KiB at 61x61 nodes, 80 KiB at
+    100x100), every state is mapped and unmapped on its own, and the resident memory follows
+    the live memory."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "16384"}
+
+
+def measure_in_fresh_process(steps: int, cells: int, checkpoint) -> dict:
+    """:func:`measure` in a new interpreter with :func:`child_environment`, so that no earlier
+    run's heap is reused (which would understate the resident memory of the later one)."""
+    command = [sys.executable, "-m", "benchmarks.transient_memory", "--steps", str(steps), "--cells", str(cells), "--one", json.dumps(checkpoint)]
+    root = Path(__file__).resolve().parents[1]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=child_environment(), cwd=root).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--cells", type=int, default=99)
+    parser.add_argument("--cells", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -119,9 +129,7 @@ def main(argv=None) -> int:
         return 0
     rows = []
     for label, checkpoint in CONFIGS:
-        command = [sys.executable, "-m", "benchmarks.transient_memory", "--steps", str(args.steps), "--cells", str(args.cells), "--one", json.dumps(checkpoint)]
-        output = subprocess.run(command, check=True, capture_output=True, text=True, env=child_environment()).stdout
-        rows.append((label, json.loads(output.strip().splitlines()[-1])))
+        rows.append((label, measure_in_fresh_process(args.steps, args.cells, checkpoint)))
     first = rows[0][1]
     lines = [
         f"Crank-Nicolson, {first['nodes']} nodes, {first['steps']} steps, backend {first['backend']}; one factorisation per run.",

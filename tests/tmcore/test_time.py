@@ -185,21 +185,10 @@ def test_checkpointing_bounds_the_graph_memory():
 
 
 def test_checkpointing_bounds_the_resident_memory():
-    """The process's resident memory, measured in fresh processes by benchmarks.transient_memory."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+    """The process's resident memory, each run measured in its own fresh process."""
+    from benchmarks.transient_memory import measure_in_fresh_process
 
-    from benchmarks.transient_memory import child_environment
-
-    root = Path(__file__).resolve().parents[2]
-    code = (
-        "import json; from benchmarks.transient_memory import measure; "
-        "print(json.dumps([measure(300, 60, None), measure(300, 60, 'auto')]))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=child_environment(), capture_output=True, text=True, check=True)
-    full, chunked = json.loads(out.stdout.strip().splitlines()[-1])
+    full, chunked = measure_in_fresh_process(300, 60, None), measure_in_fresh_process(300, 60, "auto")
     predicted = 300 * 8 * (61 * 61 + 59 * 59) / 2**20  # two vectors per step, MiB
     assert full["saved_mib"] == pytest.approx(predicted, rel=0.05)
     assert full["peak_forward_mib"] > 0.8 * predicted
@@ -209,20 +198,9 @@ def test_checkpointing_bounds_the_resident_memory():
 
 @pytest.mark.slow(reason="the issue's memory study: 1000 steps at 1e4 nodes, twice, in fresh processes (about a minute)")
 def test_thousand_steps_at_ten_thousand_nodes_fit_in_a_few_states():
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+    from benchmarks.transient_memory import measure_in_fresh_process
 
-    from benchmarks.transient_memory import child_environment
-
-    code = (
-        "import json; from benchmarks.transient_memory import measure; "
-        "print(json.dumps([measure(1000, 100, None), measure(1000, 100, 'auto')]))"
-    )
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=child_environment(), capture_output=True, text=True, check=True)
-    full, chunked = json.loads(out.stdout.strip().splitlines()[-1])
+    full, chunked = measure_in_fresh_process(1000, 100, None), measure_in_fresh_process(1000, 100, "auto")
     assert full["nodes"] == 10201 and chunked["segments"] == 32
     assert full["peak_forward_mib"] > 140  # 1000 x 2 vectors of 1e4 doubles
     assert chunked["peak_total_mib"] < 0.2 * full["peak_forward_mib"]
