@@ -203,3 +203,35 @@ def test_library_forms_match_hand_written_integrands():
     assert torch.equal(Diffusion.from_mesh(mesh)(point_data={"kappa": kappa}).values, Laplace.from_mesh(mesh)(point_data={"kappa": kappa}).values)
     assert torch.equal(LibraryMass.from_mesh(mesh)(point_data={"rho": kappa}).values, Mass.from_mesh(mesh)(point_data={"rho": kappa}).values)
     assert abs(float(LibrarySource.from_mesh(mesh)(scalar_data={"f": 1.0}).sum()) - 1.0) < 1e-14
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_blocks_of_cells_give_the_one_block_result_and_gradients(monkeypatch, batched):
+    """Assembly runs in blocks of cells (CHUNK_EVALUATIONS); blocks of 7 cells, not dividing
+    the 50 cells, must give the one-block matrices, vectors, element matrices and gradients."""
+    import tmcore.assemble as assemble
+    from tmcore import VectorElementAssembler
+
+    class Elastic(VectorElementAssembler):
+        def forward(self, gradu, gradv, mu):
+            return mu * (gradu * gradv).sum()
+
+    mesh = Mesh.gen_grid((5, 5))
+    shape = (3, mesh.n_points) if batched else (mesh.n_points,)
+    kappa = (1.0 + torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+    mu = torch.rand(mesh.n_cells, dtype=torch.float64) + 1
+
+    def everything():
+        K = Laplace.from_mesh(mesh)(point_data={"kappa": kappa})
+        b = Source.from_mesh(mesh)(point_data={"f": kappa})
+        E = Elastic.from_mesh(mesh)(element_data={"mu": mu})
+        local = Laplace.from_mesh(mesh).local(point_data={"kappa": kappa})
+        (grad,) = torch.autograd.grad((K.values**2).sum() + (b**3).sum(), kappa)
+        return K.values, b, E.values, local, grad
+
+    one_block = everything()
+    monkeypatch.setattr(assemble, "CHUNK_EVALUATIONS", 7 * 9 * (3 if batched else 1))
+    blocks = everything()
+    for expected, got in zip(one_block, blocks):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-14, atol=1e-14)
