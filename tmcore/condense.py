@@ -12,6 +12,7 @@ Everything is differentiable in K's values, b and g.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,7 @@ class Condenser(nn.Module):
         self.register_buffer("dirichlet_index", torch.nonzero(mask).flatten())
         self.dirichlet_value = self._full_values(dirichlet_value)
         self._splits: dict[tuple[str, torch.device], _Split] = {}
+        self._mask_key = hashlib.sha256(mask.cpu().numpy().tobytes()).hexdigest()
 
     @property
     def n(self) -> int:
@@ -95,10 +97,17 @@ class Condenser(nn.Module):
         )
 
     def _split(self, pattern: SparsityPattern) -> _Split:
+        """The index maps for ``pattern``: from this Condenser's own cache, else from the
+        pattern's, where every Condenser with the same mask finds them. So a Condenser built
+        afresh each step (new Dirichlet values, say) reuses the maps and K_ff's pattern, and
+        with that pattern the solver's symbolic analysis."""
         key = (pattern.key, pattern.device)
         hit = self._splits.get(key)
         if hit is None:
-            hit = _split_pattern(pattern, self.mask.to(pattern.device))
+            shared_key = ("condense", self._mask_key)
+            hit = pattern.derived.get(shared_key)
+            if hit is None:
+                hit = pattern.derived[shared_key] = _split_pattern(pattern, self.mask.to(pattern.device))
             self._splits[key] = hit
         return hit
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch_sla import SparseTensor
 
-__all__ = ["SparsityPattern", "SparseMatrix"]
+__all__ = ["SparsityPattern", "SparseMatrix", "batched_matvec"]
 
 
 class SparsityPattern:
@@ -39,6 +39,9 @@ class SparsityPattern:
         # AMG hierarchy); it lives and dies with the pattern, so it is never applied to
         # another pattern
         self.solver_cache: dict[str, object] = {}
+        # index maps derived from this pattern by other modules (a Condenser's split, keyed
+        # by its mask), shared by every user of the pattern
+        self.derived: dict[object, object] = {}
 
     @classmethod
     def from_coo(cls, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> tuple["SparsityPattern", Tensor]:
@@ -132,6 +135,19 @@ class SparsityPattern:
 
     def __repr__(self) -> str:
         return f"SparsityPattern(shape={self.shape}, nnz={self.nnz}, device={self.device})"
+
+
+def batched_matvec(values: Tensor, rows: Tensor, cols: Tensor, x: Tensor, n_rows: int | None = None) -> Tensor:
+    """A_i x_i for values (B, nnz) at (rows, cols) and x (B, n_cols, k): (B, n_rows, k).
+
+    Scattered along the last dimension of (B, k, n): ``index_add`` along a middle
+    dimension of (B, n, k) measured ~90x slower here (25 ms against 0.3 ms at 1e4 unknowns).
+    n_rows defaults to n_cols (a square matrix).
+    """
+    columns = x.transpose(1, 2)  # (B, k, n_cols)
+    products = values.unsqueeze(1) * columns[:, :, cols]
+    out = products.new_zeros(columns.shape[:2] + (columns.shape[2] if n_rows is None else n_rows,))
+    return out.index_add_(2, rows, products).transpose(1, 2)
 
 
 def _scipy_index_arrays(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -236,20 +252,18 @@ class SparseMatrix(SparseTensor):
         if isinstance(x, SparseTensor):
             return super().__matmul__(x)
         n_rows, n_cols = self.pattern.shape
-        if x.shape[0] == n_cols and (not self.is_batched or x.ndim <= 2):
-            # unbatched x, broadcast over any matrix batch
-            if x.ndim == 1:
-                prod = self.values * x[self.pattern.cols]
-                return prod.new_zeros(prod.shape[:-1] + (n_rows,)).index_add(-1, self.pattern.rows, prod)
-            prod = self.values.unsqueeze(-1) * x[self.pattern.cols]
-            return prod.new_zeros(prod.shape[:-2] + (n_rows, x.shape[1])).index_add(-2, self.pattern.rows, prod)
-        if self.is_batched and x.shape[0] == self.values.shape[0] and x.shape[1] == n_cols:
-            if x.ndim == 2:
-                prod = self.values * x[:, self.pattern.cols]
-                return prod.new_zeros((x.shape[0], n_rows)).index_add(-1, self.pattern.rows, prod)
-            prod = self.values.unsqueeze(-1) * x[:, self.pattern.cols]
-            return prod.new_zeros((x.shape[0], n_rows, x.shape[2])).index_add(-2, self.pattern.rows, prod)
-        raise ValueError(f"cannot multiply a {tuple(self.shape)} matrix by shape {tuple(x.shape)}")
+        values = self.values if self.is_batched else self.values.unsqueeze(0)
+        batch = values.shape[0]
+        if isinstance(x, Tensor) and x.ndim in (1, 2) and x.shape[0] == n_cols:  # one x, broadcast over a batch
+            columns = x.reshape(1, n_cols, -1).expand(batch, n_cols, -1)
+            out_shape = (batch,) * self.is_batched + (n_rows,) + tuple(x.shape[1:])
+        elif self.is_batched and isinstance(x, Tensor) and x.ndim in (2, 3) and x.shape[:2] == (batch, n_cols):
+            columns = x.reshape(batch, n_cols, -1)
+            out_shape = (batch, n_rows) + tuple(x.shape[2:])
+        else:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"cannot multiply a {tuple(self.shape)} matrix by {got}")
+        return batched_matvec(values, self.pattern.rows, self.pattern.cols, columns, n_rows).reshape(out_shape)
 
     def _same_pattern(self, other: "SparseMatrix", op: str) -> None:
         if not isinstance(other, SparseMatrix):

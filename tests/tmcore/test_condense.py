@@ -53,6 +53,28 @@ def test_a_matrix_from_a_fresh_assembler_is_accepted(mesh):
     assert torch.equal(K1_.values, K2_.values)
 
 
+def test_a_fresh_condenser_with_the_same_mask_reuses_the_maps_and_the_solver_analysis(mesh):
+    """A loop that builds a Condenser per step (new Dirichlet values) must not redo the
+    split nor, through a new K_ff pattern, the solver's symbolic analysis."""
+    from tmcore import solvers
+
+    K = Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0})
+    b = torch.zeros(mesh.n_points)
+    first, _ = Condenser(mesh.boundary_mask, dirichlet_value=1.0)(K, b)
+    first.solve(torch.ones(first.shape[-1]), backend="splu")
+    second, b2 = Condenser(mesh.boundary_mask, dirichlet_value=2.0)(K, b)
+    assert second.pattern is first.pattern
+    other_mask = mesh.boundary_mask.clone()
+    other_mask[torch.nonzero(~other_mask)[0]] = True
+    third, _ = Condenser(other_mask)(K, b)
+    assert third.pattern.shape[0] == first.pattern.shape[0] - 1  # another mask, its own split
+    if solvers.cholmod_available():
+        solvers.stats.reset()
+        Condenser(mesh.boundary_mask)(K, b)[0].solve(b2, backend="cholmod")
+        Condenser(mesh.boundary_mask)(K, b)[0].solve(b2, backend="cholmod")
+        assert solvers.stats.analyses <= 1 and solvers.stats.reuses >= 1
+
+
 def test_gradient_reaches_dirichlet_values_through_lift_and_recover(mesh):
     mask = mesh.boundary_mask
     g = torch.full((int(mask.sum()),), 0.5, requires_grad=True)

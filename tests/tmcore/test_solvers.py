@@ -120,6 +120,20 @@ def test_matvec_transpose_and_conversions(system):
     assert (K.to_scipy() != scipy.sparse.csr_array(dense.numpy())).nnz == 0
 
 
+def test_matvec_of_batches_with_one_or_several_columns(system):
+    K, b = system
+    n = b.shape[0]
+    batch = SparseMatrix.from_pattern(K.pattern, torch.stack([K.values, 2 * K.values, -K.values]))
+    dense = batch.to_dense()  # (3, n, n)
+    x = torch.rand(3, n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(batch @ x, dense @ x)  # one x per matrix, two columns
+    assert torch.allclose(batch @ x[..., 0], (dense @ x[..., :1])[..., 0])  # one x per matrix
+    assert torch.allclose(batch @ x[0], dense @ x[0])  # one x for the whole batch
+    assert torch.allclose(batch @ b, dense @ b)
+    with pytest.raises(ValueError, match="cannot multiply"):
+        batch @ torch.ones(n + 1)
+
+
 # -- every backend ------------------------------------------------------------------------------
 
 BACKENDS = [
