@@ -10,9 +10,10 @@ scikit-sparse is installed). Repetitions go round-robin over all timers of a siz
 that machine noise hits ours and the comparators alike; the report gives medians,
 min-max, ratios and elements per second, and the peak resident memory each stage added.
 
-    python -m benchmarks.suite [--quick] [--out reports/benchmarks]
+    python -m benchmarks.suite [--quick] [--cases 2d-1e5 ...] [--out reports/benchmarks]
 
-writes ``<out>/<date>.nc`` (one row per timer, dim ``case``) and ``<out>/<date>.md``.
+writes ``<out>/<date>.nc`` (one row per timer, dim ``case``) and ``<out>/<date>.md``
+(``<date>-quick`` for ``--quick``, ``<date>-partial`` for chosen ``--cases``).
 """
 
 from __future__ import annotations
@@ -398,9 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("skfem").setLevel(logging.WARNING)
     info = machine()
-    timers = run(quick=args.quick, repeats=args.repeats, cases=args.cases, on_size=lambda t: write_report(summarise(t), info, args.out))
+    # a quick or partial run must not overwrite the day's full report
+    name = info["date"][:10] + ("-quick" if args.quick else "-partial" if args.cases else "")
+    timers = run(quick=args.quick, repeats=args.repeats, cases=args.cases, on_size=lambda t: write_report(summarise(t), info, args.out, name))
     rows = summarise(timers)
-    netcdf, markdown = write_report(rows, info, args.out)
+    netcdf, markdown = write_report(rows, info, args.out, name)
     print(to_markdown(rows, info))
     print(f"wrote {netcdf} and {markdown}")
     return 0

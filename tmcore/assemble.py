@@ -736,10 +736,9 @@ def _cached_pattern(mesh: Mesh, components: int | None = None) -> tuple[Sparsity
         size = mesh.n_points
         if components is not None:
             conn, size = dof_connectivity(conn, components), size * components
-        k = conn.shape[1]
-        rows = conn[:, :, None].expand(-1, k, k).reshape(-1)
-        cols = conn[:, None, :].expand(-1, k, k).reshape(-1)
-        return SparsityPattern.from_coo(rows, cols, (size, size))
+        conn = conn.to(torch.long)
+        keys = (conn[:, :, None] * size + conn[:, None, :]).reshape(-1)  # row-major (m, k, k)
+        return SparsityPattern.from_keys(keys, (size, size))
 
     conn = mesh.elements
     name = "pattern" if components is None else f"pattern/{components}"

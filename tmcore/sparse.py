@@ -46,8 +46,13 @@ class SparsityPattern:
     @classmethod
     def from_coo(cls, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> tuple["SparsityPattern", Tensor]:
         """The pattern of possibly repeated, unsorted entries, and the map (len(rows),) from entries to slots."""
+        return cls.from_keys(rows.to(torch.long) * int(shape[1]) + cols.to(torch.long), shape)
+
+    @classmethod
+    def from_keys(cls, keys: Tensor, shape: tuple[int, int]) -> tuple["SparsityPattern", Tensor]:
+        """:meth:`from_coo` for entries given as row-major keys ``row * n_cols + col`` (long),
+        which saves the two index arrays when the entries are generated (assembly)."""
         n_cols = int(shape[1])
-        keys = rows.to(torch.long) * n_cols + cols.to(torch.long)
         unique, slot = torch.unique(keys, sorted=True, return_inverse=True)
         return cls(unique // n_cols, unique % n_cols, shape), slot
 
