@@ -468,13 +468,9 @@ class ElementAssembler(_Assembler):
         geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, sources))
         components = self.n_components
         pattern, slots = _cached_pattern(mesh, components)
+        blocks = self._assemble_chunks(sources, geometry, _identity)  # (B?, c, k[, c], k[, c]) each
         per_cell = (geometry.conn.shape[1] * (components or 1)) ** 2
-        values = None
-        for cells, local in self._assemble_chunks(sources, geometry, _identity):  # (B?, c, k[, c], k[, c])
-            flat = local.reshape(*local.shape[: local.ndim - 1 - len(self._basis_levels(components))], -1)
-            if values is None:
-                values = flat.new_zeros(*flat.shape[:-1], pattern.nnz)
-            values.index_add_(-1, slots[cells.start * per_cell : cells.stop * per_cell], flat)
+        values = _sum_blocks(blocks, len(self._basis_levels(components)), pattern.nnz, _slices_of(slots, per_cell))
         return SparseMatrix.from_pattern(pattern, values)
 
     def local(self, point_data=None, element_data=None, scalar_data=None) -> Tensor:
@@ -496,8 +492,7 @@ class ElementAssembler(_Assembler):
         if not isinstance(local, Tensor) or local.ndim not in (3, 4) or tuple(local.shape[-3:]) != (mesh.n_cells, size, size):
             got = tuple(local.shape) if isinstance(local, Tensor) else type(local).__name__
             raise AssemblyError(f"local must have shape (m, K, K) or (B, m, K, K) with m={mesh.n_cells}, K={size}; got {got}")
-        flat = local.reshape(*local.shape[:-3], -1)
-        values = flat.new_zeros(*flat.shape[:-1], pattern.nnz).index_add(-1, slots, flat)
+        values = _sum_blocks([(slice(0, mesh.n_cells), local)], 2, pattern.nnz, lambda cells: slots)
         return SparseMatrix.from_pattern(pattern, values)
 
 
@@ -514,24 +509,30 @@ class NodeAssembler(_Assembler):
         mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
         geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, sources))
         components = self.n_components
-        conn = geometry.conn if components is None else dof_connectivity(geometry.conn, components)
-        vector = None
-        for cells, local in self._assemble_chunks(sources, geometry, _identity):  # (B?, c, k[, c])
-            flat = local.reshape(*local.shape[: local.ndim - 1 - len(self._basis_levels(components))], -1)
-            if vector is None:
-                vector = flat.new_zeros(*flat.shape[:-1], mesh.n_points * (components or 1))
-            vector.index_add_(-1, conn[cells].reshape(-1), flat)
-        return vector
+        dofs = geometry.conn if components is None else dof_connectivity(geometry.conn, components)
+        blocks = self._assemble_chunks(sources, geometry, _identity)  # (B?, c, k[, c]) each
+        return _sum_blocks(blocks, len(self._basis_levels(components)), mesh.n_points * (components or 1), lambda cells: dofs[cells])
 
 
-def _scatter_vector(local: Tensor, conn: Tensor, n: int, components: int | None = None) -> Tensor:
-    """Sum local vectors (B?, m, k[, c]) into a global one (B?, n[ * c])."""
-    if components is None:
-        flat = local.reshape(*local.shape[:-2], -1)
-        return flat.new_zeros(*flat.shape[:-1], n).index_add(-1, conn.reshape(-1), flat)
-    flat = local.reshape(*local.shape[:-3], -1)
-    dofs = dof_connectivity(conn, components)
-    return flat.new_zeros(*flat.shape[:-1], n * components).index_add(-1, dofs.reshape(-1), flat)
+def _sum_blocks(blocks, per_cell_dims: int, size: int, index_of: Callable[[slice], Tensor]) -> Tensor:
+    """Sum blocks of local values into a global (B?, size) tensor.
+
+    blocks: (cells, local) pairs, local (B?, len(cells), *per-cell shape) with
+    ``per_cell_dims`` trailing per-cell axes; ``index_of(cells)`` gives the global index
+    of each of their entries, in the same order (any shape with as many elements).
+    """
+    total = None
+    for cells, local in blocks:
+        flat = local.reshape(*local.shape[: local.ndim - 1 - per_cell_dims], -1)
+        if total is None:
+            total = flat.new_zeros(*flat.shape[:-1], size)
+        total.index_add_(-1, index_of(cells).reshape(-1), flat)
+    return total
+
+
+def _slices_of(index: Tensor, per_cell: int) -> Callable[[slice], Tensor]:
+    """``index_of`` for a flat index (m * per_cell,) laid out cell by cell (a pattern's slots)."""
+    return lambda cells: index[cells.start * per_cell : cells.stop * per_cell]
 
 
 def dof_connectivity(conn: Tensor, components: int) -> Tensor:
@@ -630,18 +631,17 @@ class FacetAssembler(_Assembler):
         def gather(value: Tensor, batched: bool) -> Tensor:
             return value[:, owners] if batched else value[owners]
 
-        local = self._assemble(sources, geometry, gather)
         components = self.n_components
-        if len(self.basis_axes) == 1:
-            return _scatter_vector(local, facets, mesh.n_points, components)
-        pattern, _ = _cached_pattern(mesh, components)
+        blocks = self._assemble_chunks(sources, geometry, gather)
+        per_cell_dims = len(self._basis_levels(components))
         dofs = facets if components is None else dof_connectivity(facets, components)
+        if len(self.basis_axes) == 1:
+            return _sum_blocks(blocks, per_cell_dims, mesh.n_points * (components or 1), lambda cells: dofs[cells])
+        pattern, _ = _cached_pattern(mesh, components)
         k = dofs.shape[1]
         rows = dofs[:, :, None].expand(-1, k, k).reshape(-1)
         cols = dofs[:, None, :].expand(-1, k, k).reshape(-1)
-        slots = pattern.slots(rows, cols)
-        flat = local.reshape(*local.shape[: local.ndim - 1 - len(self._basis_levels(components))], -1)
-        values = flat.new_zeros(*flat.shape[:-1], pattern.nnz).index_add(-1, slots, flat)
+        values = _sum_blocks(blocks, per_cell_dims, pattern.nnz, _slices_of(pattern.slots(rows, cols), k * k))
         return SparseMatrix.from_pattern(pattern, values)
 
 

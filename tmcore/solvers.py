@@ -627,10 +627,11 @@ def factorize_batch(pattern: SparsityPattern, values: Tensor, options: SolveOpti
         return _PardisoBatch(pattern, data)
     perm, indptr, indices = pattern.csc
     data = np.ascontiguousarray(data[:, perm])  # every matrix to CSC order in one gather
-    matrices = [scipy.sparse.csc_array((data[i], indices, indptr), shape=pattern.shape) for i in range(batch)]
+    csc = scipy.sparse.csc_matrix if backend == "cholmod" else scipy.sparse.csc_array  # scikit-sparse takes csc_matrix
+    matrices = [csc((data[i], indices, indptr), shape=pattern.shape) for i in range(batch)]
     stats.factorizations += batch
     if backend == "cholmod":
-        return _EachMatrix([_Cholmod(scipy.sparse.csc_matrix(matrix), pattern.solver_cache) for matrix in matrices])
+        return _EachMatrix([_Cholmod(matrix, pattern.solver_cache) for matrix in matrices])
     return _EachMatrix([_SuperLU(matrix, symmetric_all) for matrix in matrices])
 
 
@@ -687,7 +688,7 @@ class SparseSolve(torch.autograd.Function):
 
 def _check_residual(values: Tensor, pattern: SparsityPattern, b: Tensor, u: Tensor, tolerance: float) -> None:
     """Relative residual |A_i u_i - b_i| / |b_i| of every matrix of the batch (values (B, nnz),
-    b and u (B, n, k)), in one vectorised product; SolverError names the worst matrix."""
+    b and u (B, n, k)); SolverError names the first matrix over ``tolerance``."""
     values, u, b = values.detach(), u.detach().to(values.dtype), b.detach()
     with np.errstate(over="ignore", invalid="ignore"):  # a non-finite residual is reported below
         if values.device.type == "cpu":  # in NumPy/SciPy: each torch call costs ~10 us on small systems
