@@ -235,6 +235,10 @@ def test_auto_choice_by_size_sparsity_and_symmetry(system, monkeypatch):
     Kc_, _ = Condenser(cube.boundary_mask)(Laplace.from_mesh(cube)(scalar_data={"kappa": 1.0}), torch.ones(cube.n_points))
     assert Kc_.pattern.shape[0] > solvers.DIRECT_LIMIT_3D
     assert solvers.choose_backend(Kc_.pattern, Kc_.values) == "amg"
+    # below it SuperLU's symmetric mode (faster than CHOLMOD on small 3-D systems here)
+    small = Mesh.gen_grid((6, 6, 6))
+    Ks_, _ = Condenser(small.boundary_mask)(Laplace.from_mesh(small)(scalar_data={"kappa": 1.0}), torch.ones(small.n_points))
+    assert solvers.choose_backend(Ks_.pattern, Ks_.values) == "splu"
 
 
 def test_second_derivatives_through_a_solve_are_exact():
