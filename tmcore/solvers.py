@@ -375,6 +375,7 @@ def _on_host(values: Tensor, *indices: Tensor) -> tuple:
 
 
 def _all_finite(values: Tensor) -> bool:
+    """Whether every entry of ``values`` is finite (no NaN, no inf)."""
     (values,) = _on_host(values)
     return bool(np.isfinite(values).all()) if isinstance(values, np.ndarray) else bool(torch.isfinite(values).all())
 
@@ -382,6 +383,8 @@ def _all_finite(values: Tensor) -> bool:
 def _is_symmetric(pattern: SparsityPattern, values: Tensor) -> bool:
     if not pattern.is_structurally_symmetric:
         return False
+    if pattern.nnz == 0:
+        return True
     values, perm = _on_host(values, pattern.transpose[1])
     return bool(abs(values - values[perm]).max() <= 1e-12 * abs(values).max())
 
