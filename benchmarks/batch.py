@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flows.artifacts import atomic_write_bytes, atomic_write_text, dataset_bytes
 from tmcore import Condenser, Mesh, solvers
 from tmcore.batch import random_fields
 
@@ -259,10 +260,8 @@ def write_report(rows: list[dict], stages: list[dict], info: dict, setup: Setup,
         table["stage_ms_per_sample"] = ("stage_case", np.array([r["per_sample_ms"] for r in stages]))
         table = table.assign_coords(stage_case=[f"{r['implementation']}/{r['stage']}" for r in stages])
     netcdf, markdown = out / f"{stamp}.nc", out / f"{stamp}.md"
-    for path, write in ((netcdf, lambda p: table.to_netcdf(p, engine="netcdf4")), (markdown, lambda p: p.write_text(to_markdown(rows, stages, info, setup)))):
-        partial = path.with_name(f".{path.name}.partial")
-        write(partial)
-        os.replace(partial, path)
+    atomic_write_bytes(netcdf, dataset_bytes(table))
+    atomic_write_text(markdown, to_markdown(rows, stages, info, setup))
     return netcdf, markdown
 
 

@@ -38,6 +38,7 @@ import scipy.sparse.linalg
 import torch
 
 import tmcore
+from flows.artifacts import atomic_write_bytes, atomic_write_text, dataset_bytes
 from tmcore import Condenser, Mesh, SparseMatrix, solvers
 from tmcore.sparse import SparsityPattern
 from tmcore.forms import Diffusion, Source
@@ -386,10 +387,8 @@ def write_report(rows: list[dict], info: dict[str, str], out: Path, name: str | 
         attrs=info,
     )
     netcdf, markdown = out / f"{stamp}.nc", out / f"{stamp}.md"
-    for path, write in ((netcdf, lambda p: ds.to_netcdf(p, engine="netcdf4")), (markdown, lambda p: p.write_text(to_markdown(rows, info)))):
-        partial = path.with_name(f".{path.name}.partial")
-        write(partial)
-        os.replace(partial, path)
+    atomic_write_bytes(netcdf, dataset_bytes(ds))
+    atomic_write_text(markdown, to_markdown(rows, info))
     return netcdf, markdown
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flows.artifacts import atomic_write_text
 from tests.tmcore import topopt_reference as reference
 from tmcore.elasticity import cantilever, compliance_topology, heat_conduction, mbb_beam
 
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "topology88.md").write_text(text + "\n")
+    atomic_write_text(args.out / "topology88.md", text + "\n")
     return 0
 
 

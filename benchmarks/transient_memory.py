@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from flows.artifacts import atomic_write_text
+
 CONFIGS = [("none", None), ("every 32", 32), ("auto (sqrt N)", "auto"), ("every 100", 100)]
 
 
@@ -40,24 +42,16 @@ def _reset_peak() -> None:
 def measure(steps: int, cells: int, checkpoint) -> dict:
     import torch
 
-    from tmcore import ElementAssembler, Mesh
+    from tmcore import Mesh
+    from tmcore.forms import Diffusion, Mass
     from tmcore.time import TimeStepper
 
     torch.set_default_dtype(torch.float64)
-
-    class Mass(ElementAssembler):
-        def forward(self, u, v):
-            return u * v
-
-    class Diffusion(ElementAssembler):
-        def forward(self, gradu, gradv, kappa):
-            return kappa * (gradu @ gradv)
-
     mesh = Mesh.gen_grid((cells, cells), element_type="quad")
     kappa = torch.ones(mesh.n_cells, requires_grad=True)
     x, y = mesh.points[:, 0], mesh.points[:, 1]
     u0 = torch.sin(torch.pi * x) * torch.sin(torch.pi * y)
-    M = Mass.from_mesh(mesh)()
+    M = Mass.from_mesh(mesh)(scalar_data={"rho": 1.0})
     K = Diffusion.from_mesh(mesh)(element_data={"kappa": kappa})
     stepper = TimeStepper(M, K, 0.1 / steps, "crank-nicolson", mask=mesh.boundary_mask)
     for warm_up in (None, 2):  # first-use allocations of both paths (checkpoint's included)
@@ -145,7 +139,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "transient_memory.md").write_text(text + "\n")
+    atomic_write_text(args.out / "transient_memory.md", text + "\n")
     return 0
 
 
