@@ -11,14 +11,13 @@ one adjoint solve per step (checked against finite differences).
 Run: python examples/neural_coefficient.py [steps]   (default 1500)
 """
 import sys
-import time
 
 import torch
 from torch import nn
 
 from tmcore import Mesh
 from tmcore.gradcheck import finite_difference_check
-from tmcore.neural import weights_function
+from tmcore.neural import train, weights_function
 from tmcore.studies import IdentificationProblem
 
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 1500
@@ -50,16 +49,8 @@ with torch.no_grad():
 
 optimizer = torch.optim.Adam(net.parameters(), lr=2e-2)
 scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=STEPS, eta_min=1e-4)
-losses, times = [], []
-for step in range(STEPS):
-    start = time.perf_counter()
-    optimizer.zero_grad()
-    loss = loss_of(net)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    times.append(time.perf_counter() - start)
-    losses.append(loss.item())
+history = train(lambda: loss_of(net), optimizer, STEPS, scheduler)
+losses, times = history.losses, history.seconds
 
 with torch.no_grad():
     kappa = kappa_of(net)

@@ -10,14 +10,13 @@ lifted right-hand side b_f - K_fd g and ``recover`` carry the gradient back to t
 Run: python examples/neural_dirichlet.py [steps]   (default 800)
 """
 import sys
-import time
 
 import torch
 from torch import nn
 
 from tmcore import Condenser, ElementAssembler, Mesh, NodeAssembler
 from tmcore.gradcheck import finite_difference_check
-from tmcore.neural import weights_function
+from tmcore.neural import train, weights_function
 
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 800
 
@@ -65,15 +64,8 @@ loss_of_weights, weights = weights_function(net, loss_of)
 check = finite_difference_check(loss_of_weights, weights, n_probes=8, seed=0)
 
 optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-losses, times = [], []
-for step in range(STEPS):
-    start = time.perf_counter()
-    optimizer.zero_grad()
-    loss = loss_of(net)
-    loss.backward()
-    optimizer.step()
-    times.append(time.perf_counter() - start)
-    losses.append(loss.item())
+history = train(lambda: loss_of(net), optimizer, STEPS)
+losses, times = history.losses, history.seconds
 
 with torch.no_grad():
     g = net(boundary_inputs).squeeze(-1)

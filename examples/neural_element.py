@@ -13,7 +13,6 @@ the weights on the misfit summed over the loads, each relative to its own |u_obs
 Run: python examples/neural_element.py [steps]   (default 1000)
 """
 import sys
-import time
 
 import torch
 from torch import nn
@@ -21,7 +20,7 @@ from torch import nn
 from tmcore import Condenser, ElementAssembler, Mesh, NodeAssembler
 from tmcore.batch import solve_columns
 from tmcore.gradcheck import finite_difference_check
-from tmcore.neural import cell_centroids, weights_function
+from tmcore.neural import cell_centroids, train, weights_function
 
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 
@@ -84,16 +83,8 @@ with torch.no_grad():
 
 optimizer = torch.optim.Adam(net.parameters(), lr=2e-2)
 scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=STEPS, eta_min=1e-4)
-losses, times = [], []
-for step in range(STEPS):
-    start = time.perf_counter()
-    optimizer.zero_grad()
-    loss = loss_of(net)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    times.append(time.perf_counter() - start)
-    losses.append(loss.item())
+history = train(lambda: loss_of(net), optimizer, STEPS, scheduler)
+losses, times = history.losses, history.seconds
 
 with torch.no_grad():
     alpha = alpha_of(net)

@@ -8,17 +8,19 @@ adjoint solve, and any ``torch.optim`` optimiser trains it.
 
 :func:`weights_function` turns "a loss of a network" into "a loss of one flat weight
 vector", so :mod:`tmcore.gradcheck` can compare the gradient w.r.t. every weight with
-finite differences.
+finite differences. :func:`train` is the plain optimisation loop the examples share.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["weights_function", "cell_centroids"]
+__all__ = ["weights_function", "cell_centroids", "train", "TrainingHistory"]
 
 
 def weights_function(module: nn.Module, objective: Callable[[Callable[..., Tensor]], Tensor]) -> tuple[Callable[[Tensor], Tensor], Tensor]:
@@ -58,3 +60,34 @@ def cell_centroids(points: Tensor, cells: Tensor) -> Tensor:
     if points.ndim != 2 or cells.ndim != 2:
         raise ValueError(f"points must be (n, dim) and cells (m, k), got {tuple(points.shape)} and {tuple(cells.shape)}")
     return points[cells].mean(dim=1)
+
+
+@dataclass
+class TrainingHistory:
+    """Per step of :func:`train`: the loss before the update and the wall time in seconds."""
+
+    losses: list[float]
+    seconds: list[float]
+
+
+def train(loss: Callable[[], Tensor], optimizer: torch.optim.Optimizer, steps: int, scheduler=None) -> TrainingHistory:
+    """``steps`` rounds of zero_grad, ``loss().backward()``, ``optimizer.step()`` (and
+    ``scheduler.step()`` when given); returns the losses and step times."""
+    if not callable(loss):
+        raise TypeError(f"loss must be callable as loss(), got {type(loss).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    history = TrainingHistory([], [])
+    for _ in range(steps):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        history.seconds.append(time.perf_counter() - start)
+        history.losses.append(value.item())
+    return history

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tmcore.neural import cell_centroids, weights_function
+from tmcore.neural import cell_centroids, train, weights_function
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -67,6 +67,21 @@ def test_weights_function_evaluates_the_module_and_its_gradient():
         f(w0[:-1])
     with pytest.raises(ValueError, match="no parameters"):
         weights_function(nn.Tanh(), lambda model: model(x).sum())
+
+
+def test_train_runs_the_loop_and_checks_its_arguments():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.tensor([3.0, -2.0], dtype=torch.float64))
+    optimizer = torch.optim.SGD([w], lr=0.25)
+    history = train(lambda: (w**2).sum(), optimizer, 4)
+    assert history.losses == pytest.approx([13.0, 13.0 / 4, 13.0 / 16, 13.0 / 64])  # w halves each step
+    assert len(history.seconds) == 4 and min(history.seconds) >= 0
+    with pytest.raises(ValueError, match="steps"):
+        train(lambda: (w**2).sum(), optimizer, 0)
+    with pytest.raises(TypeError, match="optimizer"):
+        train(lambda: (w**2).sum(), "adam", 3)
+    with pytest.raises(TypeError, match="loss"):
+        train(1.0, optimizer, 3)
 
 
 def test_cell_centroids():
