@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import runpy
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,10 +9,10 @@ import torch
 from flows.artifacts import Store, iter_refs
 from flows.datagen import open_samples, operator_dataset
 from flows.runners import task_runner
+from tests.tmcore.docpages import run_example
 from tmcore.batch import random_fields
 from tmcore.io import mesh_from_xarray
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # 96 samples on an 8 x 8 grid (81 nodes), three shards of 32, chunks of 32 samples
 SMALL = {"n_samples": 96, "cells": 8, "shard_size": 32, "batch_size": 32, "seed": 5, "sigma": 0.5}
 
@@ -87,8 +83,7 @@ def test_a_surrogate_learns_from_the_dataset(threaded, monkeypatch):
     """The flow's default data (1024 samples, 16 x 16 grid, sigma 1) and the training script, 300 steps."""
     store, _ = threaded
     result = _run(store, task_runner(max_workers=2), n_samples=1024, cells=16, shard_size=256, batch_size=64, seed=0, sigma=1.0)
-    monkeypatch.setattr(sys, "argv", ["neural_surrogate.py", result["path"], "300"])
-    out = runpy.run_path(str(EXAMPLES / "neural_surrogate.py"), run_name="__main__")
+    out = run_example("neural_surrogate.py", monkeypatch, result["path"], 300)
     assert out["n_samples"] == 1024 and out["n_chunks"] == 16
     assert out["losses"][-1] < 0.2 * out["losses"][0]
     # the network beats the linear map between the same coefficients, and both beat the mean

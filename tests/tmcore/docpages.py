@@ -1,12 +1,22 @@
-"""Run a user-guide page's python blocks in order and compare what they print (the rule of tests/test_docs.py)."""
+"""Run what users run as written: a user-guide page's python blocks in order, comparing what
+they print (the rule of tests/test_docs.py), and the scripts under examples/."""
 
 import contextlib
 import io
+import runpy
+import sys
 from pathlib import Path
 
 from tests.test_docs import _clean, python_blocks
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run_example(script: str, monkeypatch, *args) -> dict:
+    """Run examples/<script> as ``python examples/<script> args...``; returns its globals."""
+    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
+    return runpy.run_path(str(EXAMPLES / script), run_name="__main__")
 
 
 def run_page(page: str, minimum_blocks: int = 3) -> dict:

@@ -270,13 +270,9 @@ def test_point_load_checks_its_input():
 
 
 def test_topology_example_runs_as_written(monkeypatch):
-    import runpy
-    import sys
-    from pathlib import Path
+    from .docpages import run_example
 
-    script = Path(__file__).resolve().parents[2] / "examples" / "topology_88.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "heat", "20", "20"])
-    result = runpy.run_path(str(script), run_name="__main__")["result"]
+    result = run_example("topology_88.py", monkeypatch, "heat", 20, 20)["result"]
     assert result.converged and result.iterations == 61
     assert result.final_compliance == pytest.approx(38.8975, rel=1e-4)
 

@@ -1,22 +1,13 @@
 """Networks coupled to the pipeline: the three neural examples run as written (fewer steps), their
 gradients w.r.t. the weights pass finite differences, and training makes progress."""
 
-import runpy
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from tmcore.neural import cell_centroids, train, weights_function
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _run(script: str, monkeypatch, *args) -> dict:
-    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
-    return runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+from .docpages import run_example as _run
 
 
 def test_mlp_coefficient_recovers_the_identification_field(monkeypatch):

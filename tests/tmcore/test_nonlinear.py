@@ -125,13 +125,9 @@ def test_newton_failure_and_argument_checks(mesh):
 
 
 def test_nonlinear_example_runs_as_written(monkeypatch):
-    import runpy
-    import sys
-    from pathlib import Path
+    from .docpages import run_example
 
-    script = Path(__file__).resolve().parents[2] / "examples" / "nonlinear_diffusion.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "6"])
-    check = runpy.run_path(str(script), run_name="__main__")["check"]
+    check = run_example("nonlinear_diffusion.py", monkeypatch, 6)["check"]
     assert check.median_digits > 8
 
 

@@ -1,17 +1,12 @@
 """The chapter's two worked examples, run as written (import name tmcore), with fewer steps."""
 
-import runpy
-import sys
-from pathlib import Path
-
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+from .docpages import run_example
 
 
 def _run(script: str, steps: int, monkeypatch) -> dict:
-    monkeypatch.setattr(sys, "argv", [script, str(steps)])
-    return runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+    return run_example(script, monkeypatch, steps)
 
 
 def test_example_1_coefficient_identification_makes_progress(monkeypatch):

@@ -137,13 +137,9 @@ def test_with_points_checks_shape():
 
 
 def test_fin_example_runs_as_written(monkeypatch):
-    import runpy
-    import sys
-    from pathlib import Path
+    from .docpages import run_example
 
-    script = Path(__file__).resolve().parents[2] / "examples" / "fin_shape.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "3"])
-    result = runpy.run_path(str(script), run_name="__main__")["result"]
+    result = run_example("fin_shape.py", monkeypatch, 3)["result"]
     assert result.improvement > 1.5
 
 

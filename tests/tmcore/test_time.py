@@ -243,13 +243,9 @@ def test_stepper_checks_its_arguments(small_mesh):
 
 
 def test_transient_example_runs_as_written(monkeypatch):
-    import runpy
-    import sys
-    from pathlib import Path
+    from .docpages import run_example
 
-    script = Path(__file__).resolve().parents[2] / "examples" / "transient_heat.py"
-    monkeypatch.setattr(sys, "argv", [str(script), "4", "8"])
-    losses = runpy.run_path(str(script), run_name="__main__")["losses"]
+    losses = run_example("transient_heat.py", monkeypatch, 4, 8)["losses"]
     assert len(losses) == 4 and losses[-1] < losses[0]
 
 
