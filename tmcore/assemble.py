@@ -287,7 +287,7 @@ class _Assembler(nn.Module):
         sizes = {BATCH: batch, CELL: m, POINT: q, TEST: k, TRIAL: k, TEST_COMPONENT: components, TRIAL_COMPONENT: components}
         weights = geometry.weights.to(dtype)
         per_cell = math.prod(sizes[level] for level in levels if level != CELL)
-        step = m if geometry.weights.device.type != "cpu" else max(CHUNK_EVALUATIONS // per_cell, 1)
+        step = max(m, 1) if geometry.weights.device.type != "cpu" else max(CHUNK_EVALUATIONS // per_cell, 1)
         for start in range(0, max(m, 1), step):
             cells = slice(start, min(start + step, m))
             chunk = {name: (_cell_slice(value, axes, cells), axes) for name, (value, axes) in args.items()}

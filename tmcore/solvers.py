@@ -670,9 +670,12 @@ class SparseSolve(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, values: Tensor, b: Tensor, pattern: SparsityPattern, options: SolveOptions):
+        # the CPU backends solve in float64: check the residual before rounding to b's dtype
+        # (a float32 solution of a well-posed system rounds to a residual of ~eps32 * cond(A))
+        rhs = b.to(torch.float64) if values.device.type == "cpu" else b
         try:
             factors = factorize_batch(pattern, values, options)
-            u = factors.solve(b, transpose=False)
+            u = factors.solve(rhs, transpose=False)
         except SolverError as exc:
             if options.backend != "auto" or isinstance(exc, SingularMatrixError):
                 raise
@@ -682,10 +685,11 @@ class SparseSolve(torch.autograd.Function):
             logger.warning("solve: the automatic iterative backend failed (%s); falling back to %r", exc, direct)
             options = dataclasses.replace(options, backend=direct)
             factors = factorize_batch(pattern, values, options)
-            u = factors.solve(b, transpose=False)
+            u = factors.solve(rhs, transpose=False)
         if options.check:
             tolerance = max(RESIDUAL_TOL, 100 * options.rtol) if factors.iterative else RESIDUAL_TOL
-            _check_residual(values, pattern, b, u, tolerance)
+            _check_residual(values, pattern, rhs, u, tolerance)
+        u = u.to(b.dtype)
         ctx.factors = factors
         ctx.pattern = pattern
         ctx.options = options
@@ -710,9 +714,10 @@ class SparseSolve(torch.autograd.Function):
 def _check_residual(values: Tensor, pattern: SparsityPattern, b: Tensor, u: Tensor, tolerance: float) -> None:
     """Relative residual |A_i u_i - b_i| / |b_i| of every matrix of the batch (values (B, nnz),
     b and u (B, n, k)); SolverError names the first matrix over ``tolerance``."""
-    values, u, b = values.detach(), u.detach().to(values.dtype), b.detach()
+    u = u.detach()
+    values, b = values.detach().to(u.dtype), b.detach().to(u.dtype)
     with np.errstate(over="ignore", invalid="ignore"):  # a non-finite residual is reported below
-        if values.device.type == "cpu":  # in NumPy/SciPy: each torch call costs ~10 us on small systems
+        if isinstance(_on_host(values)[0], np.ndarray):  # in NumPy/SciPy: each torch call costs ~10 us on small systems
             indptr, indices = pattern.csr
             residual = np.array([
                 np.linalg.norm(scipy.sparse.csr_matrix((v, indices, indptr), shape=pattern.shape) @ x - r)
