@@ -102,6 +102,18 @@ def check_resume(
     return state
 
 
+def restore(state: Mapping[str, Any] | None, iterate: str, parameter: Tensor, optimizer: torch.optim.Optimizer) -> tuple[int, dict[int, Tensor]]:
+    """Put a checked state's iterate into ``parameter`` and its optimiser state into
+    ``optimizer``; returns the first step to run and the snapshots (0 and {} without a state)."""
+    if state is None:
+        return 0, {}
+    with torch.no_grad():
+        parameter.copy_(state[iterate].to(parameter))
+    optimizer.load_state_dict(clone_state(state["optimizer"]))
+    snapshots = {int(k): v.to(device=parameter.device, dtype=parameter.dtype).clone() for k, v in state["snapshots"].items()}
+    return state["step"], snapshots
+
+
 def history_lists(state: Mapping[str, Any] | None, names: tuple[str, ...]) -> dict[str, list[float]]:
     """The per-step histories of a state as lists of Python floats (empty lists without a state)."""
     if state is None:

@@ -27,7 +27,7 @@ from ..forms import Diffusion, Source
 from ..condense import Condenser
 from ..mesh import Mesh
 from ._checks import DTYPE, check_callback, check_count, check_mesh, check_real
-from .checkpoint import FORMAT, check_checkpointing, check_resume, clone_state, due, history_lists, history_tensors
+from .checkpoint import FORMAT, check_checkpointing, check_resume, clone_state, due, history_lists, history_tensors, restore
 
 __all__ = ["IdentificationProblem", "IdentificationResult", "KappaErrorReport", "coefficient_identification"]
 
@@ -307,15 +307,9 @@ def coefficient_identification(
     problem = IdentificationProblem(mesh, kappa_true=kappa_true, f=f, smoothness=smoothness)
     theta = torch.zeros(mesh.n_points, dtype=DTYPE, device=mesh.device, requires_grad=True)
     optimizer = torch.optim.Adam([theta], lr=lr)
-    first = 0
     history = history_lists(resume_from, HISTORY)
-    snapshots: dict[int, Tensor] = {}
+    first, snapshots = restore(resume_from, "theta", theta, optimizer)
     if resume_from is not None:
-        with torch.no_grad():
-            theta.copy_(resume_from["theta"].to(theta))
-        optimizer.load_state_dict(clone_state(resume_from["optimizer"]))
-        snapshots = {int(k): v.to(device=mesh.device, dtype=DTYPE).clone() for k, v in resume_from["snapshots"].items()}
-        first = resume_from["step"]
         logger.info("coefficient identification: resuming at step %d of %d", first, steps)
     logger.info("coefficient identification: %d nodes, %d steps, lr %g, smoothness %g", mesh.n_points, steps, lr, smoothness)
 

@@ -27,7 +27,7 @@ from ..mesh import Mesh
 from ..filters import HelmholtzFilter, default_filter_radius, sensitivity_filter
 from ..optimizer import OCOptimizer
 from ._checks import DTYPE, check_callback, check_choice, check_count, check_mesh, check_real
-from .checkpoint import FORMAT, check_checkpointing, check_resume, clone_state, due, history_lists, history_tensors
+from .checkpoint import FORMAT, check_checkpointing, check_resume, clone_state, due, history_lists, history_tensors, restore
 
 __all__ = ["TopologyResult", "thermal_topology"]
 
@@ -203,15 +203,9 @@ def thermal_topology(
         check_resume(resume_from, STUDY, keyed, steps, "design", mesh.n_cells, HISTORY)
     design = torch.full((mesh.n_cells,), vf, dtype=DTYPE, device=mesh.device, requires_grad=True)
     optimizer = OCOptimizer(design, vf=vf, move_limit=move_limit, volume_weights=measures if volume_weighting == "measure" else None)
-    first = 0
     history = history_lists(resume_from, HISTORY)
-    snapshots: dict[int, Tensor] = {}
+    first, snapshots = restore(resume_from, "design", design, optimizer)
     if resume_from is not None:
-        with torch.no_grad():
-            design.copy_(resume_from["design"].to(design))
-        optimizer.load_state_dict(clone_state(resume_from["optimizer"]))
-        snapshots = {int(k): v.to(device=mesh.device, dtype=DTYPE).clone() for k, v in resume_from["snapshots"].items()}
-        first = resume_from["step"]
         logger.info("thermal topology: resuming at step %d of %d", first, steps)
     logger.info(
         "thermal topology: %d cells, %d steps, vf %g, p %g, kmin %g, filter %s (r %s), volume %s",
