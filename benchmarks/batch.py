@@ -248,7 +248,6 @@ def _backends(setup: Setup) -> tuple[str, str]:
 def write_report(rows: list[dict], stages: list[dict], info: dict, setup: Setup, out: Path, name: str | None = None) -> tuple[Path, Path]:
     import xarray as xr
 
-    out.mkdir(parents=True, exist_ok=True)
     stamp = name or f"batch-{info['date'][:10]}"
     table = xr.Dataset(
         {key: ("case", np.array([r[key] for r in rows])) for key in rows[0] if key not in ("mode", "implementation")},

@@ -379,7 +379,6 @@ def write_report(rows: list[dict], info: dict[str, str], out: Path, name: str | 
     """``<out>/<name>.nc`` (dim ``case``) and ``<out>/<name>.md``, each written atomically; name: the date."""
     import xarray as xr
 
-    out.mkdir(parents=True, exist_ok=True)
     stamp = name or info["date"][:10]
     ds = xr.Dataset(
         {key: ("case", np.array([r[key] for r in rows])) for key in rows[0] if key != "case"},

@@ -63,7 +63,6 @@ def main(argv=None) -> int:
         )
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "topology88.md", text + "\n")
     return 0
 
