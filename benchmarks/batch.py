@@ -1,7 +1,7 @@
 """Batched pipeline against a Python loop of single solves: B = 1, 16, 64 samples at 1e4 nodes.
 
 Both compute the same thing for B coefficient fields kappa_i (log-normal random fields,
-tmcore.batch.random_fields) on the unit square (structured P1 triangles, 99 x 99 cells,
+tmcore.methods.batch.random_fields) on the unit square (structured P1 triangles, 99 x 99 cells,
 10 000 nodes): assemble K(kappa_i), condense u = 0 on the boundary, solve, recover, and in
 mode ``forward+backward`` back-propagate sum_i |u_i - u_ref|^2 to every kappa_i. The loop
 runs the pipeline once per sample (one graph and one backward per sample, as a training
@@ -38,7 +38,7 @@ import torch
 
 from flows.artifacts import atomic_write_bytes, atomic_write_text, dataset_bytes
 from tmcore import Condenser, Mesh, solvers
-from tmcore.batch import random_fields
+from tmcore.methods.batch import random_fields
 
 from .suite import Diffusion, Load, PeakMemory, machine
 
@@ -239,7 +239,7 @@ def _backends(setup: Setup) -> tuple[str, str]:
         setup.solve(setup.kappa[:2])
     batched = ", ".join(solvers.stats.by_backend)
     if batched == "pardiso":
-        from tmcore import pardiso
+        from tmcore.core.linalg import pardiso
 
         batched += f" on {pardiso.threads()} threads"
     return single, batched

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tmcore import Mesh, solvers
-from tmcore.filters import cell_neighbours, checkerboard_indicator
+from tmcore.topology.filters import cell_neighbours, checkerboard_indicator
 from tmcore.studies import coefficient_identification, thermal_topology
 
 IDENTIFICATION_MESH = 0.04

@@ -40,7 +40,7 @@ import torch
 import tmcore
 from flows.artifacts import atomic_write_bytes, atomic_write_text, dataset_bytes
 from tmcore import Condenser, Mesh, SparseMatrix, solvers
-from tmcore.sparse import SparsityPattern
+from tmcore.core.linalg.sparse import SparsityPattern
 from tmcore.forms import Diffusion, Source
 
 logger = logging.getLogger(__name__)

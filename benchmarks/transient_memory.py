@@ -44,7 +44,7 @@ def measure(steps: int, cells: int, checkpoint) -> dict:
 
     from tmcore import Mesh
     from tmcore.forms import Diffusion, Mass
-    from tmcore.time import TimeStepper
+    from tmcore.methods.transient import TimeStepper
 
     torch.set_default_dtype(torch.float64)
     mesh = Mesh.gen_grid((cells, cells), element_type="quad")

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from tmcore.shape import Fin, optimise_fin
+from tmcore.methods.shape import Fin, optimise_fin
 
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 torch.set_default_dtype(torch.float64)

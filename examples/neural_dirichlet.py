@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from tmcore import Condenser, ElementAssembler, Mesh, NodeAssembler
-from tmcore.gradcheck import finite_difference_check
-from tmcore.neural import train, weights_function
+from tmcore.methods.gradcheck import finite_difference_check
+from tmcore.methods.neural import train, weights_function
 
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 800
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from tmcore import Condenser, ElementAssembler, Mesh, NodeAssembler
-from tmcore.batch import solve_columns
-from tmcore.gradcheck import finite_difference_check
-from tmcore.neural import cell_centroids, train, weights_function
+from tmcore.methods.batch import solve_columns
+from tmcore.methods.gradcheck import finite_difference_check
+from tmcore.methods.neural import cell_centroids, train, weights_function
 
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 

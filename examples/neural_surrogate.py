@@ -10,7 +10,7 @@ least-squares map between the same coefficients.
 
 Run: python -m flows.datagen --out data/operator.nc     (1024 samples, 16 x 16 grid, sigma 1)
      python examples/neural_surrogate.py data/operator.nc [steps]   (default 2000)
-Without a file it generates the same kind of data in-process (tmcore.batch.diffusion_samples).
+Without a file it generates the same kind of data in-process (tmcore.methods.batch.diffusion_samples).
 """
 import sys
 import time
@@ -32,7 +32,7 @@ if DATA is not None:
     source = f"{DATA} ({n_chunks} chunks)"
 else:
     from tmcore import Mesh
-    from tmcore.batch import diffusion_samples
+    from tmcore.methods.batch import diffusion_samples
 
     kappa, u = diffusion_samples(Mesh.gen_grid((16, 16)), 1024, seed=0, length_scale=0.25, sigma=1.0)
     source = "generated in-process"

@@ -11,8 +11,8 @@ import sys
 import torch
 
 from tmcore import Mesh
-from tmcore.gradcheck import finite_difference_check
-from tmcore.nonlinear import NonlinearDiffusion
+from tmcore.methods.gradcheck import finite_difference_check
+from tmcore.methods.nonlinear import NonlinearDiffusion
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 32
 torch.set_default_dtype(torch.float64)

@@ -7,7 +7,7 @@ import time
 
 import torch
 from tmcore import Mesh, ElementAssembler, NodeAssembler, Condenser
-from tmcore.optimizer import OCOptimizer
+from tmcore.topology.optimizers import OCOptimizer
 
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 60
 

@@ -14,7 +14,7 @@ import time
 import torch
 
 from tmcore import ElementAssembler, Mesh
-from tmcore.time import TimeStepper
+from tmcore.methods.transient import TimeStepper
 
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 40
 N_TIME = int(sys.argv[2]) if len(sys.argv) > 2 else 50

@@ -8,7 +8,7 @@
     generate_mesh            structured grid of the unit square, ``cells`` per side
       -> datagen_shard.map   samples [0, s), [s, 2s), ...: kappa = exp(sigma * field) per node,
                              u = S(kappa) (-div(kappa grad u) = f, u = 0 on the boundary),
-                             solved ``batch_size`` at a time (tmcore.batch.diffusion_samples)
+                             solved ``batch_size`` at a time (tmcore.methods.batch.diffusion_samples)
       -> datagen_merge       one dataset: kappa and u on (sample, node), chunked on disk
 
 Sample i's kappa depends only on (seed, i) and the field parameters, so the data set is
@@ -39,8 +39,8 @@ import numpy as np
 import xarray as xr
 from prefect import flow, unmapped
 
-from tmcore.batch import diffusion_samples
-from tmcore.io import mesh_from_xarray
+from tmcore.methods.batch import diffusion_samples
+from tmcore.core.mesh.io import mesh_from_xarray
 
 from . import tasks
 from .artifacts import Store, provenance
@@ -62,7 +62,7 @@ def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
     return float(value)
 
 
-@cached_task("datagen_shard", sources=("tmcore.batch",))
+@cached_task("datagen_shard", sources=("tmcore.methods.batch",))
 def datagen_shard(
     store: str,
     mesh: dict,

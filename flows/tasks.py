@@ -33,8 +33,8 @@ import torch
 import xarray as xr
 
 from tmcore import Condenser, Mesh, SparseMatrix
-from tmcore.gradcheck import finite_difference_check
-from tmcore.io import mesh_from_xarray, mesh_to_xarray
+from tmcore.methods.gradcheck import finite_difference_check
+from tmcore.core.mesh.io import mesh_from_xarray, mesh_to_xarray
 from tmcore.studies import IdentificationProblem, coefficient_identification, thermal_topology
 from tmcore.studies.topology import SIMPLaplace
 from tmcore.studies.topology import Source as TopologySource

@@ -6,7 +6,7 @@ or an ``autograd.Function``; a loss on the solution back-propagates to every ten
 that fed it through one adjoint solve.
 """
 
-from .assemble import (
+from tmcore.core.assembly import (
     ElementAssembler,
     FacetAssembler,
     Functional,
@@ -16,10 +16,11 @@ from .assemble import (
     VectorNodeAssembler,
     dof_mask,
 )
-from .condense import Condenser
-from .errors import AssemblyError, MeshError, SingularMatrixError, SolverError
-from .mesh import Mesh
-from .sparse import SparseMatrix
+from tmcore.core.condense import Condenser
+from tmcore.core.errors import AssemblyError, MeshError, SingularMatrixError, SolverError
+from tmcore.core.mesh import Mesh
+from tmcore.core.linalg import solvers
+from tmcore.core.linalg.sparse import SparseMatrix
 
 __version__ = "0.1.0"
 
@@ -39,4 +40,5 @@ __all__ = [
     "VectorFacetAssembler",
     "VectorNodeAssembler",
     "dof_mask",
+    "solvers",
 ]

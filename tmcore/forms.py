@@ -6,7 +6,7 @@ comes by name from the data (point, element or scalar data alike).
 
 from __future__ import annotations
 
-from .assemble import ElementAssembler, NodeAssembler
+from tmcore.core.assembly import ElementAssembler, NodeAssembler
 
 __all__ = ["Diffusion", "Laplace", "Mass", "Source"]
 

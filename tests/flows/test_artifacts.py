@@ -17,7 +17,7 @@ from flows.artifacts import ArtifactError, Store, atomic_write, atomic_write_byt
 from flows.validation import benchmark_table
 from flows.benchmarks import Check
 from tmcore import Mesh
-from tmcore.io import mesh_from_xarray, mesh_to_xarray
+from tmcore.core.mesh.io import mesh_from_xarray, mesh_to_xarray
 
 PROVENANCE = ("schema_version", "parameters", "inputs", "tmcore_version", "torch_version", "device", "run_seconds", "run_created")
 

@@ -10,8 +10,8 @@ from flows.artifacts import Store, iter_refs
 from flows.datagen import open_samples, operator_dataset
 from flows.runners import task_runner
 from tests.tmcore.docpages import run_example
-from tmcore.batch import random_fields
-from tmcore.io import mesh_from_xarray
+from tmcore.methods.batch import random_fields
+from tmcore.core.mesh.io import mesh_from_xarray
 
 # 96 samples on an 8 x 8 grid (81 nodes), three shards of 32, chunks of 32 samples
 SMALL = {"n_samples": 96, "cells": 8, "shard_size": 32, "batch_size": 32, "seed": 5, "sigma": 0.5}

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tmcore import AssemblyError, Condenser, Mesh, MeshError, SingularMatrixError, SolverError
-from tmcore.optimizer import OCOptimizer
-from tmcore.solvers import cholmod_available
+from tmcore.topology.optimizers import OCOptimizer
+from tmcore.core.linalg.solvers import cholmod_available
 from tmcore.forms import Diffusion, Laplace, Source
 
 F64 = torch.float64

@@ -1,7 +1,7 @@
 """Property: on any small input, hostile or not, the pipeline Mesh -> assemble -> condense ->
 solve -> backward returns finite values or raises one of our documented exceptions.
 
-Documented (tmcore.errors and DESIGN.md): MeshError and AssemblyError (ValueErrors),
+Documented (tmcore.core.errors and DESIGN.md): MeshError and AssemblyError (ValueErrors),
 SolverError and SingularMatrixError (RuntimeErrors), and a ValueError/TypeError raised by
 a check in tmcore itself (not one leaking out of torch, numpy or scipy). Anything else, or
 a NaN/inf that comes back without an exception, fails the property.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tmcore import ElementAssembler, FacetAssembler, Functional, Mesh, NodeAssembler
-from tmcore.assemble import default_quadrature_degree
+from tmcore.core.assembly import default_quadrature_degree
 
 from .forms import Laplace, Source
 
@@ -209,7 +209,7 @@ def test_library_forms_match_hand_written_integrands():
 def test_blocks_of_cells_give_the_one_block_result_and_gradients(monkeypatch, batched):
     """Assembly runs in blocks of cells (CHUNK_EVALUATIONS); blocks of 7 cells, not dividing
     the 50 cells, must give the one-block matrices, vectors, element matrices and gradients."""
-    import tmcore.assemble as assemble
+    import tmcore.core.assembly as assemble
     from tmcore import VectorElementAssembler
 
     class Elastic(VectorElementAssembler):

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from tmcore import Condenser, Mesh, SparseMatrix, solvers
-from tmcore.batch import DiffusionMap, diffusion_samples, in_batches, random_fields, solve_columns
-from tmcore.errors import SingularMatrixError, SolverError
-from tmcore.gradcheck import finite_difference_check
-from tmcore.sparse import SparsityPattern
+from tmcore.methods.batch import DiffusionMap, diffusion_samples, in_batches, random_fields, solve_columns
+from tmcore.core.errors import SingularMatrixError, SolverError
+from tmcore.methods.gradcheck import finite_difference_check
+from tmcore.core.linalg.sparse import SparsityPattern
 
 from .forms import Laplace, Source
 
@@ -208,7 +208,7 @@ def test_input_errors_name_the_argument(mesh, kappa):
 
 @PARDISO
 def test_auto_factorises_an_spd_batch_in_parallel_and_reuses_the_analyses(mesh, kappa, monkeypatch):
-    from tmcore import pardiso
+    from tmcore.core.linalg import pardiso
 
     monkeypatch.setenv(pardiso.ENV_THREADS, "2")
     K_, b_ = _condensed_batch(mesh, kappa)

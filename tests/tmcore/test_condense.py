@@ -56,7 +56,7 @@ def test_a_matrix_from_a_fresh_assembler_is_accepted(mesh):
 def test_a_fresh_condenser_with_the_same_mask_reuses_the_maps_and_the_solver_analysis(mesh):
     """A loop that builds a Condenser per step (new Dirichlet values) must not redo the
     split nor, through a new K_ff pattern, the solver's symbolic analysis."""
-    from tmcore import solvers
+    from tmcore.core.linalg import solvers
 
     K = Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0})
     b = torch.zeros(mesh.n_points)

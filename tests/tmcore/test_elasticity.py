@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tmcore import Condenser, Functional, Mesh
-from tmcore.assemble import VectorElementAssembler, VectorNodeAssembler, dof_connectivity, dof_mask
-from tmcore.elasticity import (
+from tmcore.core.assembly import VectorElementAssembler, VectorNodeAssembler, dof_connectivity, dof_mask
+from tmcore.topology.problems import (
     BodyForce,
     ConeFilter,
     LinearElasticity,
@@ -22,8 +22,8 @@ from tmcore.elasticity import (
     strain_energy,
     stress,
 )
-from tmcore.errors import AssemblyError
-from tmcore.gradcheck import finite_difference_check, taylor_test
+from tmcore.core.errors import AssemblyError
+from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 
 from . import topopt_reference as reference
 from .forms import Laplace
@@ -97,7 +97,7 @@ def test_vector_load_and_traction_integrate_to_the_total_force():
 
 
 def test_vector_facet_bilinear_form_is_a_boundary_mass_per_component():
-    from tmcore.assemble import VectorFacetAssembler
+    from tmcore.core.assembly import VectorFacetAssembler
 
     class SpringSupport(VectorFacetAssembler):
         def forward(self, u, v, k):

@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
-from tmcore.elements import Element, Triangle, get_element, quadrature
-from tmcore.errors import MeshError
+from tmcore.core.elements import Element, Triangle, get_element, quadrature
+from tmcore.core.errors import MeshError
 
 F64 = torch.float64
 CELL_TYPES = ["line", "line3", "triangle", "triangle6", "quad", "tetra", "tetra10", "hexahedron"]

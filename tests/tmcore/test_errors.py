@@ -24,7 +24,7 @@ from tmcore import (
     SolverError,
     SparseMatrix,
 )
-from tmcore.optimizer import OCOptimizer
+from tmcore.topology.optimizers import OCOptimizer
 from tmcore.forms import Diffusion, Laplace, Source
 
 F64 = torch.float64

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tmcore import Functional, Mesh, NodeAssembler, solvers
-from tmcore.filters import (
+from tmcore.topology.filters import (
     HelmholtzFilter,
     PrefactoredSolve,
     cell_neighbours,
@@ -96,7 +96,7 @@ def test_filter_maps_agree_with_the_assemblers():
     cell_means = Integral.from_mesh(mesh)(point_data={"phi": phi}, per_cell=True) / mesh.cell_measures()
     assert torch.allclose(filt.to_cells(phi), cell_means, rtol=1e-12)
     # and phi solves (r^2 K + M) phi = T rho
-    from tmcore.sparse import SparseMatrix
+    from tmcore.core.linalg.sparse import SparseMatrix
 
     matrix = SparseMatrix.from_pattern(filt.pattern, filt.values)
     assert torch.allclose(matrix @ phi, filt.to_nodes(rho), rtol=1e-10, atol=1e-14)
@@ -139,7 +139,7 @@ def test_prefactored_solve_matches_the_solver():
     filt = HelmholtzFilter(mesh, 0.1)
     b = torch.rand(mesh.n_points, dtype=F64, requires_grad=True)
     u = PrefactoredSolve.apply(b, filt.factor)
-    from tmcore.sparse import SparseMatrix
+    from tmcore.core.linalg.sparse import SparseMatrix
 
     matrix = SparseMatrix.from_pattern(filt.pattern, filt.values)
     b2 = b.detach().clone().requires_grad_(True)

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from tmcore.mesh import Mesh
-from tmcore.mesh import generate
-from tmcore.mesh.generate import box, circle, elevate_order, grid, l_shape, orient_cells, rectangle
+from tmcore.core.mesh import Mesh
+from tmcore.core.mesh import generate
+from tmcore.core.mesh.generate import box, circle, elevate_order, grid, l_shape, orient_cells, rectangle
 
 
 def _same(a: Mesh, b: Mesh) -> bool:
@@ -240,7 +240,7 @@ def test_elevate_order_on_gmsh_mesh_and_orient_cells():
 
 
 def test_uniform_refinement_splits_every_triangle_into_four():
-    from tmcore.mesh.generate import refine_uniformly
+    from tmcore.core.mesh.generate import refine_uniformly
 
     coarse = Mesh.gen_rectangle(chara_length=0.2)
     fine = refine_uniformly(coarse)
@@ -259,7 +259,7 @@ def test_uniform_refinement_splits_every_triangle_into_four():
 
 
 def test_rectangle_refine_option_matches_explicit_refinement():
-    from tmcore.mesh.generate import refine_uniformly
+    from tmcore.core.mesh.generate import refine_uniformly
 
     direct = Mesh.gen_rectangle(chara_length=0.3, refine=2)
     explicit = refine_uniformly(refine_uniformly(Mesh.gen_rectangle(chara_length=0.3)))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tmcore import Condenser, Mesh, SparseMatrix
-from tmcore.gradcheck import finite_difference_check, taylor_test
+from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 
 from .forms import Laplace, Source
 

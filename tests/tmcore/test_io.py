@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from tmcore.errors import MeshError
-from tmcore.io import mesh_from_meshio, mesh_to_meshio, read_mesh, write_mesh
-from tmcore.mesh import Mesh
-from tmcore.mesh.generate import box, grid, rectangle
+from tmcore.core.errors import MeshError
+from tmcore.core.mesh.io import mesh_from_meshio, mesh_to_meshio, read_mesh, write_mesh
+from tmcore.core.mesh import Mesh
+from tmcore.core.mesh.generate import box, grid, rectangle
 
 MESHES = {
     "triangle6": lambda: rectangle(0.3, order=2),

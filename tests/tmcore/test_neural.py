@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from tmcore.neural import cell_centroids, train, weights_function
+from tmcore.methods.neural import cell_centroids, train, weights_function
 
 from .docpages import run_example as _run
 

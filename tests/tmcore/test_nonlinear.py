@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from tmcore import Condenser, Mesh, solvers
-from tmcore.errors import SolverError
-from tmcore.gradcheck import finite_difference_check, taylor_test
-from tmcore.nonlinear import NonlinearDiffusion
+from tmcore.core.errors import SolverError
+from tmcore.methods.gradcheck import finite_difference_check, taylor_test
+from tmcore.methods.nonlinear import NonlinearDiffusion
 
 from .forms import Laplace, Source
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from tmcore.optimizer import OCOptimizer
+from tmcore.topology.optimizers import OCOptimizer
 
 F64 = torch.float64
 
@@ -128,7 +128,7 @@ def test_oc_start_off_target_moves_at_the_limit_and_warns(caplog):
     rho = torch.full((10,), 0.2, dtype=F64, requires_grad=True)
     optimizer = OCOptimizer(rho, vf=0.5, move_limit=0.1)
     rho.grad = -torch.ones(10, dtype=F64)
-    with caplog.at_level(logging.WARNING, logger="tmcore.optimizer"):
+    with caplog.at_level(logging.WARNING, logger="tmcore.topology.optimizers"):
         optimizer.step()
     assert torch.allclose(rho.detach(), torch.full((10,), 0.3, dtype=F64))
     assert "misses vf=0.5" in caplog.text

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tmcore import Condenser, Functional, Mesh
-from tmcore.assemble import dof_mask
-from tmcore.elasticity import LinearElasticity, point_load
-from tmcore.gradcheck import finite_difference_check, taylor_test
-from tmcore.shape import Fin, interior_mask, optimise_fin, with_points
+from tmcore.core.assembly import dof_mask
+from tmcore.topology.problems import LinearElasticity, point_load
+from tmcore.methods.gradcheck import finite_difference_check, taylor_test
+from tmcore.methods.shape import Fin, interior_mask, optimise_fin, with_points
 
 from .forms import Laplace, Source
 

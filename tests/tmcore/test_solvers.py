@@ -7,9 +7,9 @@ import scipy.sparse.linalg
 import torch
 
 from tmcore import Condenser, Mesh, SparseMatrix
-from tmcore.sparse import SparsityPattern
-from tmcore import solvers
-from tmcore.errors import SingularMatrixError, SolverError
+from tmcore.core.linalg.sparse import SparsityPattern
+from tmcore.core.linalg import solvers
+from tmcore.core.errors import SingularMatrixError, SolverError
 
 from .forms import Laplace, Source
 
@@ -156,7 +156,7 @@ def test_every_backend_agrees_with_superlu(system, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients_through_every_backend_pass_finite_differences(system, backend):
-    from tmcore.gradcheck import finite_difference_check
+    from tmcore.methods.gradcheck import finite_difference_check
 
     K, b = system
     target = torch.linspace(0.0, 0.05, b.shape[0])
@@ -201,7 +201,7 @@ def test_a_reused_hierarchy_for_swapped_values_still_gives_the_right_answer():
 
 
 def test_iterative_backends_raise_when_they_do_not_converge(system):
-    from tmcore.errors import SolverError
+    from tmcore.core.errors import SolverError
 
     K, b = system
     with pytest.raises(SolverError, match=r"did not converge: relative residual .* after \d+ iterations"):
@@ -259,7 +259,7 @@ def test_second_derivatives_through_a_solve_are_exact():
 def test_auto_falls_back_to_a_direct_solver_when_amg_fails():
     """2-D elasticity (18 non-zeros per row) looks 3-D to 'auto', which tries AMG; RS-AMG breaks down on it."""
     from tmcore import dof_mask
-    from tmcore.elasticity import LinearElasticity
+    from tmcore.topology.problems import LinearElasticity
 
     mesh = Mesh.gen_grid((160, 16), upper=(10.0, 1.0), element_type="quad")
     K = LinearElasticity.from_mesh(mesh)(scalar_data={"E": 1.0})

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tmcore import Mesh
-from tmcore.filters import HelmholtzFilter
-from tmcore.gradcheck import finite_difference_check
+from tmcore.topology.filters import HelmholtzFilter
+from tmcore.methods.gradcheck import finite_difference_check
 from tmcore.studies import IdentificationProblem, IdentificationResult, coefficient_identification, thermal_topology
 
 

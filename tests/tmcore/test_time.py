@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tmcore import ElementAssembler, Mesh, NodeAssembler, solvers
-from tmcore.gradcheck import finite_difference_check, taylor_test
-from tmcore.time import TimeStepper, crank_nicolson, implicit_euler, integrate
+from tmcore.methods.gradcheck import finite_difference_check, taylor_test
+from tmcore.methods.transient import TimeStepper, crank_nicolson, implicit_euler, integrate
 
 from .forms import Laplace
 

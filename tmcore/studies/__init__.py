@@ -10,8 +10,8 @@ Both return small dataclasses of tensors (histories per step, final fields); the
 through :mod:`logging` and never print or plot.
 """
 
-from .identification import IdentificationProblem, IdentificationResult, KappaErrorReport, coefficient_identification
-from .topology import TopologyResult, thermal_topology
+from tmcore.studies.identification import IdentificationProblem, IdentificationResult, KappaErrorReport, coefficient_identification
+from tmcore.studies.topology import TopologyResult, thermal_topology
 
 __all__ = [
     "IdentificationProblem",

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import check_count
+from tmcore.core.checks import check_count
 
 __all__ = ["FORMAT", "check_checkpointing", "clone_state", "check_resume"]
 

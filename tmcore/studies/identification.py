@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..assemble import Functional
-from ..forms import Diffusion, Source
-from ..condense import Condenser
-from ..mesh import Mesh
-from ._checks import DTYPE, check_callback, check_count, check_mesh, check_real
-from .checkpoint import FORMAT, check_checkpointing, check_resume, clone_state, due, history_lists, history_tensors, restore
+from tmcore.core.assembly import Functional
+from tmcore.forms import Diffusion, Source
+from tmcore.core.condense import Condenser
+from tmcore.core.mesh import Mesh
+from tmcore.core.checks import DTYPE, check_callback, check_count, check_mesh, check_real
+from tmcore.studies.checkpoint import FORMAT, check_checkpointing, check_resume, clone_state, due, history_lists, history_tensors, restore
 
 __all__ = ["IdentificationProblem", "IdentificationResult", "KappaErrorReport", "coefficient_identification"]
 

@@ -4,8 +4,8 @@ A Gaussian heat source f = exp(-|x - c|^2 / (2 sigma^2)) centred on the mesh's b
 box sits in a plate held at u = 0 on its boundary. Each cell carries a density rho in
 [rho_min, 1] and the SIMP conductivity kappa = kmin + (1 - kmin) rho^p. The compliance
 J = b . u (b the load vector) is minimised under mean(rho) = vf by
-:class:`~tmcore.optimizer.OCOptimizer`, whose step reads dJ/drho from one adjoint solve.
-Optionally a density or sensitivity filter (:mod:`tmcore.filters`) sets a length scale,
+:class:`~tmcore.topology.optimizers.OCOptimizer`, whose step reads dJ/drho from one adjoint solve.
+Optionally a density or sensitivity filter (:mod:`tmcore.topology.filters`) sets a length scale,
 which removes the checkerboards an unfiltered run builds on a quad grid.
 """
 
@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..forms import Diffusion, Source
-from ..condense import Condenser
-from ..mesh import Mesh
-from ..filters import HelmholtzFilter, default_filter_radius, sensitivity_filter
-from ..optimizer import OCOptimizer
-from ._checks import DTYPE, check_callback, check_choice, check_count, check_mesh, check_real
-from .checkpoint import FORMAT, check_checkpointing, check_resume, clone_state, due, history_lists, history_tensors, restore
+from tmcore.forms import Diffusion, Source
+from tmcore.core.condense import Condenser
+from tmcore.core.mesh import Mesh
+from tmcore.topology.filters import HelmholtzFilter, default_filter_radius, sensitivity_filter
+from tmcore.topology.optimizers import OCOptimizer
+from tmcore.core.checks import DTYPE, check_callback, check_choice, check_count, check_mesh, check_real
+from tmcore.studies.checkpoint import FORMAT, check_checkpointing, check_resume, clone_state, due, history_lists, history_tensors, restore
 
 __all__ = ["TopologyResult", "thermal_topology"]
 
@@ -144,12 +144,12 @@ def thermal_topology(
         snapshot_steps: steps whose densities to keep (negative: from the end; steps
             past the end of the run are skipped with a warning).
         filter: None (the chapter's unfiltered run), ``"density"`` (the solve sees the
-            Helmholtz-filtered densities, :class:`~tmcore.filters.HelmholtzFilter`, and
+            Helmholtz-filtered densities, :class:`~tmcore.topology.filters.HelmholtzFilter`, and
             the gradient flows back through the filter) or ``"sensitivity"`` (the
-            gradient is smoothed by :func:`~tmcore.filters.sensitivity_filter` before
+            gradient is smoothed by :func:`~tmcore.topology.filters.sensitivity_filter` before
             each OC step).
         filter_radius: the Helmholtz length r (> 0); None for
-            :func:`~tmcore.filters.default_filter_radius` (one cell size).
+            :func:`~tmcore.topology.filters.default_filter_radius` (one cell size).
         volume_weighting: ``"mean"`` (the OC constraint is the plain mean of the
             design variables, the chapter's) or ``"measure"`` (weighted by cell
             measure). The Helmholtz filter keeps the measure-weighted volume exactly, so

@@ -1,0 +1,60 @@
+"""Argument checks shared by the studies: each returns the checked value or raises a
+``ValueError``/``TypeError`` that names the argument and what was expected."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from tmcore.core.mesh import Mesh
+
+DTYPE = torch.float64
+
+__all__ = ["DTYPE", "check_callback", "check_choice", "check_count", "check_mesh", "check_real"]
+
+
+def check_mesh(mesh: Any) -> Mesh:
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
+    return mesh
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    """An int >= minimum (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+def check_real(name: str, value: Any, low: float | None = None, high: float | None = None,
+               low_open: bool = True, high_open: bool = True) -> float:
+    """A finite real number in the interval (low, high); either end may be closed or absent."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    value = float(value)
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if below or above:
+        left = "-inf" if low is None else f"{low:g}"
+        right = "inf" if high is None else f"{high:g}"
+        interval = f"{'(' if low_open or low is None else '['}{left}, {right}{')' if high_open or high is None else ']'}"
+        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """One of ``choices`` (compared with ==; bools never match ints)."""
+    if not any(value is choice or (type(value) is type(choice) and value == choice) for choice in choices):
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+def check_callback(callback: Any) -> Callable | None:
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be None or a callable (step, value), got {type(callback).__name__}")
+    return callback

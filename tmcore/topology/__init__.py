@@ -1,0 +1,1 @@
+"""Density-based topology optimisation: optimisers, filters, problems and the driver loop."""
