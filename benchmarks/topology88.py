@@ -17,7 +17,8 @@ import torch
 
 from flows.artifacts import atomic_write_text
 from tests.tmcore import topopt_reference as reference
-from tmcore.topology.problems import cantilever, compliance_topology, heat_conduction, mbb_beam
+from tmcore.studies import compliance_topology
+from tmcore.topology import cantilever, heat_conduction, mbb_beam
 
 BUILD = {"mbb": (mbb_beam, 0.5), "cantilever": (cantilever, 0.4), "heat": (heat_conduction, 0.4)}
 

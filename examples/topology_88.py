@@ -11,7 +11,8 @@ import sys
 
 import torch
 
-from tmcore.topology.problems import cantilever, compliance_topology, heat_conduction, mbb_beam
+from tmcore.studies import compliance_topology
+from tmcore.topology import cantilever, heat_conduction, mbb_beam
 
 PROBLEMS = {"mbb": (mbb_beam, (60, 20), 0.5), "cantilever": (cantilever, (80, 50), 0.4), "heat": (heat_conduction, (40, 40), 0.4)}
 

@@ -36,8 +36,7 @@ from tmcore import Condenser, Mesh, SparseMatrix
 from tmcore.methods.gradcheck import finite_difference_check
 from tmcore.core.mesh.io import mesh_from_xarray, mesh_to_xarray
 from tmcore.studies import IdentificationProblem, coefficient_identification, thermal_topology
-from tmcore.studies.topology import SIMPLaplace
-from tmcore.studies.topology import Source as TopologySource
+from tmcore.topology import DensityDesign, thermal_plate
 
 from . import figures
 from .artifacts import Store, provenance
@@ -290,18 +289,9 @@ def optimise_topology(
 
 
 def _topology_compliance(mesh: Mesh, vf: float = 0.4, p: float = 3.0, kmin: float = 1e-3, sigma: float = 0.08) -> tuple[Callable, torch.Tensor]:
-    """The thermal compliance b . u(rho) of the topology study and its starting densities rho = vf."""
-    points = mesh.points.to(DTYPE)
-    centre = 0.5 * (points.min(dim=0).values + points.max(dim=0).values)
-    load = TopologySource.from_mesh(mesh)(point_data={"f": torch.exp(-((points - centre) ** 2).sum(dim=1) / (2 * sigma**2))}).to(DTYPE)
-    stiffness, condenser = SIMPLaplace.from_mesh(mesh), Condenser(mesh.boundary_mask)
-
-    def compliance(rho: torch.Tensor) -> torch.Tensor:
-        K = stiffness(element_data={"kappa": kmin + (1.0 - kmin) * rho**p}).double()
-        K_free, b_free = condenser(K, load)
-        return (load * condenser.recover(K_free.solve(b_free))).sum()
-
-    return compliance, torch.full((mesh.n_cells,), vf, dtype=DTYPE)
+    """The topology study's objective, the thermal compliance b . u(rho), and its starting densities rho = vf."""
+    design = DensityDesign(thermal_plate(mesh, kmin, sigma), penal=p, backend="auto")
+    return design.objective, torch.full((mesh.n_cells,), vf, dtype=DTYPE)
 
 
 @cached_task("gradient_check")

@@ -9,7 +9,7 @@ import torch
 from tmcore import ElementAssembler, FacetAssembler, Functional, Mesh, NodeAssembler
 from tmcore.core.assembly import default_quadrature_degree
 
-from .forms import Laplace, Source
+from tmcore.forms import Diffusion, Source
 
 skfem = pytest.importorskip("skfem")
 from skfem.helpers import dot, grad  # noqa: E402
@@ -54,7 +54,7 @@ def test_matrices_agree_with_scikit_fem(cell_type):
 
     interpolated = basis.interpolate(kappa.numpy())
     for ours, theirs in (
-        (Laplace.from_mesh(mesh)(point_data={"kappa": kappa}), laplace),
+        (Diffusion.from_mesh(mesh)(point_data={"kappa": kappa}), laplace),
         (Mass.from_mesh(mesh)(point_data={"rho": kappa}), mass),
     ):
         reference = skfem.asm(theirs, basis, kappa=interpolated).toarray()
@@ -69,7 +69,7 @@ def test_matrix_invariants_on_every_element(cell_type, order):
     """Laplacian rows sum to zero; the mass matrix sums to the domain's measure; both are symmetric."""
     dim = 3 if cell_type in ("tetra", "hexahedron") else 2
     mesh = Mesh.gen_grid((3,) * dim, element_type=cell_type, order=order, upper=(2.0,) * dim)
-    K = Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0}).to_dense()
+    K = Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0}).to_dense()
     M = Mass.from_mesh(mesh)(scalar_data={"rho": 1.0}).to_dense()
     assert K.sum(1).abs().max() < 1e-12
     assert torch.allclose(K, K.T, atol=1e-13) and torch.allclose(M, M.T, atol=1e-15)
@@ -95,7 +95,7 @@ def test_default_quadrature_follows_the_integrand():
 def test_batched_data_gives_a_batch_on_one_pattern():
     mesh = Mesh.gen_rectangle(chara_length=0.2)
     kappas = torch.stack([torch.ones(mesh.n_points), 1.0 + mesh.points[:, 1]])
-    laplace = Laplace.from_mesh(mesh)
+    laplace = Diffusion.from_mesh(mesh)
     batch = laplace(point_data={"kappa": kappas})
     assert batch.values.shape == (2, batch.pattern.nnz)
     for i in range(2):
@@ -125,8 +125,8 @@ def test_gradients_reach_element_and_scalar_data_and_module_parameters():
 
 def test_rebuilt_assemblers_share_the_pattern_and_geometry():
     mesh = Mesh.gen_rectangle(chara_length=0.1)
-    first = Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0})
-    second = Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0})
+    first = Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0})
+    second = Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0})
     assert first.pattern is second.pattern
 
 
@@ -175,7 +175,7 @@ def test_facet_selection_by_name_mask_and_predicate():
 
 def test_robin_matrix_adds_to_the_stiffness_matrix():
     mesh = Mesh.gen_rectangle(chara_length=0.1)
-    K = Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0})
+    K = Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0})
     R = Robin.from_mesh(mesh)(scalar_data={"h": 2.0})
     total = K + R
     ones = torch.ones(mesh.n_points)
@@ -200,7 +200,7 @@ def test_library_forms_match_hand_written_integrands():
 
     mesh = Mesh.gen_grid((3, 3))
     kappa = 1.0 + mesh.points[:, 0]
-    assert torch.equal(Diffusion.from_mesh(mesh)(point_data={"kappa": kappa}).values, Laplace.from_mesh(mesh)(point_data={"kappa": kappa}).values)
+    assert torch.equal(Diffusion.from_mesh(mesh)(point_data={"kappa": kappa}).values, Diffusion.from_mesh(mesh)(point_data={"kappa": kappa}).values)
     assert torch.equal(LibraryMass.from_mesh(mesh)(point_data={"rho": kappa}).values, Mass.from_mesh(mesh)(point_data={"rho": kappa}).values)
     assert abs(float(LibrarySource.from_mesh(mesh)(scalar_data={"f": 1.0}).sum()) - 1.0) < 1e-14
 
@@ -222,10 +222,10 @@ def test_blocks_of_cells_give_the_one_block_result_and_gradients(monkeypatch, ba
     mu = torch.rand(mesh.n_cells, dtype=torch.float64) + 1
 
     def everything():
-        K = Laplace.from_mesh(mesh)(point_data={"kappa": kappa})
+        K = Diffusion.from_mesh(mesh)(point_data={"kappa": kappa})
         b = Source.from_mesh(mesh)(point_data={"f": kappa})
         E = Elastic.from_mesh(mesh)(element_data={"mu": mu})
-        local = Laplace.from_mesh(mesh).local(point_data={"kappa": kappa})
+        local = Diffusion.from_mesh(mesh).local(point_data={"kappa": kappa})
         (grad,) = torch.autograd.grad((K.values**2).sum() + (b**3).sum(), kappa)
         return K.values, b, E.values, local, grad
 

@@ -9,7 +9,7 @@ from tmcore.core.errors import SingularMatrixError, SolverError
 from tmcore.methods.gradcheck import finite_difference_check
 from tmcore.core.linalg.sparse import SparsityPattern
 
-from .forms import Laplace, Source
+from tmcore.forms import Diffusion, Source
 
 CHOLMOD = pytest.mark.skipif(not solvers.cholmod_available(), reason="scikit-sparse not installed")
 PARDISO = pytest.mark.skipif(not solvers.pardiso_available(), reason="the MKL runtime (pip install mkl) is not installed")
@@ -34,7 +34,7 @@ def _fresh(K: SparseMatrix) -> SparseMatrix:
 
 
 def _condensed_batch(mesh, kappa):
-    K = Laplace.from_mesh(mesh)(point_data={"kappa": kappa})
+    K = Diffusion.from_mesh(mesh)(point_data={"kappa": kappa})
     b = Source.from_mesh(mesh)(point_data={"f": torch.ones(mesh.n_points)})
     return Condenser(mesh.boundary_mask)(K, b)
 
@@ -115,7 +115,7 @@ def _batch_loss(mesh, which: str):
     if which == "dirichlet":
         return lambda g: (DiffusionMap(mesh, dirichlet_value=g)(kappa0) ** 2 * weights).sum(), torch.rand(3, boundary, generator=torch.Generator().manual_seed(0))
     if which == "source":
-        laplace, cond = Laplace.from_mesh(mesh), Condenser(mesh.boundary_mask)
+        laplace, cond = Diffusion.from_mesh(mesh), Condenser(mesh.boundary_mask)
         source = Source.from_mesh(mesh)
 
         def loss(f):

@@ -5,7 +5,7 @@ import torch
 
 from tmcore import Condenser, Mesh
 
-from .forms import Laplace, Source
+from tmcore.forms import Diffusion, Source
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def mesh():
 
 
 def test_condensed_system_matches_dense_elimination(mesh):
-    K = Laplace.from_mesh(mesh)(point_data={"kappa": 1.0 + mesh.points[:, 0]})
+    K = Diffusion.from_mesh(mesh)(point_data={"kappa": 1.0 + mesh.points[:, 0]})
     b = Source.from_mesh(mesh)(point_data={"f": torch.ones(mesh.n_points)})
     mask = mesh.boundary_mask
     g_full = torch.sin(3 * mesh.points[:, 0]) + mesh.points[:, 1]
@@ -46,9 +46,9 @@ def test_a_matrix_from_a_fresh_assembler_is_accepted(mesh):
     """Patterns compare by content: a new assembler on the same mesh (or a rebuilt mesh) works."""
     cond = Condenser(mesh.boundary_mask)
     b = torch.ones(mesh.n_points)
-    K1_, _ = cond(Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0}), b)
+    K1_, _ = cond(Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0}), b)
     twin = Mesh(mesh.points.clone(), {"triangle": mesh.elements.clone()})
-    K2_, _ = cond(Laplace.from_mesh(twin)(scalar_data={"kappa": 1.0}), b)
+    K2_, _ = cond(Diffusion.from_mesh(twin)(scalar_data={"kappa": 1.0}), b)
     assert K1_.pattern is K2_.pattern  # the split was reused, not recomputed
     assert torch.equal(K1_.values, K2_.values)
 
@@ -58,7 +58,7 @@ def test_a_fresh_condenser_with_the_same_mask_reuses_the_maps_and_the_solver_ana
     split nor, through a new K_ff pattern, the solver's symbolic analysis."""
     from tmcore.core.linalg import solvers
 
-    K = Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0})
+    K = Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0})
     b = torch.zeros(mesh.n_points)
     first, _ = Condenser(mesh.boundary_mask, dirichlet_value=1.0)(K, b)
     first.solve(torch.ones(first.shape[-1]), backend="splu")
@@ -79,7 +79,7 @@ def test_gradient_reaches_dirichlet_values_through_lift_and_recover(mesh):
     mask = mesh.boundary_mask
     g = torch.full((int(mask.sum()),), 0.5, requires_grad=True)
     cond = Condenser(mask, dirichlet_value=g)
-    K_, b_ = cond(Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0}), torch.zeros(mesh.n_points))
+    K_, b_ = cond(Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0}), torch.zeros(mesh.n_points))
     u = cond.recover(K_.solve(b_))
     # with f = 0 and constant g the solution is constant g: du/dg sums to one per node
     assert torch.allclose(u, torch.full_like(u, 0.5))
@@ -91,7 +91,7 @@ def test_batched_right_hand_sides_and_dirichlet_data(mesh):
     mask = mesh.boundary_mask
     g = torch.stack([torch.zeros(int(mask.sum())), torch.ones(int(mask.sum()))])
     cond = Condenser(mask, dirichlet_value=g)
-    K = Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0})
+    K = Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0})
     b = torch.zeros(2, mesh.n_points)
     K_, b_ = cond(K, b)
     u = cond.recover(K_.solve(b_[0]))

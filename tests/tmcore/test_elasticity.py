@@ -8,25 +8,14 @@ import torch
 
 from tmcore import Condenser, Functional, Mesh
 from tmcore.core.assembly import VectorElementAssembler, VectorNodeAssembler, dof_connectivity, dof_mask
-from tmcore.topology.problems import (
-    BodyForce,
-    ConeFilter,
-    LinearElasticity,
-    Traction,
-    cantilever,
-    compliance_topology,
-    heat_conduction,
-    lame_parameters,
-    mbb_beam,
-    point_load,
-    strain_energy,
-    stress,
-)
+from tmcore.forms import BodyForce, LinearElasticity, Traction, lame_parameters, strain_energy, stress
+from tmcore.studies import compliance_topology
+from tmcore.topology import ConeFilter, cantilever, heat_conduction, mbb_beam, point_load
 from tmcore.core.errors import AssemblyError
 from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 
 from . import topopt_reference as reference
-from .forms import Laplace
+from tmcore.forms import Diffusion
 
 
 # -- vector assembly ----------------------------------------------------------------------------
@@ -177,7 +166,7 @@ def test_scalar_and_vector_forms_on_one_mesh_keep_their_own_patterns():
             return v.sum()
 
     K = LinearElasticity.from_mesh(mesh)(scalar_data={"E": 1.0})
-    L = Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0})
+    L = Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0})
     assert K.pattern.shape == (18, 18) and L.pattern.shape == (9, 9)
     assert Mass.from_mesh(mesh)().sum() == pytest.approx(2.0)
 
@@ -284,7 +273,7 @@ def test_local_element_matrices_scatter_to_the_assembled_matrix():
     local = assembler.local(element_data={"E": E})
     assert local.shape == (mesh.n_cells, 8, 8)
     assert torch.allclose(assembler.scatter(local).values, assembler(element_data={"E": E}).values, rtol=1e-14)
-    scalar = Laplace.from_mesh(mesh)
+    scalar = Diffusion.from_mesh(mesh)
     assert torch.allclose(scalar.scatter(scalar.local(scalar_data={"kappa": 2.0})).values, scalar(scalar_data={"kappa": 2.0}).values)
     with pytest.raises(AssemblyError, match=r"local must have shape \(m, K, K\) or \(B, m, K, K\) with m=6, K=8"):
         assembler.scatter(torch.zeros(6, 4, 4))

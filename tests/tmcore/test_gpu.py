@@ -5,7 +5,7 @@ import torch
 
 from tmcore import Condenser, Mesh
 
-from .forms import Laplace, Source
+from tmcore.forms import Diffusion, Source
 
 pytestmark = [
     pytest.mark.gpu,
@@ -14,7 +14,7 @@ pytestmark = [
 
 
 def _solve(mesh, kappa):
-    K = Laplace.from_mesh(mesh)(point_data={"kappa": kappa})
+    K = Diffusion.from_mesh(mesh)(point_data={"kappa": kappa})
     b = Source.from_mesh(mesh)(point_data={"f": torch.ones_like(kappa)})
     cond = Condenser(mesh.boundary_mask)
     K_, b_ = cond(K, b)

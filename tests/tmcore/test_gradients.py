@@ -6,7 +6,7 @@ import torch
 from tmcore import Condenser, Mesh, SparseMatrix
 from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 
-from .forms import Laplace, Source
+from tmcore.forms import Diffusion, Source
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def _loss_factories(mesh):
     kappa0, f0, target = _problem(mesh)
     mask = mesh.boundary_mask
     n_dirichlet = int(mask.sum())
-    laplace, source = Laplace.from_mesh(mesh), Source.from_mesh(mesh)
+    laplace, source = Diffusion.from_mesh(mesh), Source.from_mesh(mesh)
     centroid_x = mesh.points[mesh.elements].mean(1)[:, 0]
 
     def solve(kappa_point=kappa0, kappa_cell=None, f=f0, g=None):
@@ -99,7 +99,7 @@ def test_a_wrong_gradient_fails_the_taylor_test(mesh):
 
 def test_batched_pipeline_gradients_match_finite_differences(mesh):
     kappa0, f0, target = _problem(mesh)
-    laplace, source = Laplace.from_mesh(mesh), Source.from_mesh(mesh)
+    laplace, source = Diffusion.from_mesh(mesh), Source.from_mesh(mesh)
     cond = Condenser(mesh.boundary_mask)
     b = source(point_data={"f": f0})
 

@@ -8,7 +8,7 @@ from tmcore.core.errors import SolverError
 from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 from tmcore.methods.nonlinear import NonlinearDiffusion
 
-from .forms import Laplace, Source
+from tmcore.forms import Diffusion, Source
 
 
 def kappa_quadratic(u, c):
@@ -32,7 +32,7 @@ def test_linear_kappa_reproduces_the_linear_solve(mesh):
     c, f, _ = _data(mesh)
     problem = NonlinearDiffusion(mesh, lambda u, c: c)
     u = problem(c, f)
-    K = Laplace.from_mesh(mesh)(point_data={"kappa": c})
+    K = Diffusion.from_mesh(mesh)(point_data={"kappa": c})
     b = Source.from_mesh(mesh)(point_data={"f": f})
     cond = Condenser(mesh.boundary_mask)
     K_, b_ = cond(K, b)

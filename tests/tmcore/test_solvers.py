@@ -11,14 +11,14 @@ from tmcore.core.linalg.sparse import SparsityPattern
 from tmcore.core.linalg import solvers
 from tmcore.core.errors import SingularMatrixError, SolverError
 
-from .forms import Laplace, Source
+from tmcore.forms import Diffusion, Source
 
 
 @pytest.fixture(scope="module")
 def system():
     mesh = Mesh.gen_rectangle(chara_length=0.1)
     x = mesh.points[:, 0]
-    K = Laplace.from_mesh(mesh)(point_data={"kappa": 1.0 + x})
+    K = Diffusion.from_mesh(mesh)(point_data={"kappa": 1.0 + x})
     b = Source.from_mesh(mesh)(point_data={"f": torch.ones(mesh.n_points)})
     return Condenser(mesh.boundary_mask)(K, b)
 
@@ -86,7 +86,7 @@ def test_batch_of_matrices(system):
 
 def test_pure_neumann_problem_is_reported_singular():
     mesh = Mesh.gen_grid((6, 6))
-    K = Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0})
+    K = Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0})
     with pytest.raises(SingularMatrixError, match="singular"):
         K.solve(torch.ones(mesh.n_points))
 
@@ -191,7 +191,7 @@ def test_a_reused_hierarchy_for_swapped_values_still_gives_the_right_answer():
     x = mesh.points[:, 0]
     cond = Condenser(mesh.boundary_mask)
     kappa = 1.0 + 10.0 * (x > 0.5)
-    laplace = Laplace.from_mesh(mesh)
+    laplace = Diffusion.from_mesh(mesh)
     b = torch.ones(mesh.n_points)
     K1_, b_ = cond(laplace(point_data={"kappa": kappa}), b)
     K2_, _ = cond(laplace(point_data={"kappa": kappa.flip(0)}), b)  # the same multiset of values, swapped
@@ -232,19 +232,19 @@ def test_auto_choice_by_size_sparsity_and_symmetry(system, monkeypatch):
     monkeypatch.undo()
     # 3-D sparsity: factorisations fill in early, AMG takes over at DIRECT_LIMIT_3D unknowns
     cube = Mesh.gen_grid((20, 20, 20))
-    Kc_, _ = Condenser(cube.boundary_mask)(Laplace.from_mesh(cube)(scalar_data={"kappa": 1.0}), torch.ones(cube.n_points))
+    Kc_, _ = Condenser(cube.boundary_mask)(Diffusion.from_mesh(cube)(scalar_data={"kappa": 1.0}), torch.ones(cube.n_points))
     assert Kc_.pattern.shape[0] > solvers.DIRECT_LIMIT_3D
     assert solvers.choose_backend(Kc_.pattern, Kc_.values) == "amg"
     # below it SuperLU's symmetric mode (faster than CHOLMOD on small 3-D systems here)
     small = Mesh.gen_grid((6, 6, 6))
-    Ks_, _ = Condenser(small.boundary_mask)(Laplace.from_mesh(small)(scalar_data={"kappa": 1.0}), torch.ones(small.n_points))
+    Ks_, _ = Condenser(small.boundary_mask)(Diffusion.from_mesh(small)(scalar_data={"kappa": 1.0}), torch.ones(small.n_points))
     assert solvers.choose_backend(Ks_.pattern, Ks_.values) == "splu"
 
 
 def test_second_derivatives_through_a_solve_are_exact():
     """gradgradcheck: Hessian-vector products through solve (create_graph=True) against finite differences."""
     mesh = Mesh.gen_grid((3, 3))
-    K_, b_ = Condenser(mesh.boundary_mask)(Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0}), torch.ones(mesh.n_points))
+    K_, b_ = Condenser(mesh.boundary_mask)(Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0}), torch.ones(mesh.n_points))
     pattern = K_.pattern
 
     def solve(values, rhs):
@@ -259,7 +259,7 @@ def test_second_derivatives_through_a_solve_are_exact():
 def test_auto_falls_back_to_a_direct_solver_when_amg_fails():
     """2-D elasticity (18 non-zeros per row) looks 3-D to 'auto', which tries AMG; RS-AMG breaks down on it."""
     from tmcore import dof_mask
-    from tmcore.topology.problems import LinearElasticity
+    from tmcore.forms import LinearElasticity
 
     mesh = Mesh.gen_grid((160, 16), upper=(10.0, 1.0), element_type="quad")
     K = LinearElasticity.from_mesh(mesh)(scalar_data={"E": 1.0})

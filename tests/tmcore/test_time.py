@@ -9,7 +9,7 @@ from tmcore import ElementAssembler, Mesh, NodeAssembler, solvers
 from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 from tmcore.methods.transient import TimeStepper, crank_nicolson, implicit_euler, integrate
 
-from .forms import Laplace
+from tmcore.forms import Diffusion
 
 SCHEMES = ["implicit-euler", "crank-nicolson"]
 
@@ -27,7 +27,7 @@ class Load(NodeAssembler):
 def _sine_problem(n: int):
     mesh = Mesh.gen_grid((n, n), element_type="quad")
     M = Mass.from_mesh(mesh)()
-    K = Laplace.from_mesh(mesh)(scalar_data={"kappa": 1.0})
+    K = Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0})
     x, y = mesh.points[:, 0], mesh.points[:, 1]
     u0 = torch.sin(math.pi * x) * torch.sin(math.pi * y)
     return mesh, M, K, u0
@@ -73,7 +73,7 @@ def test_time_error_falls_at_the_scheme_order_and_matches_the_continuous_rate(sc
 def _transient_loss(mesh, scheme, checkpoint=None, n_steps=12, g=None):
     """A final-time misfit and a running objective as functions of (kappa per cell, u0)."""
     M = Mass.from_mesh(mesh)()
-    laplace = Laplace.from_mesh(mesh)
+    laplace = Diffusion.from_mesh(mesh)
     x, y = mesh.points[:, 0], mesh.points[:, 1]
     target = 0.1 * x * (1 - x) * y
     f = Load.from_mesh(mesh)(point_data={"f": 1.0 + x})
@@ -141,7 +141,7 @@ def test_one_adjoint_solve_per_step_and_recomputation_counted(small_mesh):
     u0 = torch.ones(small_mesh.n_points, dtype=torch.float64)
     for checkpoint, forward in ((None, 30), (6, 60)):
         kappa = torch.ones(small_mesh.n_cells, dtype=torch.float64, requires_grad=True)
-        K = Laplace.from_mesh(small_mesh)(element_data={"kappa": kappa})
+        K = Diffusion.from_mesh(small_mesh)(element_data={"kappa": kappa})
         stepper = TimeStepper(M, K, 0.01, "implicit-euler", mask=small_mesh.boundary_mask)
         stepper.run(u0, 30, checkpoint=checkpoint).final.sum().backward()
         assert (stepper.counters.factorizations, stepper.counters.adjoint_solves, stepper.counters.forward_solves) == (1, 30, forward)
@@ -169,7 +169,7 @@ def test_checkpointing_bounds_the_graph_memory():
     mesh = Mesh.gen_grid((40, 40), element_type="quad")
     M = Mass.from_mesh(mesh)()
     kappa = torch.ones(mesh.n_cells, dtype=torch.float64, requires_grad=True)
-    K = Laplace.from_mesh(mesh)(element_data={"kappa": kappa})
+    K = Diffusion.from_mesh(mesh)(element_data={"kappa": kappa})
     stepper = TimeStepper(M, K, 1e-3, "crank-nicolson", mask=mesh.boundary_mask)
     u0 = torch.rand(mesh.n_points, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     steps = 100
@@ -209,7 +209,7 @@ def test_thousand_steps_at_ten_thousand_nodes_fit_in_a_few_states():
 
 def test_sources_as_tensor_per_level_and_callable_agree(small_mesh):
     M = Mass.from_mesh(small_mesh)()
-    K = Laplace.from_mesh(small_mesh)(scalar_data={"kappa": 1.0})
+    K = Diffusion.from_mesh(small_mesh)(scalar_data={"kappa": 1.0})
     b = Load.from_mesh(small_mesh)(point_data={"f": torch.ones(small_mesh.n_points, dtype=torch.float64)})
     u0 = torch.zeros(small_mesh.n_points, dtype=torch.float64)
     levels = torch.stack([b * math.cos(k * 0.05) for k in range(9)])
@@ -225,12 +225,12 @@ def test_sources_as_tensor_per_level_and_callable_agree(small_mesh):
 
 def test_stepper_checks_its_arguments(small_mesh):
     M = Mass.from_mesh(small_mesh)()
-    K = Laplace.from_mesh(small_mesh)(scalar_data={"kappa": 1.0})
+    K = Diffusion.from_mesh(small_mesh)(scalar_data={"kappa": 1.0})
     with pytest.raises(ValueError, match=r"scheme must be one of \['crank-nicolson', 'implicit-euler'\]"):
         TimeStepper(M, K, 0.1, "rk4")
     with pytest.raises(ValueError, match="dt must be a positive finite number"):
         TimeStepper(M, K, 0.0)
-    other = Laplace.from_mesh(Mesh.gen_grid((2, 2)))(scalar_data={"kappa": 1.0})
+    other = Diffusion.from_mesh(Mesh.gen_grid((2, 2)))(scalar_data={"kappa": 1.0})
     with pytest.raises(ValueError, match="M and K must share a sparsity pattern"):
         TimeStepper(M, other, 0.1)
     stepper = TimeStepper(M, K, 0.1, mask=small_mesh.boundary_mask)

@@ -1,5 +1,9 @@
-"""Argument checks shared by the studies: each returns the checked value or raises a
-``ValueError``/``TypeError`` that names the argument and what was expected."""
+"""Argument checks, the one place for them: each returns the checked value or raises a
+``ValueError``/``TypeError`` that names the argument, what was expected and what came.
+
+Every layer above the core validates its arguments with these, so a message reads the same
+wherever it comes from.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,11 @@ from tmcore.core.mesh import Mesh
 
 DTYPE = torch.float64
 
-__all__ = ["DTYPE", "check_callback", "check_choice", "check_count", "check_mesh", "check_real"]
+__all__ = ["DTYPE", "check_callback", "check_choice", "check_count", "check_mesh", "check_real", "is_real"]
 
 
 def check_mesh(mesh: Any) -> Mesh:
+    """A tmcore Mesh."""
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
     return mesh
@@ -31,14 +36,25 @@ def check_count(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
+def is_real(value: Any) -> bool:
+    """True for a finite int or float (bools are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_real(name: str, value: Any, low: float | None = None, high: float | None = None,
-               low_open: bool = True, high_open: bool = True) -> float:
-    """A finite real number in the interval (low, high); either end may be closed or absent."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+               low_open: bool = True, high_open: bool = True, what: str | None = None) -> float:
+    """A finite real number in the interval (low, high); either end may be closed or absent.
+
+    ``what`` replaces the default description of the expected value in the message
+    (e.g. "a positive length in the mesh's units").
+    """
+    if not is_real(value):
+        raise ValueError(f"{name} must be {what or 'a finite real number'}, got {value!r}")
     value = float(value)
     below = low is not None and (value <= low if low_open else value < low)
     above = high is not None and (value >= high if high_open else value > high)
+    if (below or above) and what is not None:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
     if below or above:
         left = "-inf" if low is None else f"{low:g}"
         right = "inf" if high is None else f"{high:g}"
@@ -55,6 +71,7 @@ def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
 
 
 def check_callback(callback: Any) -> Callable | None:
+    """None or a callable."""
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be None or a callable (step, value), got {type(callback).__name__}")
     return callback

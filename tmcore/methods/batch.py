@@ -34,26 +34,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tmcore.core.assembly import ElementAssembler, NodeAssembler
+from tmcore.forms import Diffusion, Source
 from tmcore.core.condense import Condenser
 from tmcore.core.mesh import Mesh
 from tmcore.core.linalg.sparse import SparseMatrix
 
 __all__ = ["DiffusionMap", "diffusion_samples", "in_batches", "random_fields", "solve_columns"]
-
-
-class _Diffusion(ElementAssembler):
-    """kappa grad u . grad v."""
-
-    def forward(self, gradu, gradv, kappa):
-        return kappa * (gradu @ gradv)
-
-
-class _Load(NodeAssembler):
-    """f v."""
-
-    def forward(self, v, f):
-        return f * v
 
 
 def solve_columns(matrix: SparseMatrix, b: Tensor, **options) -> Tensor:
@@ -110,8 +96,8 @@ class DiffusionMap(nn.Module):
             f = torch.full((mesh.n_points,), float(f), dtype=dtype, device=mesh.device)
         if not isinstance(f, Tensor) or f.shape != (mesh.n_points,):
             raise ValueError(f"f must be a float or one value per node ({mesh.n_points},), got {getattr(f, 'shape', type(f).__name__)}")
-        self.stiffness = _Diffusion.from_mesh(mesh)
-        self.load = _Load.from_mesh(mesh)(point_data={"f": f.to(dtype)})
+        self.stiffness = Diffusion.from_mesh(mesh)
+        self.load = Source.from_mesh(mesh)(point_data={"f": f.to(dtype)})
         self.condenser = Condenser(mesh.boundary_mask if mask is None else mask, dirichlet_value=dirichlet_value)
 
     @property

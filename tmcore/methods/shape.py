@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from tmcore.core.assembly import ElementAssembler, NodeAssembler, share_patterns
+from tmcore.core.assembly import share_patterns
 from tmcore.core.condense import Condenser
 from tmcore.core.mesh import Mesh
+from tmcore.forms import Laplace, Source
 
 __all__ = ["Fin", "FinResult", "interior_mask", "optimise_fin", "with_points"]
 
@@ -60,16 +61,6 @@ def interior_mask(mesh: Mesh) -> Tensor:
 
 
 # -- the fin example ------------------------------------------------------------------------
-
-
-class _Conduction(ElementAssembler):
-    def forward(self, gradu, gradv):
-        return gradu @ gradv
-
-
-class _Heat(NodeAssembler):
-    def forward(self, v):
-        return v
 
 
 class Fin:
@@ -115,8 +106,8 @@ class Fin:
     def solve(self, a: Tensor) -> tuple[Tensor, Tensor]:
         """(temperature (n,), load vector (n,)) of the fin with parameters a."""
         mesh = self.mesh(a)
-        K = _Conduction.from_mesh(mesh)()
-        b = _Heat.from_mesh(mesh)()
+        K = Laplace.from_mesh(mesh)()
+        b = Source.from_mesh(mesh)(scalar_data={"f": 1.0})
         K_free, b_free = self.condenser(K, b)
         return self.condenser.recover(K_free.solve(b_free)), b
 

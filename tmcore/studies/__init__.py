@@ -5,13 +5,15 @@
   penalty on theta.
 - :func:`thermal_topology`: thermal-compliance topology optimisation with SIMP and the
   Optimality Criteria update, optionally with a density or sensitivity filter.
+- :func:`compliance_topology`: the 88-line code's minimum-compliance loop (cone filter, OC)
+  on any :class:`~tmcore.topology.ComplianceProblem` (MBB beam, cantilever, heat conduction).
 
 Both return small dataclasses of tensors (histories per step, final fields); they log
 through :mod:`logging` and never print or plot.
 """
 
 from tmcore.studies.identification import IdentificationProblem, IdentificationResult, KappaErrorReport, coefficient_identification
-from tmcore.studies.topology import TopologyResult, thermal_topology
+from tmcore.studies.topology import TopologyResult, compliance_topology, thermal_topology
 
 __all__ = [
     "IdentificationProblem",
@@ -19,5 +21,6 @@ __all__ = [
     "KappaErrorReport",
     "TopologyResult",
     "coefficient_identification",
+    "compliance_topology",
     "thermal_topology",
 ]

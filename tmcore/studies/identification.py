@@ -68,9 +68,6 @@ def default_kappa_true(points: Tensor) -> Tensor:
 # -- the forms --------------------------------------------------------------------------------
 
 
-WeightedLaplace = Diffusion  # the chapter's name for the stiffness of -div(kappa grad u), nodal kappa
-
-
 class GradientPenalty(Functional):
     """int |grad theta|^2 dx of a nodal field theta."""
 
@@ -99,7 +96,7 @@ class IdentificationProblem:
             raise ValueError(f"kappa_true must be positive everywhere, got min {float(self.kappa_true.min()):.3g}")
         self.f = nodal_field("f", f, mesh, lambda p: torch.ones(p.shape[0], dtype=DTYPE, device=p.device))
         self.condenser = Condenser(mesh.boundary_mask)
-        self.stiffness = WeightedLaplace.from_mesh(mesh)
+        self.stiffness = Diffusion.from_mesh(mesh)
         self.penalty = GradientPenalty.from_mesh(mesh)
         self.load = Source.from_mesh(mesh)(point_data={"f": self.f}).to(DTYPE)
         with torch.no_grad():

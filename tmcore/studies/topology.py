@@ -12,80 +12,31 @@ which removes the checkerboards an unfiltered run builds on a quad grid.
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from tmcore.forms import Diffusion, Source
-from tmcore.core.condense import Condenser
-from tmcore.core.mesh import Mesh
-from tmcore.topology.filters import HelmholtzFilter, default_filter_radius, sensitivity_filter
-from tmcore.topology.optimizers import OCOptimizer
 from tmcore.core.checks import DTYPE, check_callback, check_choice, check_count, check_mesh, check_real
-from tmcore.studies.checkpoint import FORMAT, check_checkpointing, check_resume, clone_state, due, history_lists, history_tensors, restore
+from tmcore.studies.checkpoint import (
+    FORMAT,
+    check_checkpointing,
+    check_resume,
+    clone_state,
+    due,
+    history_lists,
+    history_tensors,
+    restore,
+)
+from tmcore.topology.driver import TopologyResult, optimise
+from tmcore.topology.filters import ConeFilter, HelmholtzFilter, default_filter_radius, sensitivity_filter
+from tmcore.topology.optimizers import OCOptimizer
+from tmcore.topology.problems import ComplianceProblem, DensityDesign, thermal_plate
 
-__all__ = ["TopologyResult", "thermal_topology"]
+__all__ = ["TopologyResult", "compliance_topology", "thermal_topology"]
 
 logger = logging.getLogger(__name__)
-
-
-SIMPLaplace = Diffusion  # the stiffness of -div(kappa(rho) grad u), kappa per cell
-
-
-@dataclass
-class TopologyResult:
-    """History and final design of one topology run.
-
-    Per step (steps,): ``compliance`` (b . u for the densities the step started from),
-    ``volume`` (plain mean of the physical densities after the step's update: the
-    chapter's volume fraction), ``weighted_volume`` (the same densities weighted by cell
-    measure, sum |e| rho_e / sum |e|; None in results built without it),
-    ``seconds_per_step``. ``rho``: the final physical densities (m,), those the solve
-    sees (the filtered ones under ``filter="density"``); ``design``: the final design
-    variables the optimiser updates (None when they are ``rho``). ``snapshots`` maps a
-    step to the physical densities (m,) its solve used.
-    """
-
-    compliance: Tensor
-    volume: Tensor
-    seconds_per_step: Tensor
-    rho: Tensor
-    snapshots: dict[int, Tensor] = field(default_factory=dict)
-    parameters: dict[str, Any] = field(default_factory=dict)
-    weighted_volume: Tensor | None = None
-    design: Tensor | None = None
-
-    @property
-    def steps(self) -> int:
-        return self.compliance.shape[0]
-
-    @property
-    def median_seconds_per_step(self) -> float:
-        return float(self.seconds_per_step.median())
-
-    def to_xarray(self):
-        """An ``xarray.Dataset`` with dimensions ``step``, ``cell`` and ``snapshot_step`` (needs xarray)."""
-        try:
-            import xarray as xr
-        except ImportError as error:  # pragma: no cover - depends on the environment
-            raise ImportError("TopologyResult.to_xarray needs xarray, which is not installed (pip install xarray)") from error
-        names = ["compliance", "volume", "seconds_per_step"] + (["weighted_volume"] if self.weighted_volume is not None else [])
-        data = {name: (("step",), getattr(self, name).cpu().numpy()) for name in names}
-        data["rho"] = (("cell",), self.rho.cpu().numpy())
-        if self.design is not None:
-            data["design"] = (("cell",), self.design.cpu().numpy())
-        coords = {}
-        if self.snapshots:
-            steps = sorted(self.snapshots)
-            data["rho_snapshot"] = (("snapshot_step", "cell"), torch.stack([self.snapshots[s] for s in steps]).cpu().numpy())
-            coords["snapshot_step"] = steps
-        attrs = {key: ("none" if value is None else value) for key, value in self.parameters.items()}
-        return xr.Dataset(data, coords=coords, attrs={"study": "thermal_topology", **attrs})
 
 
 def _snapshot_set(snapshot_steps: Any, steps: int) -> set[int]:
@@ -181,19 +132,15 @@ def thermal_topology(
             raise ValueError("filter_radius was given but filter is None; pass filter='density' or 'sensitivity'")
     checkpoint_every = check_checkpointing(checkpoint_every, checkpoint)
 
-    # everything mesh-only, built once
-    points = mesh.points.to(DTYPE)
-    centre = 0.5 * (points.min(dim=0).values + points.max(dim=0).values)
-    f = torch.exp(-((points - centre) ** 2).sum(dim=1) / (2 * sigma**2))
-    condenser = Condenser(mesh.boundary_mask)
-    stiffness = SIMPLaplace.from_mesh(mesh)
-    load = Source.from_mesh(mesh)(point_data={"f": f}).to(DTYPE)
+    design_problem = DensityDesign(thermal_plate(mesh, kmin, sigma), penal=p, backend="auto")
     measures = mesh.cell_measures().to(DTYPE)
     radius = None
     helmholtz = None
     if filter is not None:
         radius = default_filter_radius(mesh) if filter_radius is None else filter_radius
         helmholtz = HelmholtzFilter(mesh, radius)
+    if filter == "density":
+        design_problem.density_filter = helmholtz
 
     keyed = {
         "vf": vf, "p": p, "kmin": kmin, "sigma": sigma, "move_limit": move_limit, "filter": filter,
@@ -202,7 +149,10 @@ def thermal_topology(
     if resume_from is not None:
         check_resume(resume_from, STUDY, keyed, steps, "design", mesh.n_cells, HISTORY)
     design = torch.full((mesh.n_cells,), vf, dtype=DTYPE, device=mesh.device, requires_grad=True)
-    optimizer = OCOptimizer(design, vf=vf, move_limit=move_limit, volume_weights=measures if volume_weighting == "measure" else None)
+    if filter == "sensitivity":
+        design.register_hook(lambda grad: sensitivity_filter(helmholtz, design.detach(), grad))
+    weights = measures if volume_weighting == "measure" else None
+    optimizer = OCOptimizer(design, vf=vf, move_limit=move_limit, volume_weights=weights)
     history = history_lists(resume_from, HISTORY)
     first, snapshots = restore(resume_from, "design", design, optimizer)
     if resume_from is not None:
@@ -212,43 +162,26 @@ def thermal_topology(
         mesh.n_cells, steps, vf, p, kmin, filter, "-" if radius is None else f"{radius:.4g}", volume_weighting,
     )
 
-    def physical(x: Tensor) -> Tensor:
-        return helmholtz(x) if filter == "density" else x
-
     compliances, volumes, weighted, seconds = (history[name] for name in HISTORY)
-    for step in range(first, steps):
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        rho = physical(design)
-        if step in keep:
-            snapshots[step] = rho.detach().clone()
-        kappa = kmin + (1.0 - kmin) * rho**p
-        K = stiffness(element_data={"kappa": kappa}).double()
-        K_free, b_free = condenser(K, load)
-        u = condenser.recover(K_free.solve(b_free))
-        compliance = (load * u).sum()
-        compliance.backward()
-        if filter == "sensitivity":
-            design.grad = sensitivity_filter(helmholtz, design.detach(), design.grad)
-        optimizer.step()
+    for record in optimise(design_problem, design, optimizer, steps, first_step=first):
+        if record.step in keep:
+            snapshots[record.step] = design_problem.last_physical
         with torch.no_grad():
-            after = physical(design)
+            after = design_problem.physical(design)
             volumes.append(float(after.mean()))
             weighted.append(float((measures * after).sum() / measures.sum()))
-        compliances.append(float(compliance.detach()))
-        seconds.append(time.perf_counter() - start)
-        if not math.isfinite(compliances[-1]):
-            raise FloatingPointError(f"the compliance became {compliances[-1]} at step {step}")
-        if due(step, steps, checkpoint_every):
+        compliances.append(record.objective)
+        seconds.append(record.seconds)
+        if due(record.step, steps, checkpoint_every):
             checkpoint(clone_state({
-                "format": FORMAT, "study": STUDY, "step": step + 1, "parameters": keyed, "design": design,
+                "format": FORMAT, "study": STUDY, "step": record.step + 1, "parameters": keyed, "design": design,
                 "optimizer": optimizer.state_dict(), "history": history_tensors(history), "snapshots": snapshots,
             }))
         if callback is not None:
-            callback(step, compliances[-1])
+            callback(record.step, record.objective)
 
     with torch.no_grad():
-        final = physical(design).detach().clone()
+        final = design_problem.physical(design).detach().clone()
     result = TopologyResult(
         compliance=torch.tensor(compliances, dtype=DTYPE),
         volume=torch.tensor(volumes, dtype=DTYPE),
@@ -261,9 +194,73 @@ def thermal_topology(
         },
         weighted_volume=torch.tensor(weighted, dtype=DTYPE),
         design=design.detach().clone() if filter == "density" else None,
+        study=STUDY,
     )
     logger.info(
         "thermal topology done: compliance %.4e -> %.4e, volume %.12f (measure-weighted %.12f), median %.1f ms/step",
         compliances[0], compliances[-1], volumes[-1], weighted[-1], 1e3 * result.median_seconds_per_step,
     )
     return result
+
+
+def compliance_topology(
+    problem: ComplianceProblem,
+    vf: float = 0.5,
+    penal: float = 3.0,
+    radius: float = 1.5,
+    move: float = 0.2,
+    tol: float = 0.01,
+    max_iterations: int = 1000,
+    backend: str = "direct",
+    callback: Callable[[int, float, float], Any] | None = None,
+) -> TopologyResult:
+    """Minimise ``problem``'s compliance from the uniform x = vf (the 88-line code's algorithm).
+
+    Each iteration filters x (:class:`~tmcore.topology.filters.ConeFilter` of ``radius``),
+    evaluates the compliance with SIMP exponent ``penal``, back-propagates dc/dx (one adjoint
+    solve) and takes one OC step with move limit ``move`` (damping 1/2), holding the volume of
+    the filtered densities; it stops once the largest change of x is <= ``tol`` or after
+    ``max_iterations``. ``callback(iteration, compliance, change)`` runs after each step.
+    ``backend``: the linear solver, "direct" (CHOLMOD, else SuperLU) by default.
+    """
+    if not isinstance(problem, ComplianceProblem):
+        raise TypeError(f"problem must be a ComplianceProblem, got {type(problem).__name__}")
+    vf = check_real("vf", vf, 0.0, 1.0)
+    penal = check_real("penal", penal, 0.0)
+    move = check_real("move", move, 0.0, 1.0, high_open=False)
+    tol = check_real("tol", tol, 0.0)
+    check_count("max_iterations", max_iterations)
+    check_callback(callback)
+    mesh = problem.mesh
+    cone = ConeFilter(mesh, radius)
+    design_problem = DensityDesign(problem, penal=penal, density_filter=cone, backend=backend)
+    x = torch.full((mesh.n_cells,), vf, dtype=DTYPE, device=mesh.device, requires_grad=True)
+    optimizer = OCOptimizer([x], vf=vf, move_limit=move, damping=0.5, rho_min=0.0, rho_max=1.0, volume_weights=cone.volume_weights)
+    history: dict[str, list[float]] = {"compliance": [], "volume": [], "change": [], "seconds": []}
+    converged = False
+    for record in optimise(design_problem, x, optimizer, max_iterations, tol=tol):
+        history["compliance"].append(record.objective)
+        history["volume"].append(optimizer.state[x]["volume"])
+        history["change"].append(record.change)
+        history["seconds"].append(record.seconds)
+        converged = record.change <= tol
+        if callback is not None:
+            callback(record.step, record.objective, record.change)
+    if not converged:
+        logger.warning(
+            "compliance_topology: %s not converged after %d iterations (change %.3g > %g)",
+            problem.name, max_iterations, history["change"][-1], tol,
+        )
+    with torch.no_grad():
+        rho = cone(x.detach())
+    return TopologyResult(
+        compliance=torch.tensor(history["compliance"], dtype=DTYPE),
+        volume=torch.tensor(history["volume"], dtype=DTYPE),
+        seconds_per_step=torch.tensor(history["seconds"], dtype=DTYPE),
+        rho=rho,
+        change=torch.tensor(history["change"], dtype=DTYPE),
+        design=x.detach().clone(),
+        converged=converged,
+        parameters=dict(problem=problem.name, vf=vf, penal=penal, radius=float(radius), move=move, tol=tol, n_cells=mesh.n_cells),
+        study="compliance_topology",
+    )

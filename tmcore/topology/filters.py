@@ -1,4 +1,4 @@
-"""Filters for density-based topology optimisation, and a checkerboard diagnostic.
+"""Density filters for topology optimisation (cone and Helmholtz), and a checkerboard diagnostic.
 
 Unfiltered density methods on low-order elements let material connect through single
 nodes: on a quad grid the optimiser then builds checkerboards (cells alternating solid
@@ -23,6 +23,9 @@ The matrix depends on the mesh and r only, so it is factorised once (lazily, per
 device) and every call costs one forward and, under autograd, one transposed solve
 with that factor (:class:`PrefactoredSolve`).
 
+:class:`ConeFilter` is the 88-line code's density filter, a linear cone-weighted average of
+the cells within a radius, applied as a sparse matrix.
+
 :func:`sensitivity_filter` is the sensitivity variant (the classical heuristic of
 filtering rho * dJ/drho and dividing by rho), with the same Helmholtz operator as its
 smoothing kernel. :func:`checkerboard_indicator` measures what both are meant to remove.
@@ -34,14 +37,18 @@ import math
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torch import Tensor, nn
 
 from tmcore.core.assembly import ElementAssembler
+from tmcore.core.checks import check_mesh, check_real
+from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
 from tmcore.core.elements import get_element, quadrature
 from tmcore.core.mesh import Mesh
 from tmcore.core.linalg.solvers import Factorization, factorize
 
 __all__ = [
+    "ConeFilter",
     "HelmholtzFilter",
     "PrefactoredSolve",
     "cell_neighbours",
@@ -91,12 +98,6 @@ class PrefactoredSolve(torch.autograd.Function):
         return PrefactoredSolve.apply(grad_u, ctx.factor, not ctx.transpose), None, None
 
 
-def _check_radius(radius) -> float:
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
-        raise ValueError(f"radius must be a positive finite length (in the mesh's units), got {radius!r}")
-    return float(radius)
-
-
 def default_filter_radius(mesh: Mesh) -> float:
     """A Helmholtz radius of one typical cell size, h = (mean cell measure)^(1/dim).
 
@@ -124,9 +125,8 @@ class HelmholtzFilter(nn.Module):
 
     def __init__(self, mesh: Mesh, radius: float, backend: str = "auto"):
         super().__init__()
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
-        self.radius = _check_radius(radius)
+        check_mesh(mesh)
+        self.radius = check_real("radius", radius, 0.0, what="a positive finite length (in the mesh's units)")
         self.backend = backend
         self.n_cells, self.n_points = mesh.n_cells, mesh.n_points
         matrix = _HelmholtzForm.from_mesh(mesh)(scalar_data={"r2": self.radius**2})
@@ -191,6 +191,55 @@ class HelmholtzFilter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"radius={self.radius:g}, cells={self.n_cells}, nodes={self.n_points}"
+
+
+class ConeFilter(nn.Module):
+    """The density filter of the 88-line code: x~ = H x / H 1 with H_ij = max(0, r - |c_i - c_j|).
+
+    c_i are the cell centroids and r the radius in the mesh's length units (1.5 on a grid
+    of unit cells is "1.5 elements"). The map is linear, keeps constants and is applied
+    as a sparse matrix, so gradients pass through it by autograd (its transpose).
+    ``volume_weights`` (m,) = H^T (1 / H 1) are the weights w with sum(x~) = w . x: give
+    them to :class:`~tmcore.topology.optimizers.OCOptimizer` to hold the volume of x~.
+    """
+
+    def __init__(self, mesh: Mesh, radius: float):
+        super().__init__()
+        check_mesh(mesh)
+        self.radius = check_real("radius", radius, 0.0)
+        centroids = mesh.points.detach()[mesh.elements].mean(dim=1).cpu().numpy()
+        pairs = cKDTree(centroids).query_pairs(self.radius, output_type="ndarray")  # i < j within r
+        m = centroids.shape[0]
+        diagonal = np.arange(m)
+        rows = np.concatenate([diagonal, pairs[:, 0], pairs[:, 1]])
+        cols = np.concatenate([diagonal, pairs[:, 1], pairs[:, 0]])
+        distance = np.linalg.norm(centroids[rows] - centroids[cols], axis=1)
+        weights = np.maximum(0.0, self.radius - distance)
+        rows_t = torch.from_numpy(rows).to(mesh.device)
+        cols_t = torch.from_numpy(cols).to(mesh.device)
+        weights_t = torch.from_numpy(weights).to(device=mesh.device, dtype=torch.float64)
+        pattern, slots = SparsityPattern.from_coo(rows_t, cols_t, (m, m))
+        values = weights_t.new_zeros(pattern.nnz).index_add(0, slots, weights_t)
+        row_sums = values.new_zeros(m).index_add(0, pattern.rows, values)
+        self.pattern = pattern
+        self.n_cells = m
+        self.register_buffer("values", values / row_sums[pattern.rows])  # rows of H / H 1
+        self.register_buffer("volume_weights", self.values.new_zeros(m).index_add(0, pattern.cols, self.values))
+
+    @property
+    def matrix(self) -> SparseMatrix:
+        """The filter as an (m, m) sparse matrix, rows summing to one."""
+        return SparseMatrix.from_pattern(self.pattern.to(self.values.device), self.values)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Filtered densities (m,) of x (m,)."""
+        if not isinstance(x, Tensor) or x.shape != (self.n_cells,):
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"x must have one value per cell ({self.n_cells},), got {got}")
+        return self.matrix @ x.to(self.values.dtype)
+
+    def extra_repr(self) -> str:
+        return f"radius={self.radius:g}, cells={self.n_cells}, nnz={self.pattern.nnz}"
 
 
 def sensitivity_filter(filt: HelmholtzFilter, rho: Tensor, grad: Tensor, rho_floor: float = 1e-3) -> Tensor:

@@ -133,11 +133,19 @@ class OCOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """One OC update of every density tensor; returns the closure's loss if one is given."""
+        """One OC update of every density tensor; returns the closure's result if one is given.
+
+        ``closure`` is either torch's (zero the gradients, evaluate, call backward, return the
+        loss) or the driver's ``evaluate`` (zero the gradients, return ``(objective,
+        constraints)``; :mod:`tmcore.topology.driver`): then this step back-propagates the
+        objective itself. OC holds its own volume constraint, so the constraints are not used.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+                if isinstance(loss, tuple):
+                    loss[0].backward()
         for group in self.param_groups:
             for rho in group["params"]:
                 if rho.grad is None:
