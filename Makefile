@@ -8,10 +8,10 @@ QUICK  ?=
 # Prefect for `make figures` / `make serve`: a project-local home (git-ignored), no telemetry,
 # and time for the temporary (ephemeral) API server to start on a cold home. prefect.toml
 # holds the same settings for commands run by hand from the repository root.
-PREFECT_ENV := PREFECT_HOME=$(CURDIR)/.prefect DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
+PREFECT_ENV := PREFECT_HOME="$(CURDIR)/.prefect" DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180
 
-.PHONY: setup test test-all figures bench serve gpu-check clean
+.PHONY: setup test lint test-all figures bench serve gpu-check clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# ruff (lint, format) and the layer contracts of docs/architecture.md (import-linter)
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 # every test, the slow studies included
 test-all: setup

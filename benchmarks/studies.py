@@ -146,7 +146,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--topo-steps", type=int, default=None, help="OC steps (default 60)")
     parser.add_argument("--smoothness", type=float, default=SMOOTHNESS, help=f"penalty weight of the second identification run (default {SMOOTHNESS:g}; 0 skips it)")
     parser.add_argument("--no-filters", action="store_true", help="skip the filtered topology runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1, as in NOTES.md)")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1: small solves run fastest on one thread)")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     args.id_steps = args.id_steps or (300 if args.quick else 5000)

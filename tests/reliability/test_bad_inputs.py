@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tmcore import AssemblyError, Condenser, Mesh, MeshError, SingularMatrixError, SolverError
-from tmcore.topology.optimizers import OCOptimizer
 from tmcore.core.linalg.solvers import cholmod_available
-from tmcore.forms import Diffusion, Laplace, Source
+from tmcore.forms import Diffusion, Laplace
+from tmcore.topology.optimizers import OCOptimizer
 
 F64 = torch.float64
 

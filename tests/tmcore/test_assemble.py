@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tmcore import ElementAssembler, FacetAssembler, Functional, Mesh, NodeAssembler
+from tmcore import ElementAssembler, FacetAssembler, Functional, Mesh
 from tmcore.core.assembly import default_quadrature_degree
-
 from tmcore.forms import Diffusion, Source
 
 skfem = pytest.importorskip("skfem")
@@ -196,7 +195,9 @@ def test_functional_integrates_over_the_domain():
 
 
 def test_library_forms_match_hand_written_integrands():
-    from tmcore.forms import Diffusion, Mass as LibraryMass, Source as LibrarySource
+    from tmcore.forms import Diffusion
+    from tmcore.forms import Mass as LibraryMass
+    from tmcore.forms import Source as LibrarySource
 
     mesh = Mesh.gen_grid((3, 3))
     kappa = 1.0 + mesh.points[:, 0]

@@ -136,7 +136,7 @@ def test_identification_kappa_error_report(identification, id_mesh):
 
 @pytest.fixture
 def one_thread():
-    """Small solves run fastest on one thread (NOTES.md); under load on the shared 2-core machine two were far slower."""
+    """Small solves run fastest on one thread; under load on the shared 2-core machine two were far slower."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from tmcore.core.checks import DTYPE, check_callback, check_choice, check_count, check_mesh, check_real
+from tmcore.core.mesh import Mesh
 from tmcore.studies.checkpoint import (
     FORMAT,
     check_checkpointing,

@@ -21,7 +21,7 @@ of radius R in the sense of equal second moments of the two kernels in 1-D.
 
 The matrix depends on the mesh and r only, so it is factorised once (lazily, per
 device) and every call costs one forward and, under autograd, one transposed solve
-with that factor (:class:`PrefactoredSolve`).
+with that factor (:func:`~tmcore.core.linalg.factored.factored_solve`).
 
 :class:`ConeFilter` is the 88-line code's density filter, a linear cone-weighted average of
 the cells within a radius, applied as a sparse matrix.
@@ -33,8 +33,6 @@ smoothing kernel. :func:`checkerboard_indicator` measures what both are meant to
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
@@ -42,15 +40,15 @@ from torch import Tensor, nn
 
 from tmcore.core.assembly import ElementAssembler
 from tmcore.core.checks import check_mesh, check_real
-from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
 from tmcore.core.elements import get_element, quadrature
-from tmcore.core.mesh import Mesh
+from tmcore.core.linalg.factored import factored_solve
 from tmcore.core.linalg.solvers import Factorization, factorize
+from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
+from tmcore.core.mesh import Mesh
 
 __all__ = [
     "ConeFilter",
     "HelmholtzFilter",
-    "PrefactoredSolve",
     "cell_neighbours",
     "checkerboard_indicator",
     "default_filter_radius",
@@ -63,39 +61,6 @@ class _HelmholtzForm(ElementAssembler):
 
     def forward(self, u, v, gradu, gradv, r2):
         return r2 * (gradu @ gradv) + u * v
-
-
-def _solve_with(factor: Factorization, rhs: Tensor, transpose: bool) -> Tensor:
-    """Apply a factorisation to rhs (n,) or (n, k); the result has rhs's dtype and device."""
-    columns = rhs.detach().to(torch.float64)
-    columns = columns if columns.ndim == 2 else columns.unsqueeze(-1)
-    out = factor.solve(columns, transpose)
-    if isinstance(out, np.ndarray):  # a backend that answers in numpy
-        out = torch.from_numpy(np.ascontiguousarray(out))
-    out = out.to(device=rhs.device, dtype=rhs.dtype)
-    return out if rhs.ndim == 2 else out.reshape(rhs.shape)
-
-
-class PrefactoredSolve(torch.autograd.Function):
-    """u = A^-1 b (or A^-T b) for a fixed matrix A given by its factorisation; differentiable in b.
-
-    ``PrefactoredSolve.apply(b, factor, transpose=False)`` with b of shape (n,) or (n, k)
-    and ``factor`` from :func:`tmcore.core.linalg.solvers.factorize`. The backward is the same
-    operation with the transpose flag flipped, dL/db = A^-T dL/du, on the same
-    factorisation (no new one); being itself a ``PrefactoredSolve``, it is
-    differentiable again, so higher derivatives through the map are exact. A's values get
-    no gradient: use :meth:`tmcore.core.linalg.sparse.SparseMatrix.solve` when the matrix itself
-    depends on parameters (it factorises on every call for that reason).
-    """
-
-    @staticmethod
-    def forward(ctx, b: Tensor, factor: Factorization, transpose: bool = False) -> Tensor:
-        ctx.factor, ctx.transpose = factor, transpose
-        return _solve_with(factor, b, transpose=transpose)
-
-    @staticmethod
-    def backward(ctx, grad_u: Tensor):
-        return PrefactoredSolve.apply(grad_u, ctx.factor, not ctx.transpose), None, None
 
 
 def default_filter_radius(mesh: Mesh) -> float:
@@ -150,7 +115,7 @@ class HelmholtzFilter(nn.Module):
     def factor(self) -> Factorization:
         """The factorisation of r^2 K + M, computed on first use and then reused."""
         if self._factor is None:
-            self._factor = factorize(self.pattern.to(self.values.device), self.values, self.backend)
+            self._factor = factorize(self.pattern.to(self.values.device), self.values.unsqueeze(0), self.backend)
         return self._factor
 
     def to_nodes(self, rho: Tensor) -> Tensor:
@@ -169,7 +134,7 @@ class HelmholtzFilter(nn.Module):
         rho = self._check(rho)
         load = self.to_nodes(rho.to(torch.float64))
         columns = load.T if load.ndim == 2 else load  # the factor solves (n,) or (n, B)
-        phi = PrefactoredSolve.apply(columns, self.factor)
+        phi = factored_solve(self.factor, columns)
         return phi.T if load.ndim == 2 else phi
 
     def forward(self, rho: Tensor) -> Tensor:
