@@ -39,8 +39,9 @@ import numpy as np
 import xarray as xr
 from prefect import flow, unmapped
 
-from tmcore.methods.batch import diffusion_samples
+from tmcore.core.checks import is_int, is_number
 from tmcore.core.mesh.io import mesh_from_xarray
+from tmcore.methods.batch import diffusion_samples
 
 from . import tasks
 from .artifacts import Store, provenance
@@ -51,13 +52,13 @@ DATA_VARS = ("kappa", "u")
 
 
 def _count(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+    if not is_int(value) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     return int(value)
 
 
 def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 if allow_zero else value > 0):
+    if not is_number(value) or not (value >= 0 if allow_zero else value > 0):
         raise ValueError(f"{name} must be a number {'>=' if allow_zero else '>'} 0, got {value!r}")
     return float(value)
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from tmcore import Condenser, FacetAssembler, Mesh
-
 from tmcore.forms import Diffusion
 from tmcore.methods import manufactured
 

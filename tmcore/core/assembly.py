@@ -51,11 +51,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tmcore.core.checks import is_int, is_number
 from tmcore.core.elements import Element, get_element, quadrature
 from tmcore.core.errors import AssemblyError
+from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
 from tmcore.core.mesh import Mesh
 from tmcore.core.mesh import geometry as geo
-from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
 
 __all__ = [
     "ElementAssembler",
@@ -188,10 +189,10 @@ class _Assembler(nn.Module):
         """
         if not isinstance(mesh, Mesh):
             raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
-        if quadrature_order is not None and (isinstance(quadrature_order, bool) or not isinstance(quadrature_order, int) or quadrature_order < 0):
+        if quadrature_order is not None and (not is_int(quadrature_order) or quadrature_order < 0):
             raise ValueError(f"quadrature_order must be a non-negative int or None, got {quadrature_order!r}")
         components = cls.components
-        if components is not None and components != "dim" and (isinstance(components, bool) or not isinstance(components, int) or components < 1):
+        if components is not None and components != "dim" and (not is_int(components) or components < 1):
             raise AssemblyError(f"{cls.__name__}.components must be None, 'dim' or a positive int, got {components!r}")
         assembler = cls(**kwargs)
         object.__setattr__(assembler, "_mesh", mesh)
@@ -391,7 +392,7 @@ def _integrate(values: Tensor, weights: Tensor, n_basis_axes: int) -> Tensor:
 
 
 def _check_tensor(label: str, value: Any, device: torch.device) -> Tensor:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         value = torch.tensor(float(value), dtype=torch.float64, device=device)
     if not isinstance(value, Tensor):
         raise TypeError(f"{label} must be a torch.Tensor or a float, got {type(value).__name__}")
@@ -537,7 +538,7 @@ def _slices_of(index: Tensor, per_cell: int) -> Callable[[slice], Tensor]:
 
 def dof_connectivity(conn: Tensor, components: int) -> Tensor:
     """Dofs (m, k * c) of cells (m, k) for c components per node, node-major: entry a * c + i is dof conn[:, a] * c + i."""
-    if isinstance(components, bool) or not isinstance(components, int) or components < 1:
+    if not is_int(components) or components < 1:
         raise ValueError(f"components must be a positive int, got {components!r}")
     offsets = torch.arange(components, dtype=conn.dtype, device=conn.device)
     return (conn[..., None] * components + offsets).reshape(*conn.shape[:-1], conn.shape[-1] * components)
@@ -553,10 +554,10 @@ def dof_mask(node_mask: Tensor, components: int, which: int | Sequence[int] | No
     if not isinstance(node_mask, Tensor) or node_mask.dtype != torch.bool or node_mask.ndim != 1:
         got = f"dtype {node_mask.dtype} and shape {tuple(node_mask.shape)}" if isinstance(node_mask, Tensor) else type(node_mask).__name__
         raise ValueError(f"node_mask must be an (n,) bool tensor, got {got}")
-    if isinstance(components, bool) or not isinstance(components, int) or components < 1:
+    if not is_int(components) or components < 1:
         raise ValueError(f"components must be a positive int, got {components!r}")
     chosen = list(range(components)) if which is None else ([which] if isinstance(which, int) else list(which))
-    if not chosen or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < components for i in chosen):
+    if not chosen or any(not is_int(i) or not 0 <= i < components for i in chosen):
         raise ValueError(f"which must name components in [0, {components}), got {which!r}")
     per_component = torch.zeros(components, dtype=torch.bool, device=node_mask.device)
     per_component[chosen] = True

@@ -8,6 +8,7 @@ wherever it comes from.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from tmcore.core.mesh import Mesh
 
 DTYPE = torch.float64
 
-__all__ = ["DTYPE", "check_callback", "check_choice", "check_count", "check_mesh", "check_real", "is_real"]
+__all__ = ["DTYPE", "check_callback", "check_choice", "check_count", "check_mesh", "check_real", "is_int", "is_number", "is_real"]
 
 
 def check_mesh(mesh: Any) -> Mesh:
@@ -29,16 +30,26 @@ def check_mesh(mesh: Any) -> Mesh:
 
 def check_count(name: str, value: Any, minimum: int = 1) -> int:
     """An int >= minimum (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
     return value
 
 
+def is_int(value: Any) -> bool:
+    """True for an int or a NumPy integer (bools are not counts here)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """True for an int or float, finite or not (bools are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def is_real(value: Any) -> bool:
     """True for a finite int or float (bools are not numbers here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)
 
 
 def check_real(name: str, value: Any, low: float | None = None, high: float | None = None,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from tmcore.core.checks import is_number
 from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
 
 __all__ = ["Condenser"]
@@ -75,7 +76,7 @@ class Condenser(nn.Module):
         """Dirichlet data as a full (n,) or (B, n) tensor (zeros off the mask), or None for zero."""
         if value is None:
             return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if is_number(value):
             value = torch.tensor(float(value), dtype=torch.float64, device=self.mask.device)
         if not isinstance(value, Tensor):
             raise TypeError(f"dirichlet_value must be None, a float or a tensor, got {type(value).__name__}")

@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tmcore.forms import Diffusion, Source
+from tmcore.core.checks import is_int, is_number
 from tmcore.core.condense import Condenser
-from tmcore.core.mesh import Mesh
 from tmcore.core.linalg.sparse import SparseMatrix
+from tmcore.core.mesh import Mesh
+from tmcore.forms import Diffusion, Source
 
 __all__ = ["DiffusionMap", "diffusion_samples", "in_batches", "random_fields", "solve_columns"]
 
@@ -92,7 +93,7 @@ class DiffusionMap(nn.Module):
             raise ValueError(f"where must be 'node' or 'cell', got {where!r}")
         self.mesh, self.where, self.solve_options = mesh, where, solve_options
         dtype = torch.float64
-        if isinstance(f, (int, float)) and not isinstance(f, bool):
+        if is_number(f):
             f = torch.full((mesh.n_points,), float(f), dtype=dtype, device=mesh.device)
         if not isinstance(f, Tensor) or f.shape != (mesh.n_points,):
             raise ValueError(f"f must be a float or one value per node ({mesh.n_points},), got {getattr(f, 'shape', type(f).__name__)}")
@@ -147,11 +148,11 @@ def random_fields(
     indices = range(samples) if isinstance(samples, int) else [int(i) for i in torch.as_tensor(samples).reshape(-1).tolist()]
     if any(i < 0 for i in indices):
         raise ValueError("sample indices must be >= 0")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if not (isinstance(length_scale, (int, float)) and length_scale > 0):
         raise ValueError(f"length_scale must be a positive number, got {length_scale!r}")
-    if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+    if not is_int(n_features) or n_features < 1:
         raise ValueError(f"n_features must be an int >= 1, got {n_features!r}")
     x = points.detach().to(device="cpu", dtype=torch.float64).numpy()
     dim = x.shape[1]
@@ -167,7 +168,7 @@ def random_fields(
 
 def in_batches(fn: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int) -> Tensor:
     """``fn`` applied to ``inputs`` (N, ...) ``batch_size`` rows at a time, results concatenated."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not isinstance(inputs, Tensor) or inputs.ndim < 1:
         raise ValueError(f"inputs must be a tensor with a leading sample dimension, got {getattr(inputs, 'shape', type(inputs).__name__)}")
@@ -190,7 +191,7 @@ def diffusion_samples(
     ``length_scale``); u solves -div(kappa grad u) = f with u = 0 on the boundary
     (:class:`DiffusionMap`), ``batch_size`` samples per batched solve. No gradients are kept.
     """
-    if not (isinstance(sigma, (int, float)) and not isinstance(sigma, bool) and sigma >= 0):
+    if not (is_number(sigma) and sigma >= 0):
         raise ValueError(f"sigma must be a number >= 0, got {sigma!r}")
     fields = random_fields(mesh.points, samples, seed=seed, length_scale=length_scale)
     kappa = torch.exp(sigma * fields)

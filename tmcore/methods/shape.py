@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from tmcore.core.assembly import share_patterns
+from tmcore.core.checks import is_int, is_real
 from tmcore.core.condense import Condenser
 from tmcore.core.mesh import Mesh
 from tmcore.forms import Laplace, Source
@@ -76,10 +77,10 @@ class Fin:
 
     def __init__(self, n_modes: int = 4, length: float = 2.0, h0: float = 0.5, shape: tuple[int, int] = (40, 10),
                  element_type: str = "quad"):
-        if isinstance(n_modes, bool) or not isinstance(n_modes, int) or n_modes < 1:
+        if not is_int(n_modes) or n_modes < 1:
             raise ValueError(f"n_modes must be an int >= 1, got {n_modes!r}")
         for name, value in (("length", length), ("h0", h0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            if not is_real(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         self.n_modes, self.length, self.h0 = n_modes, float(length), float(h0)
         self.reference = Mesh.gen_grid(tuple(shape), element_type=element_type)

@@ -12,7 +12,12 @@ Both return small dataclasses of tensors (histories per step, final fields); the
 through :mod:`logging` and never print or plot.
 """
 
-from tmcore.studies.identification import IdentificationProblem, IdentificationResult, KappaErrorReport, coefficient_identification
+from tmcore.studies.identification import (
+    IdentificationProblem,
+    IdentificationResult,
+    KappaErrorReport,
+    coefficient_identification,
+)
 from tmcore.studies.topology import TopologyResult, compliance_topology, thermal_topology
 
 __all__ = [

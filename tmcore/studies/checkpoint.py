@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tmcore.core.checks import check_count
+from tmcore.core.checks import check_count, is_int
 
 __all__ = ["FORMAT", "check_checkpointing", "clone_state", "check_resume"]
 
@@ -86,7 +86,7 @@ def check_resume(
         detail = ", ".join(f"{name}: checkpoint {old!r}, now {new!r}" for name, (old, new) in sorted(changed.items()))
         raise ValueError(f"resume_from was made with other parameters ({detail})")
     step = state["step"]
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= steps:
+    if not is_int(step) or not 0 <= step <= steps:
         raise ValueError(f"resume_from holds step {step!r}, outside 0..steps ({steps})")
     value = state[iterate]
     if not isinstance(value, Tensor) or not value.is_floating_point() or value.shape != (length,):

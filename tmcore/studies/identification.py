@@ -23,11 +23,20 @@ import torch
 from torch import Tensor
 
 from tmcore.core.assembly import Functional
-from tmcore.forms import Diffusion, Source
+from tmcore.core.checks import DTYPE, check_callback, check_count, check_mesh, check_real, is_number
 from tmcore.core.condense import Condenser
 from tmcore.core.mesh import Mesh
-from tmcore.core.checks import DTYPE, check_callback, check_count, check_mesh, check_real
-from tmcore.studies.checkpoint import FORMAT, check_checkpointing, check_resume, clone_state, due, history_lists, history_tensors, restore
+from tmcore.forms import Diffusion, Source
+from tmcore.studies.checkpoint import (
+    FORMAT,
+    check_checkpointing,
+    check_resume,
+    clone_state,
+    due,
+    history_lists,
+    history_tensors,
+    restore,
+)
 
 __all__ = ["IdentificationProblem", "IdentificationResult", "KappaErrorReport", "coefficient_identification"]
 
@@ -48,7 +57,7 @@ def nodal_field(name: str, value: Any, mesh: Mesh, default: Callable[[Tensor], T
         value = default(points)
     elif callable(value) and not isinstance(value, Tensor):
         value = value(points)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         value = torch.full((mesh.n_points,), float(value), dtype=DTYPE, device=mesh.device)
     if not isinstance(value, Tensor) or not value.is_floating_point():
         raise ValueError(f"{name} must be None, a float, a floating-point (n,) tensor or a callable of the points, got {type(value).__name__}")

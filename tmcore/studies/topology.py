@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tmcore.core.checks import DTYPE, check_callback, check_choice, check_count, check_mesh, check_real
+from tmcore.core.checks import DTYPE, check_callback, check_choice, check_count, check_mesh, check_real, is_int
 from tmcore.core.mesh import Mesh
 from tmcore.studies.checkpoint import (
     FORMAT,
@@ -43,13 +43,13 @@ def _snapshot_set(snapshot_steps: Any, steps: int) -> set[int]:
     """Steps to keep, negative ones counted from the end; those beyond the run are dropped."""
     if snapshot_steps is None:
         return set()
-    if isinstance(snapshot_steps, int) and not isinstance(snapshot_steps, bool):
+    if is_int(snapshot_steps):
         snapshot_steps = (snapshot_steps,)
     if not isinstance(snapshot_steps, Iterable):
         raise ValueError(f"snapshot_steps must be an iterable of ints, got {type(snapshot_steps).__name__}")
     keep = set()
     for s in snapshot_steps:
-        if isinstance(s, bool) or not isinstance(s, int):
+        if not is_int(s):
             raise ValueError(f"snapshot_steps must hold ints, got {s!r}")
         index = s + steps if s < 0 else s
         if 0 <= index < steps:

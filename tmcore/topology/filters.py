@@ -39,7 +39,7 @@ from scipy.spatial import cKDTree
 from torch import Tensor, nn
 
 from tmcore.core.assembly import ElementAssembler
-from tmcore.core.checks import check_mesh, check_real
+from tmcore.core.checks import check_mesh, check_real, is_number
 from tmcore.core.elements import get_element, quadrature
 from tmcore.core.linalg.factored import factored_solve
 from tmcore.core.linalg.solvers import Factorization, factorize
@@ -226,7 +226,7 @@ def sensitivity_filter(filt: HelmholtzFilter, rho: Tensor, grad: Tensor, rho_flo
     if not isinstance(rho, Tensor) or rho.shape != grad.shape:
         shape = tuple(rho.shape) if isinstance(rho, Tensor) else type(rho).__name__
         raise ValueError(f"rho must have the shape of grad {tuple(grad.shape)}, got {shape}")
-    if not isinstance(rho_floor, (int, float)) or isinstance(rho_floor, bool) or not 0 < rho_floor <= 1:
+    if not is_number(rho_floor) or not 0 < rho_floor <= 1:
         raise ValueError(f"rho_floor must lie in (0, 1], got {rho_floor!r}")
     with torch.no_grad():
         measures = filt.measures.to(grad)

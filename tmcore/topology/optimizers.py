@@ -32,13 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tmcore.core.checks import is_int, is_real
+
 __all__ = ["OCOptimizer"]
 
 logger = logging.getLogger(__name__)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class OCOptimizer(torch.optim.Optimizer):
@@ -100,18 +98,18 @@ class OCOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _check_group(group: dict[str, Any]) -> None:
         vf, rho_min, rho_max = group["vf"], group["rho_min"], group["rho_max"]
-        if not (_is_real(vf) and 0.0 < vf < 1.0):
+        if not (is_real(vf) and 0.0 < vf < 1.0):
             raise ValueError(f"vf must be a volume fraction in (0, 1), got {vf!r}")
-        if not (_is_real(group["move_limit"]) and 0.0 < group["move_limit"] <= 1.0):
+        if not (is_real(group["move_limit"]) and 0.0 < group["move_limit"] <= 1.0):
             raise ValueError(f"move_limit must lie in (0, 1], got {group['move_limit']!r}")
-        if not (_is_real(group["damping"]) and 0.0 < group["damping"] <= 1.0):
+        if not (is_real(group["damping"]) and 0.0 < group["damping"] <= 1.0):
             raise ValueError(f"damping must lie in (0, 1], got {group['damping']!r}")
-        if not (_is_real(rho_min) and _is_real(rho_max) and 0.0 <= rho_min < vf < rho_max):
+        if not (is_real(rho_min) and is_real(rho_max) and 0.0 <= rho_min < vf < rho_max):
             raise ValueError(f"need 0 <= rho_min < vf < rho_max, got rho_min={rho_min}, vf={vf}, rho_max={rho_max}")
-        if not (_is_real(group["volume_tol"]) and group["volume_tol"] > 0.0):
+        if not (is_real(group["volume_tol"]) and group["volume_tol"] > 0.0):
             raise ValueError(f"volume_tol must be a positive number, got {group['volume_tol']!r}")
         cap = group["max_iterations"]
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        if not is_int(cap) or cap < 1:
             raise ValueError(f"max_iterations must be an int >= 1, got {cap!r}")
         weights = group["volume_weights"]
         if weights is not None:
