@@ -5,13 +5,28 @@ API silently, single-threaded and with a fixed random seed, so the same call giv
 same mesh. ``grid`` builds structured triangle/quad/tetra/hexahedron meshes directly,
 and ``elevate_order`` turns P1 simplices into P2 by adding edge midpoints. Every
 generated mesh has float64 points, positively oriented cells and named facet sets.
+
+Before gmsh starts, each generator estimates the node count from the domain's area
+(volume), its boundary, ``chara_length``, ``order`` and ``refine`` (:func:`estimate_nodes`)
+and refuses, with a MeshError giving the estimate, the limit and how to raise it, above
+``max_nodes`` (default ``$TMCORE_MAX_MESH_NODES`` or :data:`MAX_NODES`). The recipes live
+in :mod:`tmcore.core.mesh.gmsh_worker`: small meshes run in this process; larger ones
+(estimated above :data:`SUBPROCESS_NODES`) in a child process, so Ctrl-C stops meshing at
+once and a crash or an out-of-memory kill of gmsh becomes a MeshError with its reason.
+gmsh failures in this process become MeshError too, never a bare ``Exception``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -20,36 +35,24 @@ import torch
 from torch import Tensor
 
 from tmcore.core.errors import MeshError
-from tmcore.core.mesh import topology
+from tmcore.core.mesh import gmsh_worker, topology
 from tmcore.core.mesh.mesh import Mesh
 
 _GMSH_LOCK = threading.Lock()
 
-# Options every gmsh generator sets (and restores if gmsh was already running):
-# quiet, deterministic, and gmsh's defaults for everything that shapes the mesh.
-_GMSH_OPTIONS = {
-    "General.Terminal": 0,
-    "General.Verbosity": 0,
-    "General.NumThreads": 1,
-    "Mesh.RandomSeed": 1,
-    "Mesh.Algorithm": 6,
-    "Mesh.Algorithm3D": 1,
-    "Mesh.MeshSizeMin": 0.0,
-    "Mesh.MeshSizeMax": 1e22,
-    "Mesh.MeshSizeFactor": 1.0,
-    "Mesh.MeshSizeFromPoints": 1,
-    "Mesh.MeshSizeFromCurvature": 0,
-    "Mesh.MeshSizeExtendFromBoundary": 1,
-    "Mesh.RecombineAll": 0,
-    "Mesh.RecombinationAlgorithm": 1,
-    "Mesh.ElementOrder": 1,
-}
-
-# gmsh element type numbers of the meshio cell types we read back.
-_GMSH_TYPE = {"line": 1, "triangle": 2, "quad": 3, "tetra": 4, "line3": 8, "triangle6": 9, "tetra10": 11}
-_N_NODES = {"line": 2, "triangle": 3, "quad": 4, "tetra": 4, "line3": 3, "triangle6": 6, "tetra10": 10}
-# gmsh node order -> meshio node order (identity where missing).
-_GMSH_TO_MESHIO = {"tetra10": [0, 1, 2, 3, 4, 5, 6, 7, 9, 8]}
+# Node-count estimates from the domain: nodes per unit area (volume) at edge length 1 and per
+# unit boundary length (area), fitted to gmsh's Frontal-Delaunay (2-D) and Delaunay (3-D)
+# meshes; P2 multiplies the count by about 4 (2-D) or 7 (3-D). Within a factor 1.5 from 10 to
+# 1e5 nodes (tests/tmcore/test_generate.py checks it).
+_DENSITY = {2: (1.2, 1.0), 3: (0.9, 0.5)}
+_P2_FACTOR = {2: 4.0, 3: 7.0}
+# The default limit on the estimated node count of a generated mesh; raise it per call with
+# max_nodes= or for a whole process with $TMCORE_MAX_MESH_NODES.
+MAX_NODES = 2_000_000
+ENV_MAX_NODES = "TMCORE_MAX_MESH_NODES"
+# Meshes estimated above this many gmsh nodes (about 0.5 s of meshing here) run in a child
+# process: Ctrl-C stops it at once and a gmsh crash or out-of-memory kill ends only the child.
+SUBPROCESS_NODES = 5_000
 
 # Node permutations that reverse a cell's orientation (swap vertices 1 and 2, and for
 # P2 the midside nodes that follow them).
@@ -117,6 +120,50 @@ def orient_cells(points: Tensor, cells: Tensor, cell_type: str) -> Tensor:
 # -- gmsh ------------------------------------------------------------------------------
 
 
+def estimate_nodes(dim: int, measure: float, boundary: float, h: float, order: int = 1, refine: int = 0) -> int:
+    """About how many nodes gmsh makes for a domain of area/volume ``measure`` and boundary
+    length/area ``boundary`` at edge length ``h`` (times 4**refine for uniform refinements)."""
+    interior, surface = _DENSITY[dim]
+    n = interior * measure / h**dim + surface * boundary / h ** (dim - 1) + 2**dim
+    if order == 2:
+        n *= _P2_FACTOR[dim]
+    return int(math.ceil(n * 4**refine))
+
+
+def node_limit(max_nodes: int | None) -> int:
+    """The node limit of a generator call: ``max_nodes``, else $TMCORE_MAX_MESH_NODES, else MAX_NODES."""
+    if max_nodes is None:
+        text = os.environ.get(ENV_MAX_NODES, "").strip()
+        if not text:
+            return MAX_NODES
+        try:
+            max_nodes = int(float(text))
+        except ValueError:
+            raise ValueError(f"${ENV_MAX_NODES} must be a positive number of nodes, got {text!r}") from None
+        source = f"${ENV_MAX_NODES}"
+    else:
+        source = "max_nodes"
+    if isinstance(max_nodes, bool) or not isinstance(max_nodes, (int, np.integer)) or max_nodes < 1:
+        raise ValueError(f"{source} must be a positive int, got {max_nodes!r}")
+    return int(max_nodes)
+
+
+def _check_size(call: str, estimate: int, max_nodes: int | None) -> None:
+    limit = node_limit(max_nodes)
+    if estimate > limit:
+        raise MeshError(
+            f"{call} would make about {estimate:.3g} nodes, above the limit of {limit:.3g} "
+            f"(gmsh meshes about 1e4 nodes per second on one core); use a larger chara_length, "
+            f"or raise the limit with max_nodes={_round_up(estimate)} (or ${ENV_MAX_NODES}={_round_up(estimate)})"
+        )
+
+
+def _round_up(n: int) -> int:
+    """n rounded up to two significant digits (a limit to suggest)."""
+    scale = 10 ** max(len(str(n)) - 2, 0)
+    return -(-n // scale) * scale
+
+
 @contextlib.contextmanager
 def _gmsh_model(**options):
     """A fresh, quiet gmsh model; initialises/finalises gmsh only if it was not running."""
@@ -129,7 +176,7 @@ def _gmsh_model(**options):
         previous = None if owner else gmsh.model.getCurrent()
         saved = {}
         try:
-            for key, value in {**_GMSH_OPTIONS, **options}.items():
+            for key, value in {**gmsh_worker.OPTIONS, **options}.items():
                 saved[key] = gmsh.option.getNumber(key)
                 gmsh.option.setNumber(key, value)
             gmsh.model.add("tmcore_generate")
@@ -147,57 +194,67 @@ def _gmsh_model(**options):
                     gmsh.option.setNumber(key, value)
 
 
-def _side_groups(gmsh, dim: int, lower, upper, names) -> None:
-    """Physical groups of the boundary entities (dimension dim - 1) on each side of a box.
+def _in_process(spec: dict) -> dict:
+    """Run a recipe in this process (small meshes: well under a second)."""
+    import gmsh
 
-    names: per axis, the (min side, max side) names, e.g. (("left", "right"), ...).
-    """
-    tol = 1e-5 * max(h - l for l, h in zip(lower, upper))  # OCC pads bounding boxes
-    groups: dict[str, list[int]] = {}
-    for _, tag in gmsh.model.getEntities(dim - 1):
-        box = gmsh.model.getBoundingBox(dim - 1, tag)
-        for axis, pair in enumerate(names):
-            if box[axis + 3] - box[axis] > tol:
-                continue
-            for value, name in zip((lower[axis], upper[axis]), pair):
-                if abs(box[axis] - value) <= tol:
-                    groups.setdefault(name, []).append(tag)
-    for name in itertools.chain(*names):
-        if name in groups:
-            gmsh.model.addPhysicalGroup(dim - 1, sorted(groups[name]), name=name)
+    with _gmsh_model(**spec.get("options", {})) as g:
+        logging_started = False
+        try:
+            g.logger.start()
+            logging_started = True
+            dim, cell_type = gmsh_worker.build(g, spec)
+            return gmsh_worker.mesh_arrays(g, dim, spec.get("order", 1), cell_type)
+        except gmsh_worker.GmshFailure as error:
+            raise MeshError(str(error)) from None
+        except Exception as error:  # gmsh raises bare Exception, sometimes with an empty message
+            raise MeshError(f"gmsh failed: {gmsh_worker.describe(error, gmsh.logger.get())}") from error
+        finally:
+            if logging_started:
+                with contextlib.suppress(Exception):
+                    gmsh.logger.stop()
 
 
-def _generate(gmsh, dim: int, order: int, cell_type: str, check: bool = True) -> Mesh:
-    """Mesh the current model and read it back as a Mesh with its physical facet groups."""
-    gmsh.model.mesh.generate(dim)
-    if order == 2:
-        gmsh.model.mesh.setOrder(2)
-        cell_type = {"triangle": "triangle6", "tetra": "tetra10"}[cell_type]
-    facet_type = {(2, 1): "line", (2, 2): "line3", (3, 1): "triangle", (3, 2): "triangle6"}[dim, order]
+def _in_child(spec: dict, estimate: int) -> dict:
+    """Run a recipe in a child process (``python gmsh_worker.py``); Ctrl-C kills it at once."""
+    with tempfile.TemporaryDirectory(prefix="tmcore-gmsh-") as folder:
+        spec_path, out_path = os.path.join(folder, "spec.json"), os.path.join(folder, "mesh.npz")
+        with open(spec_path, "w") as handle:
+            json.dump(spec, handle)
+        command = [sys.executable, "-I", gmsh_worker.__file__, spec_path, out_path]
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _, stderr = child.communicate()
+        except BaseException:  # KeyboardInterrupt, SystemExit: the child goes with us
+            child.kill()
+            child.wait()
+            raise
+        if child.returncode != 0:
+            raise MeshError(f"gmsh failed meshing a {spec['kind']} of about {estimate:.3g} nodes: {_child_reason(child.returncode, stderr)}")
+        with np.load(out_path) as data:
+            return {key: data[key] for key in data.files}
 
-    def elements(name: str, entity: int = -1) -> np.ndarray:
-        _, nodes = gmsh.model.mesh.getElementsByType(_GMSH_TYPE[name], entity)
-        conn = np.asarray(nodes, dtype=np.int64).reshape(-1, _N_NODES[name])
-        return conn[:, _GMSH_TO_MESHIO[name]] if name in _GMSH_TO_MESHIO else conn
 
-    types = sorted(gmsh.model.mesh.getElementTypes(dim))
-    if types != [_GMSH_TYPE[cell_type]]:
-        raise MeshError(f"gmsh produced {dim}-D element types {types}, expected only {cell_type!r} ({_GMSH_TYPE[cell_type]})")
-    cells = elements(cell_type)
-    facets = {}
-    for d, group in gmsh.model.getPhysicalGroups(dim - 1):
-        blocks = [elements(facet_type, e) for e in gmsh.model.getEntitiesForPhysicalGroup(d, group)]
-        facets[gmsh.model.getPhysicalName(d, group)] = np.concatenate(blocks)
-    tags, coords, _ = gmsh.model.mesh.getNodes()
-    tags = np.asarray(tags, dtype=np.int64)
-    # Keep only the nodes cells use (gmsh keeps geometry points), renumbered in tag order.
-    used = np.unique(cells)
-    lookup = np.full(tags.max() + 1, -1, dtype=np.int64)
-    lookup[tags] = np.arange(tags.size)
-    points = np.asarray(coords, dtype=np.float64).reshape(-1, 3)[lookup[used], :dim]
-    points = torch.from_numpy(np.ascontiguousarray(points))
-    conn = torch.from_numpy(np.searchsorted(used, cells))
-    facet_sets = {name: torch.from_numpy(np.searchsorted(used, f)) for name, f in facets.items()}
+def _child_reason(code: int, stderr: bytes) -> str:
+    text = stderr.decode("utf-8", "replace").strip()
+    for line in reversed(text.splitlines()):
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            return json.loads(line)["error"]
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        hint = " (killed: out of memory, or a memory limit)" if -code == signal.SIGKILL else ""
+        return f"the gmsh process ended by signal {name}{hint}"
+    return f"the gmsh process exited with status {code}" + (f": {text.splitlines()[-1][:300]}" if text else "")
+
+
+def _mesh(call: str, spec: dict, estimate: int, refine: int = 0, check: bool = True) -> Mesh:
+    """Mesh a recipe (in a child process when large) and build the Mesh."""
+    gmsh_nodes = estimate // 4**refine
+    arrays = _in_child(spec, gmsh_nodes) if gmsh_nodes > SUBPROCESS_NODES else _in_process(spec)
+    points = torch.from_numpy(np.ascontiguousarray(arrays["points"]))
+    cell_type = str(arrays["cell_type"])
+    conn = torch.from_numpy(np.ascontiguousarray(arrays["cells"]))
+    facet_sets = {key[len("facet:"):]: torch.from_numpy(np.ascontiguousarray(v)) for key, v in arrays.items() if key.startswith("facet:")}
     return Mesh(points, {cell_type: orient_cells(points, conn, cell_type)}, facet_sets, check=check)
 
 
@@ -210,6 +267,10 @@ def _surface_options(element_type: str, order: int) -> dict:
     return {"Mesh.RecombineAll": 1, "Mesh.RecombinationAlgorithm": 3} if element_type == "quad" else {}
 
 
+def _call(name: str, **args) -> str:
+    return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")"
+
+
 def rectangle(
     chara_length: float = 0.1,
     left: float = 0.0,
@@ -219,6 +280,7 @@ def rectangle(
     element_type: str = "triangle",
     order: int = 1,
     refine: int = 0,
+    max_nodes: int | None = None,
 ) -> Mesh:
     """Unstructured mesh of [left, right] x [bottom, top] with target edge length chara_length.
 
@@ -226,6 +288,8 @@ def rectangle(
     refine: uniform refinements of the gmsh mesh (P1 triangles only): each splits every
     triangle into four, so ``refine=2`` at ``chara_length=4h`` gives about the mesh of
     ``chara_length=h`` with the same quality, several times faster for millions of nodes.
+    max_nodes: refuse (MeshError, before gmsh starts) when the estimated node count exceeds
+    it; default ``$TMCORE_MAX_MESH_NODES`` or :data:`MAX_NODES` (2e6).
     Facet sets "left", "right", "bottom", "top".
     """
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
@@ -237,12 +301,13 @@ def rectangle(
     for low, high, names in ((left, right, "left/right"), (bottom, top, "bottom/top")):
         if not (math.isfinite(low) and math.isfinite(high) and high > low):
             raise ValueError(f"{names} must be finite with {names.split('/')[1]} > {names.split('/')[0]}, got {low}, {high}")
-    with _gmsh_model(**_surface_options(element_type, order)) as gmsh:
-        gmsh.model.occ.addRectangle(left, bottom, 0.0, right - left, top - bottom)
-        gmsh.model.occ.synchronize()
-        gmsh.model.mesh.setSize(gmsh.model.getEntities(0), h)
-        _side_groups(gmsh, 2, (left, bottom), (right, top), (("left", "right"), ("bottom", "top")))
-        mesh = _generate(gmsh, 2, order, "quad" if element_type == "quad" else "triangle", check=refine == 0)
+    options = _surface_options(element_type, order)
+    width, height = right - left, top - bottom
+    estimate = estimate_nodes(2, width * height, 2 * (width + height), h, order, refine)
+    _check_size(_call("rectangle", chara_length=chara_length, order=order, refine=refine), estimate, max_nodes)
+    spec = {"kind": "rectangle", "h": h, "left": left, "right": right, "bottom": bottom, "top": top,
+            "element_type": element_type, "order": order, "options": options}
+    mesh = _mesh("rectangle", spec, estimate, refine, check=refine == 0)
     for step in range(refine):
         mesh = refine_uniformly(mesh, check=step == refine - 1)
     return mesh
@@ -254,38 +319,35 @@ def circle(
     radius: float = 1.0,
     element_type: str = "triangle",
     order: int = 1,
+    max_nodes: int | None = None,
 ) -> Mesh:
     """Unstructured mesh of the disc |x - center| <= radius; facet set "boundary".
 
-    With order=2 the boundary midside nodes lie on the circle (curved edges).
+    With order=2 the boundary midside nodes lie on the circle (curved edges). max_nodes:
+    see :func:`rectangle`.
     """
     h = _check_length("chara_length", chara_length)
     r = _check_length("radius", radius)
     cx, cy = (float(c) for c in center)
     if not (math.isfinite(cx) and math.isfinite(cy)):
         raise ValueError(f"center must be two finite numbers, got {tuple(center)}")
-    with _gmsh_model(**_surface_options(element_type, order)) as gmsh:
-        gmsh.model.occ.addDisk(cx, cy, 0.0, r, r)
-        gmsh.model.occ.synchronize()
-        gmsh.model.mesh.setSize(gmsh.model.getEntities(0), h)
-        gmsh.model.addPhysicalGroup(1, [t for _, t in gmsh.model.getEntities(1)], name="boundary")
-        return _generate(gmsh, 2, order, "quad" if element_type == "quad" else "triangle")
+    options = _surface_options(element_type, order)
+    estimate = estimate_nodes(2, math.pi * r * r, 2 * math.pi * r, h, order)
+    _check_size(_call("circle", chara_length=chara_length, radius=radius, order=order), estimate, max_nodes)
+    spec = {"kind": "circle", "h": h, "center": [cx, cy], "radius": r, "element_type": element_type,
+            "order": order, "options": options}
+    return _mesh("circle", spec, estimate)
 
 
-def l_shape(chara_length: float = 0.1, element_type: str = "triangle", order: int = 1) -> Mesh:
+def l_shape(chara_length: float = 0.1, element_type: str = "triangle", order: int = 1, max_nodes: int | None = None) -> Mesh:
     """Unstructured mesh of the L-shaped domain [-1, 1]^2 minus (0, 1] x (0, 1] (area 3,
-    re-entrant corner at the origin); facet set "boundary"."""
+    re-entrant corner at the origin); facet set "boundary". max_nodes: see :func:`rectangle`."""
     h = _check_length("chara_length", chara_length)
-    corners = [(-1.0, -1.0), (1.0, -1.0), (1.0, 0.0), (0.0, 0.0), (0.0, 1.0), (-1.0, 1.0)]
-    with _gmsh_model(**_surface_options(element_type, order)) as gmsh:
-        occ = gmsh.model.occ
-        pts = [occ.addPoint(x, y, 0.0, h) for x, y in corners]
-        lines = [occ.addLine(a, b) for a, b in zip(pts, pts[1:] + pts[:1])]
-        occ.addPlaneSurface([occ.addCurveLoop(lines)])
-        occ.synchronize()
-        gmsh.model.mesh.setSize(gmsh.model.getEntities(0), h)
-        gmsh.model.addPhysicalGroup(1, lines, name="boundary")
-        return _generate(gmsh, 2, order, "quad" if element_type == "quad" else "triangle")
+    options = _surface_options(element_type, order)
+    estimate = estimate_nodes(2, 3.0, 8.0, h, order)
+    _check_size(_call("l_shape", chara_length=chara_length, order=order), estimate, max_nodes)
+    spec = {"kind": "l_shape", "h": h, "element_type": element_type, "order": order, "options": options}
+    return _mesh("l_shape", spec, estimate)
 
 
 def box(
@@ -293,20 +355,20 @@ def box(
     lower: Sequence[float] = (0.0, 0.0, 0.0),
     upper: Sequence[float] = (1.0, 1.0, 1.0),
     order: int = 1,
+    max_nodes: int | None = None,
 ) -> Mesh:
     """Unstructured tetrahedral mesh of the box [lower, upper] (order 1: tetra, 2: tetra10).
 
     Facet sets "left"/"right" (x min/max), "front"/"back" (y), "bottom"/"top" (z).
+    max_nodes: see :func:`rectangle`.
     """
     h = _check_length("chara_length", chara_length)
     lo, hi = _check_bounds(lower, upper, 3)
     _check_choice("order", order, (1, 2))
-    with _gmsh_model() as gmsh:
-        gmsh.model.occ.addBox(*lo, *(b - a for a, b in zip(lo, hi)))
-        gmsh.model.occ.synchronize()
-        gmsh.model.mesh.setSize(gmsh.model.getEntities(0), h)
-        _side_groups(gmsh, 3, lo, hi, (("left", "right"), ("front", "back"), ("bottom", "top")))
-        return _generate(gmsh, 3, order, "tetra")
+    a, b, c = (y - x for x, y in zip(lo, hi))
+    estimate = estimate_nodes(3, a * b * c, 2 * (a * b + b * c + c * a), h, order)
+    _check_size(_call("box", chara_length=chara_length, order=order), estimate, max_nodes)
+    return _mesh("box", {"kind": "box", "h": h, "lower": lo, "upper": hi, "order": order, "options": {}}, estimate)
 
 
 # -- structured grids ------------------------------------------------------------------

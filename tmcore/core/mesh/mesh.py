@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from tmcore.core.elements import Element, get_element
 from tmcore.core.errors import MeshError
 from tmcore.core.buffers import BufferDict
-from tmcore.core.mesh import geometry, topology
+from tmcore.core.mesh import geometry, topology, validate
 
 if TYPE_CHECKING:
     import meshio
@@ -87,6 +87,12 @@ def _check_connectivity(name: str, conn: Tensor, n_nodes_per_cell: int, n_points
     return conn
 
 
+def _check_lengths(kind: str, data: Mapping[str, Tensor], length: int) -> None:
+    for key, value in data.items():
+        if value.ndim == 0 or value.shape[0] != length:
+            raise MeshError(f"{kind}[{key!r}] must have leading length {length}, got shape {tuple(value.shape)}")
+
+
 class Mesh(nn.Module):
     """An unstructured mesh of one cell type.
 
@@ -97,8 +103,16 @@ class Mesh(nn.Module):
             whose type follows from k and dim.
         facet_sets: named sets of facets, name -> (nf, kf) node indices (e.g. "left").
         point_data / cell_data: extra per-node (n, ...) / per-cell (m, ...) fields.
-        check: validate the mesh (finite points, indices in range, no duplicate,
-            degenerate or inverted cells). Leave on unless the mesh is known good.
+        check: validate the mesh (:mod:`tmcore.core.mesh.validate`: no duplicate, degenerate,
+            inverted or overlapping cells, no unused or coincident nodes); finite points and
+            indices in range are always checked. Leave on unless the mesh is known good.
+        coincident: what to do with distinct nodes closer than ``rtol`` x the shortest edge:
+            "error" (default: MeshError naming the nodes), "merge" (each group becomes its
+            lowest-numbered node; facet sets and point data follow) or "allow" (keep them:
+            a deliberate crack, whose faces are then boundary facets).
+        unused: nodes no cell uses: "error" (default), "drop" (removed, the rest renumbered
+            in order) or "allow".
+        rtol: the coincidence tolerance relative to the shortest vertex edge (default 1e-6).
 
     ``points``, cells, facet sets and data are buffers: ``.to(device)``, ``.double()``
     and ``state_dict()`` carry them.
@@ -112,8 +126,14 @@ class Mesh(nn.Module):
         point_data: Mapping[str, Any] | None = None,
         cell_data: Mapping[str, Any] | None = None,
         check: bool = True,
+        coincident: str = "error",
+        unused: str = "error",
+        rtol: float = validate.RTOL,
     ):
         super().__init__()
+        validate.check_mode("coincident", coincident, validate.COINCIDENT_MODES)
+        validate.check_mode("unused", unused, validate.UNUSED_MODES)
+        rtol = validate.check_rtol(rtol)
         points = _as_points(points)
         cells = _as_cells(cells, points.shape[1])
         ((cell_type, conn),) = cells.items()
@@ -124,19 +144,28 @@ class Mesh(nn.Module):
                 "(mixed dimensions; drop the z column of planar meshes)"
             )
         conn = _check_connectivity(f"cells[{cell_type!r}]", conn, element.n_nodes, points.shape[0])
+        facets = {}
+        for name, f in (facet_sets or {}).items():
+            f = torch.as_tensor(f)
+            width = f.shape[1] if f.ndim == 2 else -1
+            facets[name] = _check_connectivity(f"facet_sets[{name!r}]", f, width, points.shape[0])
+        point_data = {k: torch.as_tensor(v) for k, v in (point_data or {}).items()}
+        cell_data = {k: torch.as_tensor(v) for k, v in (cell_data or {}).items()}
+        _check_lengths("point_data", point_data, points.shape[0])
+        _check_lengths("cell_data", cell_data, conn.shape[0])
+        if coincident == "merge":
+            points, conn, facets, point_data = validate.merge_coincident(points, conn, cell_type, facets, point_data, rtol)
+        if unused == "drop":
+            points, conn, facets, point_data = validate.drop_unused(points, conn, facets, point_data)
         self.register_buffer("points", points)
         self.cells = BufferDict({cell_type: conn})
-        self.facet_sets = BufferDict()
-        for name, facets in (facet_sets or {}).items():
-            facets = torch.as_tensor(facets)
-            width = facets.shape[1] if facets.ndim == 2 else -1
-            self.facet_sets[name] = _check_connectivity(f"facet_sets[{name!r}]", facets, width, points.shape[0])
-        self.point_data = BufferDict({k: torch.as_tensor(v) for k, v in (point_data or {}).items()})
-        self.cell_data = BufferDict({k: torch.as_tensor(v) for k, v in (cell_data or {}).items()})
-        self._check_data()
+        self.facet_sets = BufferDict(facets)
+        self.point_data = BufferDict(point_data)
+        self.cell_data = BufferDict(cell_data)
         self._topology_cache: dict[str, Any] = {}
         if check:
-            self.check()
+            self.check(coincident="allow" if coincident == "allow" else "error",
+                       unused="allow" if unused == "allow" else "error", rtol=rtol)
 
     # -- basic properties -------------------------------------------------------------
 
@@ -177,33 +206,15 @@ class Mesh(nn.Module):
 
     # -- checks ---------------------------------------------------------------------
 
-    def _check_data(self) -> None:
-        for kind, data, length in (("point_data", self.point_data, self.n_points), ("cell_data", self.cell_data, self.n_cells)):
-            for key, value in data.items():
-                if value.ndim == 0 or value.shape[0] != length:
-                    raise MeshError(f"{kind}[{key!r}] must have leading length {length}, got shape {tuple(value.shape)}")
-
-    def check(self) -> None:
-        """Raise ``MeshError`` on duplicate, degenerate or inverted cells."""
-        element = self.element
-        dup = topology.duplicate_cells(self.elements, element.n_vertices)
-        if dup.numel():
-            raise MeshError(f"{dup.numel()} duplicate cells (same vertices), e.g. cells {dup[:4].tolist()}")
-        with torch.no_grad():
-            det = self.jacobian_determinants(element.reference_nodes.to(self.points))
-            extent = (self.points.max(0).values - self.points.min(0).values).norm()
-        tol = 64 * torch.finfo(self.points.dtype).eps * float(extent) ** self.dim
-        degenerate = (det.abs() <= tol).any(dim=1)
-        if degenerate.any():
-            idx = torch.nonzero(degenerate).flatten()
-            raise MeshError(f"{idx.numel()} degenerate cells (zero measure), e.g. cells {idx[:4].tolist()}")
-        inverted = (det < 0).any(dim=1)
-        if inverted.any():
-            idx = torch.nonzero(inverted).flatten()
-            raise MeshError(
-                f"{idx.numel()} inverted cells (negative orientation or non-convex), e.g. cells {idx[:4].tolist()}; "
-                "Mesh.from_meshio(..., orient=True) reorders simplex nodes"
-            )
+    def check(self, coincident: str = "error", unused: str = "error", rtol: float = validate.RTOL) -> None:
+        """Raise ``MeshError`` on duplicate, degenerate, inverted or overlapping cells, unused
+        nodes (unless ``unused="allow"``) and coincident nodes (unless ``coincident="allow"``);
+        the message names the check and the first offending cells or nodes
+        (:mod:`tmcore.core.mesh.validate`)."""
+        validate.check_mode("coincident", coincident, ("error", "allow"))
+        validate.check_mode("unused", unused, ("error", "allow"))
+        validate.check_cells(self.points, self.elements, self.cell_type)
+        validate.check_nodes(self.points, self.elements, self.cell_type, coincident, unused, validate.check_rtol(rtol))
 
     # -- geometry ---------------------------------------------------------------------
 
