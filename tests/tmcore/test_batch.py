@@ -200,7 +200,7 @@ def test_input_errors_name_the_argument(mesh, kappa):
     with pytest.raises(ValueError, match="one matrix"):
         solve_columns(K_, b_.expand(2, -1))
     with pytest.raises(ValueError, match=r"values must have shape \(B,"):
-        solvers.factorize_batch(K_.pattern, K_.values[0])
+        solvers.factorize(K_.pattern, K_.values[0])
 
 
 # -- the parallel PARDISO path ---------------------------------------------------------------

@@ -36,6 +36,7 @@ from tmcore.core.assembly import ElementAssembler, NodeAssembler
 from tmcore.core.condense import Condenser
 from tmcore.core.errors import SolverError
 from tmcore.core.mesh import Mesh
+from tmcore.core.linalg.factored import factored_solve
 from tmcore.core.linalg.solvers import SolveOptions, factorize
 from tmcore.core.linalg.sparse import SparseMatrix
 
@@ -100,9 +101,9 @@ class _ImplicitSolve(torch.autograd.Function):
         # J(u*)^T lam = dL/du on the free nodes
         J = problem.tangent(u, c)
         J_free, _ = problem._split(J)
-        factor = factorize(J_free.pattern, J_free.values.detach(), SolveOptions(backend=problem.backend))
+        factor = factorize(J_free.pattern, J_free.values.detach().unsqueeze(0), SolveOptions(backend=problem.backend))
         problem.stats.adjoint_factorizations += 1
-        lam = factor.solve(grad_u[free].to(torch.float64).unsqueeze(-1), transpose=True).squeeze(-1).to(grad_u)
+        lam = factored_solve(factor, grad_u[free], transpose=True)
         problem.stats.adjoint_solves += 1
         # -lam^T dR_f/dtheta by one reverse pass through the residual
         with torch.enable_grad():
@@ -198,8 +199,8 @@ class NonlinearDiffusion(nn.Module):
                     f"(start {norm0:.3e}, rtol {self.rtol:g}); try a better u0, a smaller load or more iterations"
                 )
             J_free, _ = self._split(self.tangent(u, c))
-            factor = factorize(J_free.pattern, J_free.values, SolveOptions(backend=self.backend))
-            u[free] -= factor.solve(residual.unsqueeze(-1)).squeeze(-1)
+            factor = factorize(J_free.pattern, J_free.values.unsqueeze(0), SolveOptions(backend=self.backend))
+            u[free] -= factored_solve(factor, residual)
         self.stats.solves += 1
         self.stats.newton_iterations += iteration
         self.stats.last_iterations = iteration

@@ -37,7 +37,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from tmcore.core.condense import Condenser
-from tmcore.core.linalg.solvers import Factorization, SolveOptions, factorize
+from tmcore.core.linalg.factored import factored_solve
+from tmcore.core.linalg.solvers import SolveOptions, factorize
 from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
 
 __all__ = ["SCHEMES", "StepCounters", "TimeStepper", "Trajectory", "crank_nicolson", "implicit_euler", "integrate"]
@@ -47,7 +48,7 @@ SCHEMES = {"implicit-euler": 1.0, "crank-nicolson": 0.5}
 
 @dataclass
 class StepCounters:
-    """What a stepper has done: forward solves (recomputation included) and adjoint solves."""
+    """What a stepper has done: its one factorisation, forward solves (recomputation included) and adjoint solves."""
 
     factorizations: int = 0
     forward_solves: int = 0
@@ -69,29 +70,6 @@ class Trajectory:
     states: dict[int, Tensor] = field(default_factory=dict)
     objective: Tensor | None = None
     segments: int = 1
-
-
-class _StepSolve(torch.autograd.Function):
-    """x = A^{-1} r with A given by a factorisation; gradients to r and to A's values (on its pattern)."""
-
-    @staticmethod
-    def forward(ctx, values: Tensor, rhs: Tensor, factor: Factorization, pattern: SparsityPattern, counters: StepCounters):
-        counters.forward_solves += 1
-        x = factor.solve(rhs.detach().to(torch.float64).unsqueeze(-1)).squeeze(-1).to(rhs)
-        ctx.factor, ctx.pattern, ctx.counters = factor, pattern, counters
-        ctx.save_for_backward(x)
-        return x
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_x: Tensor):
-        (x,) = ctx.saved_tensors
-        ctx.counters.adjoint_solves += 1
-        lam = ctx.factor.solve(grad_x.to(torch.float64).unsqueeze(-1), transpose=True).squeeze(-1).to(grad_x)
-        grad_values = None
-        if ctx.needs_input_grad[0]:
-            grad_values = -(lam[ctx.pattern.rows] * x[ctx.pattern.cols])
-        return grad_values, lam, None, None, None
 
 
 class _MatVec(torch.autograd.Function):
@@ -138,7 +116,8 @@ class TimeStepper:
         mask: (n,) bool Dirichlet nodes, or None for none.
         dirichlet_value: u on the masked nodes, held at every step: None (zero), a float,
             (n_dirichlet,) or (n,) values, as for :class:`~tmcore.core.condense.Condenser`.
-        backend: factorisation backend (:func:`tmcore.core.linalg.solvers.factorize`).
+        backend: factorisation backend (:func:`tmcore.core.linalg.solvers.factorize`); the steps
+            solve through :func:`tmcore.core.linalg.factored.factored_solve` with that one factorisation.
 
     The step matrix is condensed and factorised in the constructor; ``run`` may then be
     called any number of times (other initial states, sources, objectives) without
@@ -170,7 +149,6 @@ class TimeStepper:
             raise ValueError(f"scheme must be one of {sorted(SCHEMES)} or a theta in (0, 1], got {scheme!r}")
         self.dt, self.theta, self.n = float(dt), theta, M.pattern.shape[0]
         self.pattern = M.pattern
-        self.counters = StepCounters()
         A = SparseMatrix.from_pattern(M.pattern, M.values + (theta * self.dt) * K.values)
         self.explicit_values = M.values - ((1.0 - theta) * self.dt) * K.values  # B = M - (1 - theta) dt K
         self.condenser = Condenser(mask, dirichlet_value) if mask is not None else None
@@ -182,8 +160,12 @@ class TimeStepper:
             self.free_index = None
         self.step_values, self.step_pattern = A_free.values, A_free.pattern
         self.minus_lift = minus_lift  # -A_fd g: the Dirichlet values moved to the right-hand side
-        self.factor = factorize(self.step_pattern, self.step_values.detach(), SolveOptions(backend=backend))
-        self.counters.factorizations += 1
+        self.factor = factorize(self.step_pattern, self.step_values.detach().unsqueeze(0), SolveOptions(backend=backend))
+
+    @property
+    def counters(self) -> StepCounters:
+        """The factorisation and the solves with it so far (the factorisation counts them)."""
+        return StepCounters(factorizations=1, forward_solves=self.factor.solves, adjoint_solves=self.factor.transposed_solves)
 
     @property
     def scheme(self) -> str:
@@ -197,12 +179,11 @@ class TimeStepper:
         if load is not None:
             rhs = rhs + load
         if self.condenser is None:
-            return _StepSolve.apply(self.step_values, rhs, self.factor, self.step_pattern, self.counters)
+            return factored_solve(self.factor, rhs, self.step_values)
         rhs_free = rhs[self.free_index]
         if self.minus_lift is not None and self.condenser.dirichlet_value is not None:
             rhs_free = rhs_free + self.minus_lift
-        u_free = _StepSolve.apply(self.step_values, rhs_free, self.factor, self.step_pattern, self.counters)
-        return self.condenser.recover(u_free)
+        return self.condenser.recover(factored_solve(self.factor, rhs_free, self.step_values))
 
     # -- a run ------------------------------------------------------------------------
 

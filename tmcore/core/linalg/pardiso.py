@@ -34,7 +34,7 @@ from functools import lru_cache
 import numpy as np
 
 from tmcore.core.errors import SingularMatrixError, SolverError
-from tmcore.core.linalg.sparse import SparsityPattern
+from tmcore.core.linalg.pattern import SparsityPattern
 
 __all__ = ["available", "BatchFactor", "threads"]
 
@@ -42,10 +42,17 @@ ENV_LIBRARY = "TMCORE_MKL_RT"
 ENV_THREADS = "TMCORE_SOLVER_THREADS"
 SPD = 2  # PARDISO's matrix type: real symmetric positive definite
 ERRORS = {
-    -1: "input inconsistent", -2: "not enough memory", -3: "reordering problem",
-    -4: "zero or negative pivot: the matrix is not positive definite", -5: "unclassified internal error",
-    -6: "reordering failed", -7: "diagonal matrix is singular", -8: "32-bit integer overflow",
-    -9: "not enough memory for out-of-core", -10: "error opening out-of-core files", -11: "read/write error",
+    -1: "input inconsistent",
+    -2: "not enough memory",
+    -3: "reordering problem",
+    -4: "zero or negative pivot: the matrix is not positive definite",
+    -5: "unclassified internal error",
+    -6: "reordering failed",
+    -7: "diagonal matrix is singular",
+    -8: "32-bit integer overflow",
+    -9: "not enough memory for out-of-core",
+    -10: "error opening out-of-core files",
+    -11: "read/write error",
 }
 
 
@@ -137,7 +144,9 @@ class _Handle:
         self._finalizer = weakref.finalize(self, _release, self.lib, self.pt, self.iparm, structure, capacity)
         self._finalizer.atexit = False
 
-    def _call(self, phase: int, slot: int, values: np.ndarray, rhs: np.ndarray | None = None, out: np.ndarray | None = None) -> None:
+    def _call(
+        self, phase: int, slot: int, values: np.ndarray, rhs: np.ndarray | None = None, out: np.ndarray | None = None
+    ) -> None:
         s = self.structure
         dummy = np.zeros(1)
         rhs = dummy if rhs is None else rhs
@@ -149,9 +158,21 @@ class _Handle:
         previous = self.lib.MKL_Set_Num_Threads_Local(1)
         try:
             self.lib.pardiso(
-                self.pt.ctypes.data, ctypes.byref(_int(self.capacity)), ctypes.byref(_int(slot + 1)), ctypes.byref(_int(SPD)),
-                ctypes.byref(_int(phase)), ctypes.byref(_int(s.n)), values.ctypes.data, s.ia.ctypes.data, s.ja.ctypes.data,
-                None, ctypes.byref(_int(nrhs)), self.iparm.ctypes.data, ctypes.byref(_int(0)), rhs.ctypes.data, out.ctypes.data,
+                self.pt.ctypes.data,
+                ctypes.byref(_int(self.capacity)),
+                ctypes.byref(_int(slot + 1)),
+                ctypes.byref(_int(SPD)),
+                ctypes.byref(_int(phase)),
+                ctypes.byref(_int(s.n)),
+                values.ctypes.data,
+                s.ia.ctypes.data,
+                s.ja.ctypes.data,
+                None,
+                ctypes.byref(_int(nrhs)),
+                self.iparm.ctypes.data,
+                ctypes.byref(_int(0)),
+                rhs.ctypes.data,
+                out.ctypes.data,
                 ctypes.byref(error),
             )
         finally:
@@ -186,9 +207,22 @@ def _release(lib, pt, iparm, structure, capacity) -> None:
     dummy = np.zeros(1)
     previous = lib.MKL_Set_Num_Threads_Local(1)
     lib.pardiso(
-        pt.ctypes.data, ctypes.byref(_int(capacity)), ctypes.byref(_int(1)), ctypes.byref(_int(SPD)), ctypes.byref(_int(-1)),
-        ctypes.byref(_int(structure.n)), dummy.ctypes.data, structure.ia.ctypes.data, structure.ja.ctypes.data, None,
-        ctypes.byref(_int(1)), iparm.ctypes.data, ctypes.byref(_int(0)), dummy.ctypes.data, dummy.ctypes.data, ctypes.byref(error),
+        pt.ctypes.data,
+        ctypes.byref(_int(capacity)),
+        ctypes.byref(_int(1)),
+        ctypes.byref(_int(SPD)),
+        ctypes.byref(_int(-1)),
+        ctypes.byref(_int(structure.n)),
+        dummy.ctypes.data,
+        structure.ia.ctypes.data,
+        structure.ja.ctypes.data,
+        None,
+        ctypes.byref(_int(1)),
+        iparm.ctypes.data,
+        ctypes.byref(_int(0)),
+        dummy.ctypes.data,
+        dummy.ctypes.data,
+        ctypes.byref(error),
     )
     lib.MKL_Set_Num_Threads_Local(previous)
 

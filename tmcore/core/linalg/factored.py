@@ -1,0 +1,89 @@
+"""The one factored-solve autograd primitive: x = A^-1 b or x = A^-T b with A given by a factorisation.
+
+Every differentiable linear solve in tmcore goes through :class:`FactoredSolve`:
+:func:`tmcore.core.linalg.solvers.solve` (``SparseMatrix.solve``), the time stepper's
+steps, the Helmholtz filter and the adjoint of Newton's method. The factorisation comes
+from :func:`tmcore.core.linalg.solvers.factorize` (any object with ``pattern`` and
+``solve(rhs, transpose)`` does); the primitive never factorises.
+
+For A x = b and a loss L(x), with lam the solution of the transposed system
+A^T lam = dL/dx (the same factorisation, transpose flag flipped):
+
+    dL/db = lam,        dL/dA_ij = -lam_i x_j      (on A's pattern only);
+
+for A^T x = b the roles swap: A lam = dL/dx and dL/dA_ij = -x_i lam_j. The backward is
+this primitive applied again with the flag flipped, so under ``create_graph=True`` it is
+recorded like any other operation and higher derivatives are exact, still without a new
+factorisation.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from tmcore.core.linalg.pattern import SparsityPattern
+
+__all__ = ["Factor", "FactoredSolve", "factored_solve"]
+
+
+class Factor(Protocol):
+    """What the primitive needs of a factorisation of B matrices (n, n) on one pattern."""
+
+    pattern: SparsityPattern
+    batch: int
+
+    def solve(self, rhs: Tensor, transpose: bool = False) -> Tensor:
+        """A_i^-1 rhs_i (A_i^-T rhs_i when ``transpose``) for rhs (B, n, k); detached, dtype of rhs."""
+        ...
+
+
+class FactoredSolve(torch.autograd.Function):
+    """x (B, n, k) = A^-1 b (A^-T b when ``transpose``) for b (B, n, k), A given by ``factor``.
+
+    ``FactoredSolve.apply(values, b, factor, transpose)``: values (B, nnz) are the
+    factorised matrices' values on ``factor.pattern`` (they carry the gradient to A; the
+    numbers used are the factor's), or None when A gets no gradient. A single matrix is a
+    batch of one. Gradients: to b by the transposed solve, to the values on the pattern.
+    """
+
+    @staticmethod
+    def forward(ctx, values: Tensor | None, b: Tensor, factor: Factor, transpose: bool) -> Tensor:
+        x = factor.solve(b, transpose)
+        # values are referenced, not saved: the backward needs them only as the graph input of the
+        # transposed solve (the numbers are the factor's), and the caller keeps them alive anyway (a
+        # time stepper shares one tensor between all its steps, which saving would count per step)
+        ctx.factor, ctx.transpose, ctx.values = factor, transpose, values
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_x: Tensor):
+        (x,) = ctx.saved_tensors
+        values = ctx.values
+        lam = FactoredSolve.apply(values, grad_x, ctx.factor, not ctx.transpose)
+        grad_values = None
+        if ctx.needs_input_grad[0]:
+            rows, cols = ctx.factor.pattern.rows, ctx.factor.pattern.cols
+            left, right = (x, lam) if ctx.transpose else (lam, x)
+            grad_values = -(left[:, rows, :] * right[:, cols, :]).sum(-1).to(values.dtype)
+        return grad_values, lam, None, None
+
+
+def factored_solve(factor: Factor, b: Tensor, values: Tensor | None = None, transpose: bool = False) -> Tensor:
+    """x = A^-1 b (A^-T b) for the one matrix of ``factor``: b (n,) or (n, k), x like b.
+
+    values (nnz,): A's values, when the gradient should reach them; None for a fixed A.
+    """
+    if factor.batch != 1:
+        raise ValueError(f"factored_solve takes the factorisation of one matrix, got a batch of {factor.batch}")
+    n = factor.pattern.shape[0]
+    if not isinstance(b, Tensor) or b.ndim not in (1, 2) or b.shape[0] != n:
+        got = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+        raise ValueError(f"b must have shape ({n},) or ({n}, k), got {got}")
+    if values is not None and values.shape != (factor.pattern.nnz,):
+        raise ValueError(f"values must have shape ({factor.pattern.nnz},), got {tuple(values.shape)}")
+    x = FactoredSolve.apply(None if values is None else values.unsqueeze(0), b.reshape(1, n, -1), factor, transpose)
+    return x.reshape(b.shape)
