@@ -131,12 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         seconds.append(time.perf_counter() - start)
     import tensormesh
 
-    json.dump({
-        "implementation": "TensorMesh 0.2.1", "problem": args.problem, "n_nodes": int(mesh.n_points),
-        "seconds": seconds, "values": [v if math.isfinite(v) else None for v in values], "first_values": first_values,
-        "versions": {"tensormesh": getattr(tensormesh, "__version__", "?"), "torch": torch.__version__},
-        "threads": torch.get_num_threads(),
-    }, sys.stdout)
+    json.dump(
+        {
+            "implementation": "TensorMesh 0.2.1",
+            "problem": args.problem,
+            "n_nodes": int(mesh.n_points),
+            "seconds": seconds,
+            "values": [v if math.isfinite(v) else None for v in values],
+            "first_values": first_values,
+            "versions": {"tensormesh": getattr(tensormesh, "__version__", "?"), "torch": torch.__version__},
+            "threads": torch.get_num_threads(),
+        },
+        sys.stdout,
+    )
     print()
     return 0
 

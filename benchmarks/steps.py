@@ -37,7 +37,6 @@ Writes ``<out>/<date>-steps.md`` (tables, method, load), ``<date>-steps.nc`` (th
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
@@ -143,7 +142,16 @@ def plan(workdir: Path, ladder: tuple[str, ...], chapter: bool = True) -> list[C
 
 
 def _worker_argv(implementation: str, case: Case, peers: Path | None, phases: bool = False) -> list[str]:
-    common = ["--problem", case.problem, "--mesh", str(case.mesh_path), "--steps", str(case.steps), "--warmup", str(case.warmup)]
+    common = [
+        "--problem",
+        case.problem,
+        "--mesh",
+        str(case.mesh_path),
+        "--steps",
+        str(case.steps),
+        "--warmup",
+        str(case.warmup),
+    ]
     if implementation == TENSORMESH:
         return [str(peers / "bin" / "python"), str(PEERS_SCRIPT), *common]
     worker = {OURS: "tmcore", SKFEM: "scikit-fem+scipy", OURS_ONE_CONDENSER: "tmcore"}[implementation]
@@ -178,9 +186,13 @@ def loadavg() -> str:
         return "unknown"
 
 
-def measure(cases: list[Case], implementations: list[str], rounds: int, peers: Path | None, loads: list[str]) -> list[Result]:
+def measure(
+    cases: list[Case], implementations: list[str], rounds: int, peers: Path | None, loads: list[str]
+) -> list[Result]:
     """Every (case, implementation) in fresh processes, round-robin over rounds, cases and a rotating order."""
-    results = {(case.key, impl): Result(case, impl) for case in cases for impl in implementations if _applies(impl, case)}
+    results = {
+        (case.key, impl): Result(case, impl) for case in cases for impl in implementations if _applies(impl, case)
+    }
     for r in range(rounds):
         loads.append(f"round {r + 1} start: {loadavg()}")
         for case in cases:
@@ -212,19 +224,23 @@ def measure_phases(cases: list[Case], rounds: int) -> dict[tuple[str, str], dict
     phases: dict[tuple[str, str], dict] = {}
     for r in range(rounds):
         for case in cases:
-            for impl in ((OURS, SKFEM) if r % 2 == 0 else (SKFEM, OURS)):
+            for impl in (OURS, SKFEM) if r % 2 == 0 else (SKFEM, OURS):
                 out = run_process(_worker_argv(impl, case, None, phases=True))
                 if "error" in out:
                     logger.warning("phases of %s on %s: %s", impl, case.key, out["error"])
                     continue
-                entry = phases.setdefault((case.key, impl), {"case": case, "seconds": [], "phases": {p: [] for p in PHASES}})
+                entry = phases.setdefault(
+                    (case.key, impl), {"case": case, "seconds": [], "phases": {p: [] for p in PHASES}}
+                )
                 entry["seconds"] += out["seconds"]
                 for phase in PHASES:
                     entry["phases"][phase] += out["phases"][phase]
     return phases
 
 
-def worker(implementation: str, problem: str, mesh_path: str, steps: int, warmup: int, one_condenser: bool, phases: bool) -> dict:
+def worker(
+    implementation: str, problem: str, mesh_path: str, steps: int, warmup: int, one_condenser: bool, phases: bool
+) -> dict:
     """One process's measurement (``--worker``): set up the step, warm up, time; a JSON-able dict."""
     import torch
 
@@ -236,8 +252,15 @@ def worker(implementation: str, problem: str, mesh_path: str, steps: int, warmup
     step = build_step(implementation, problem, mesh, lap=clock.lap if clock else None, **options)
     first_values = [step() for _ in range(warmup)]
     seconds, values = time_steps(step, steps, warmup=0, clock=clock)
-    out = {"implementation": implementation, "problem": problem, "n_nodes": mesh.n_nodes, "seconds": seconds,
-           "values": values, "first_values": first_values, "threads": torch.get_num_threads()}
+    out = {
+        "implementation": implementation,
+        "problem": problem,
+        "n_nodes": mesh.n_nodes,
+        "seconds": seconds,
+        "values": values,
+        "first_values": first_values,
+        "threads": torch.get_num_threads(),
+    }
     if clock is not None:
         out["phases"] = clock.seconds
     return out
@@ -252,17 +275,24 @@ def rows_of(results: list[Result]) -> list[dict]:
     rows = []
     for r in results:
         c = r.case
-        rows.append({
-            "problem": c.problem, "mesh": c.mesh_name, "implementation": r.implementation,
-            "n_nodes": c.n_nodes, "n_cells": c.n_cells, "n_unknowns": c.n_unknowns,
-            "median_ms": r.median_ms,
-            "round_min_ms": 1e3 * min(r.round_medians) if r.round_medians else float("nan"),
-            "round_max_ms": 1e3 * max(r.round_medians) if r.round_medians else float("nan"),
-            "steps_timed": len(r.seconds), "processes": len(r.round_medians),
-            "ratio_to_tmcore": r.median_ms / ours.get(c.key, float("nan")),
-            "first_value": r.first_values[0] if r.first_values else float("nan"),
-            "error": r.error,
-        })
+        rows.append(
+            {
+                "problem": c.problem,
+                "mesh": c.mesh_name,
+                "implementation": r.implementation,
+                "n_nodes": c.n_nodes,
+                "n_cells": c.n_cells,
+                "n_unknowns": c.n_unknowns,
+                "median_ms": r.median_ms,
+                "round_min_ms": 1e3 * min(r.round_medians) if r.round_medians else float("nan"),
+                "round_max_ms": 1e3 * max(r.round_medians) if r.round_medians else float("nan"),
+                "steps_timed": len(r.seconds),
+                "processes": len(r.round_medians),
+                "ratio_to_tmcore": r.median_ms / ours.get(c.key, float("nan")),
+                "first_value": r.first_values[0] if r.first_values else float("nan"),
+                "error": r.error,
+            }
+        )
     return rows
 
 
@@ -270,8 +300,13 @@ def phase_rows(phases: dict[tuple[str, str], dict]) -> list[dict]:
     rows = []
     for (key, impl), entry in phases.items():
         c = entry["case"]
-        row = {"problem": c.problem, "mesh": c.mesh_name, "implementation": impl, "n_unknowns": c.n_unknowns,
-               "step_median_ms": 1e3 * statistics.median(entry["seconds"])}
+        row = {
+            "problem": c.problem,
+            "mesh": c.mesh_name,
+            "implementation": impl,
+            "n_unknowns": c.n_unknowns,
+            "step_median_ms": 1e3 * statistics.median(entry["seconds"]),
+        }
         for phase in PHASES:
             row[phase] = 1e3 * statistics.median(entry["phases"][phase])
         row["sum_ms"] = sum(row[phase] for phase in PHASES)
@@ -283,8 +318,15 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "-" if not np.isfinite(x) else f"{x:.{digits}g}"
 
 
-def to_markdown(rows: list[dict], prows: list[dict], info: dict, loads: list[str], stem: str, implementations: list[str],
-                peers_note: str) -> str:
+def to_markdown(
+    rows: list[dict],
+    prows: list[dict],
+    info: dict,
+    loads: list[str],
+    stem: str,
+    implementations: list[str],
+    peers_note: str,
+) -> str:
     impls = [i for i in (OURS, TENSORMESH, SKFEM, OURS_ONE_CONDENSER) if i in implementations]
     by = {(r["problem"], r["mesh"], r["implementation"]): r for r in rows}
     cases = list(dict.fromkeys((r["problem"], r["mesh"]) for r in rows))
@@ -310,8 +352,11 @@ def to_markdown(rows: list[dict], prows: list[dict], info: dict, loads: list[str
         "",
         "## ms per step",
         "",
-        "| problem | mesh | nodes | unknowns | " + " | ".join(f"{i} ms (rounds)" for i in impls)
-        + " | " + " | ".join(f"{i} / tmcore" for i in impls if i != OURS) + " |",
+        "| problem | mesh | nodes | unknowns | "
+        + " | ".join(f"{i} ms (rounds)" for i in impls)
+        + " | "
+        + " | ".join(f"{i} / tmcore" for i in impls if i != OURS)
+        + " |",
         "|---|---|---:|---:|" + "---:|" * (2 * len(impls) - 1),
     ]
     for problem, mesh in cases:
@@ -331,32 +376,57 @@ def to_markdown(rows: list[dict], prows: list[dict], info: dict, loads: list[str
                 continue
             r = by.get((problem, mesh, impl))
             ratios.append("" if r is None or r["error"] else f"{r['ratio_to_tmcore']:.2f}")
-        lines.append(f"| {problem} | {mesh} | {first['n_nodes']} | {first['n_unknowns']} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    lines += ["", "First step's loss (identification) or compliance (topology), per implementation:", "",
-              "| problem | mesh | " + " | ".join(impls) + " |", "|---|---|" + "---:|" * len(impls)]
+        lines.append(
+            f"| {problem} | {mesh} | {first['n_nodes']} | {first['n_unknowns']} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(ratios)
+            + " |"
+        )
+    lines += [
+        "",
+        "First step's loss (identification) or compliance (topology), per implementation:",
+        "",
+        "| problem | mesh | " + " | ".join(impls) + " |",
+        "|---|---|" + "---:|" * len(impls),
+    ]
     for problem, mesh in cases:
         values = [by.get((problem, mesh, i)) for i in impls]
-        lines.append(f"| {problem} | {mesh} | " + " | ".join("" if v is None else f"{v['first_value']:.10e}" for v in values) + " |")
+        lines.append(
+            f"| {problem} | {mesh} | "
+            + " | ".join("" if v is None else f"{v['first_value']:.10e}" for v in values)
+            + " |"
+        )
     if prows:
         lines += [
-            "", "## Where a step goes (ms, medians of instrumented runs)", "",
-            f"![phases]({stem}-phases.png)", "",
+            "",
+            "## Where a step goes (ms, medians of instrumented runs)",
+            "",
+            f"![phases]({stem}-phases.png)",
+            "",
             "Each phase's median over the timed steps; *sum*: the phases' medians added up; *step*: the "
             "instrumented step's median (the `lap` calls cost well under a microsecond each). tmcore: *assemble K* "
             "is `K = assembler(...)` (for topology with the assembler built in `fem_solve`), *condense* `cond(K, b)` "
             "(topology: a fresh Condenser), *factor+solve* `cond.recover(K_.solve(b_))`, *backward* the loss and "
             "`loss.backward()` (adjoint solve, condensation and assembly backward), *optimiser* `zero_grad` + "
             "`step`, *rest* the parameter transform and `.item()`. scikit-fem + SciPy: the same statements by hand "
-            "(*backward*: the adjoint solve with the same `splu` factor and the sensitivity assembly).", "",
+            "(*backward*: the adjoint solve with the same `splu` factor and the sensitivity assembly).",
+            "",
             "| problem | mesh | implementation | " + " | ".join(PHASES) + " | sum | step |",
             "|---|---|---|" + "---:|" * (len(PHASES) + 2),
         ]
         for p in prows:
-            lines.append(f"| {p['problem']} | {p['mesh']} | {p['implementation']} | "
-                         + " | ".join(f"{p[phase]:.3f}" for phase in PHASES) + f" | {p['sum_ms']:.3f} | {p['step_median_ms']:.3f} |")
+            lines.append(
+                f"| {p['problem']} | {p['mesh']} | {p['implementation']} | "
+                + " | ".join(f"{p[phase]:.3f}" for phase in PHASES)
+                + f" | {p['sum_ms']:.3f} | {p['step_median_ms']:.3f} |"
+            )
     lines += ["", "## Load average (1, 5, 15 min) on this shared machine", ""] + [f"- {line}" for line in loads]
-    lines += ["", "Rerun on a quiet machine: `make bench-peers` (creates `.venv-peers`, then this benchmark), or "
-              "`python -m benchmarks.steps [--quick] [--rounds N]`."]
+    lines += [
+        "",
+        "Rerun on a quiet machine: `make bench-peers` (creates `.venv-peers`, then this benchmark), or "
+        "`python -m benchmarks.steps [--quick] [--rounds N]`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -379,16 +449,29 @@ def steps_png(rows: list[dict]) -> bytes:
             if ladder:
                 x = [r["n_unknowns"] for r in ladder]
                 y = [r["median_ms"] for r in ladder]
-                err = [[r["median_ms"] - r["round_min_ms"] for r in ladder], [r["round_max_ms"] - r["median_ms"] for r in ladder]]
+                err = [
+                    [r["median_ms"] - r["round_min_ms"] for r in ladder],
+                    [r["round_max_ms"] - r["median_ms"] for r in ladder],
+                ]
                 ax.errorbar(x, y, yerr=err, color=colour, marker="o", ms=4, capsize=2, label=f"{impl} (grids)")
             for r in chapter:
-                ax.plot([r["n_unknowns"]], [r["median_ms"]], color=colour, marker="s", mfc="none", ms=9, ls="none",
-                        label=f"{impl} ({r['mesh']})")
+                ax.plot(
+                    [r["n_unknowns"]],
+                    [r["median_ms"]],
+                    color=colour,
+                    marker="s",
+                    mfc="none",
+                    ms=9,
+                    ls="none",
+                    label=f"{impl} ({r['mesh']})",
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("unknowns (free nodes)")
         ax.set_ylabel("ms per step (median, one thread)")
-        ax.set_title({"identification": "identification step (Adam)", "topology": "topology step (OC, fresh Condenser)"}[problem])
+        ax.set_title(
+            {"identification": "identification step (Adam)", "topology": "topology step (OC, fresh Condenser)"}[problem]
+        )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -467,11 +550,17 @@ def peers_python(peers: Path | None) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="ladder up to 1e4 nodes, 2 rounds")
-    parser.add_argument("--rounds", type=int, default=None, help="processes per (size, implementation); default 3 (quick: 2)")
-    parser.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="the TensorMesh environment (default .venv-peers)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="processes per (size, implementation); default 3 (quick: 2)"
+    )
+    parser.add_argument(
+        "--peers", type=Path, default=DEFAULT_PEERS, help="the TensorMesh environment (default .venv-peers)"
+    )
     parser.add_argument("--no-peers", action="store_true", help="leave TensorMesh out")
     parser.add_argument("--no-ladder", action="store_true", help="the chapter's sizes only")
-    parser.add_argument("--ladder", nargs="+", default=None, choices=list(LADDER), help="ladder sizes (default: all; quick: up to 1e4)")
+    parser.add_argument(
+        "--ladder", nargs="+", default=None, choices=list(LADDER), help="ladder sizes (default: all; quick: up to 1e4)"
+    )
     parser.add_argument("--no-phases", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     parser.add_argument("--worker", choices=("tmcore", "scikit-fem+scipy"), help=argparse.SUPPRESS)

@@ -156,6 +156,7 @@ def tmcore_step(problem: str, mesh: StepMesh, fresh_condenser: bool = True, lap:
     """
     lap = lap or _no_lap
     from tmcore import Condenser, ElementAssembler, Mesh, NodeAssembler
+    from tmcore.topology import OCOptimizer
 
     # the chapter's own integrands, verbatim (a user's code, not the library's forms)
     class WeightedLaplace(ElementAssembler):
@@ -205,10 +206,9 @@ def tmcore_step(problem: str, mesh: StepMesh, fresh_condenser: bool = True, lap:
         return step
 
     if problem == "topology":
-        oc_optimizer = _oc_optimizer_class()
         f_field = torch.from_numpy(f_field_np)
         rho = torch.full((tm_mesh.n_cells,), VF, dtype=torch.float64, requires_grad=True)
-        optim = oc_optimizer(rho, vf=VF, move_limit=MOVE_LIMIT)
+        optim = OCOptimizer(rho, vf=VF, move_limit=MOVE_LIMIT)
         chapter_cond = Condenser(tm_mesh.boundary_mask)
 
         def fem_solve(rho):
@@ -239,15 +239,6 @@ def tmcore_step(problem: str, mesh: StepMesh, fresh_condenser: bool = True, lap:
         return step
 
     raise ValueError(f"problem must be one of {PROBLEMS}, got {problem!r}")
-
-
-def _oc_optimizer_class():
-    """tmcore's OCOptimizer (tmcore.topology after the package restructure, tmcore.optimizer before)."""
-    try:
-        from tmcore.topology.optimizers import OCOptimizer
-    except ImportError:
-        from tmcore.optimizer import OCOptimizer
-    return OCOptimizer
 
 
 # -- scikit-fem + SciPy, written by hand -----------------------------------------------------
@@ -370,8 +361,16 @@ class _Adam:
         x -= (self.lr / (1 - b1**self.t)) * self.m / denominator
 
 
-def oc_update(rho: np.ndarray, sensitivity: np.ndarray, vf: float = VF, move_limit: float = MOVE_LIMIT,
-              rho_min: float = 1e-3, eta: float = 0.5, volume_tol: float = 1e-12, max_iterations: int = 200) -> np.ndarray:
+def oc_update(
+    rho: np.ndarray,
+    sensitivity: np.ndarray,
+    vf: float = VF,
+    move_limit: float = MOVE_LIMIT,
+    rho_min: float = 1e-3,
+    eta: float = 0.5,
+    volume_tol: float = 1e-12,
+    max_iterations: int = 200,
+) -> np.ndarray:
     """The classic OC update (plain-mean volume), its multiplier found by bisection on log(lambda).
 
     rho, sensitivity: (m,) densities and dC/drho (<= 0). Returns the new densities (m,).
@@ -410,7 +409,9 @@ def build_step(implementation: str, problem: str, mesh: StepMesh, lap: Lap | Non
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
 
 
-def time_steps(step: Step, steps: int, warmup: int = 2, clock: PhaseClock | None = None) -> tuple[list[float], list[float]]:
+def time_steps(
+    step: Step, steps: int, warmup: int = 2, clock: PhaseClock | None = None
+) -> tuple[list[float], list[float]]:
     """(seconds per step, values) of ``steps`` timed steps after ``warmup`` untimed ones.
 
     The warm-up steps pay what a new pattern costs once (symbolic analysis, index maps,
