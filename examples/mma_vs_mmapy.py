@@ -58,9 +58,23 @@ def theirs(x, df0, dg, g, repeats: int):
     n, m = x.numel(), g.numel()
     col = lambda t: t.numpy().reshape(-1, 1)  # noqa: E731
     xval = col(x)
-    args = dict(xmin=np.zeros((n, 1)), xmax=np.ones((n, 1)), xold1=xval.copy(), xold2=xval.copy(), f0val=10.0 + float(df0 @ x),
-                df0dx=col(df0), fval=col(g), dfdx=dg.numpy(), low=np.zeros((n, 1)), upp=np.ones((n, 1)), a0=1.0,
-                a=np.zeros((m, 1)), c=1000.0 * np.ones((m, 1)), d=np.ones((m, 1)), move=0.5)
+    args = dict(
+        xmin=np.zeros((n, 1)),
+        xmax=np.ones((n, 1)),
+        xold1=xval.copy(),
+        xold2=xval.copy(),
+        f0val=10.0 + float(df0 @ x),
+        df0dx=col(df0),
+        fval=col(g),
+        dfdx=dg.numpy(),
+        low=np.zeros((n, 1)),
+        upp=np.ones((n, 1)),
+        a0=1.0,
+        a=np.zeros((m, 1)),
+        c=1000.0 * np.ones((m, 1)),
+        d=np.ones((m, 1)),
+        move=0.5,
+    )
     times, result = [], None
     for _ in range(repeats):
         start = time.perf_counter()
@@ -87,8 +101,10 @@ def main(argv=None):
         except ImportError:
             t_theirs, difference = float("nan"), float("nan")
         rows.append((n, t_ours, t_theirs, difference))
-        print(f"n {n:>7d}  m {options.constraints}  tmcore {1e3 * t_ours:8.2f} ms ({options.device})  "
-              f"mmapy {1e3 * t_theirs:8.2f} ms  max |x_tmcore - x_mmapy| {difference:.1e}")
+        print(
+            f"n {n:>7d}  m {options.constraints}  tmcore {1e3 * t_ours:8.2f} ms ({options.device})  "
+            f"mmapy {1e3 * t_theirs:8.2f} ms  max |x_tmcore - x_mmapy| {difference:.1e}"
+        )
     return rows
 
 

@@ -70,8 +70,16 @@ logger = logging.getLogger(__name__)
 Closure = Callable[[], tuple[Tensor, Tensor]]
 
 
-def kkt_residual(x: Tensor, grad_objective: Tensor, constraints: Tensor, jacobian: Tensor, multipliers: Tensor,
-                 lower: Tensor, upper: Tensor, bound_tol: float = 1e-9) -> Tensor:
+def kkt_residual(
+    x: Tensor,
+    grad_objective: Tensor,
+    constraints: Tensor,
+    jacobian: Tensor,
+    multipliers: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    bound_tol: float = 1e-9,
+) -> Tensor:
     """Max-norm KKT residual of min f0 s.t. g <= 0, lower <= x <= upper, at x (n,) with multipliers lam (m,).
 
     The residual collects, for the gradient of the Lagrangian r = df0 + lam . dg (n,),
@@ -92,8 +100,19 @@ def kkt_residual(x: Tensor, grad_objective: Tensor, constraints: Tensor, jacobia
     return torch.stack(parts).max()
 
 
-def _primal(lam: Tensor, p0: Tensor, q0: Tensor, P: Tensor, Q: Tensor, low: Tensor, upp: Tensor,
-            alpha: Tensor, beta: Tensor, c: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+def _primal(
+    lam: Tensor,
+    p0: Tensor,
+    q0: Tensor,
+    P: Tensor,
+    Q: Tensor,
+    low: Tensor,
+    upp: Tensor,
+    alpha: Tensor,
+    beta: Tensor,
+    c: Tensor,
+    d: Tensor,
+) -> tuple[Tensor, Tensor]:
     """The minimisers x(lam) (n,) and y(lam) (m,) of the subproblem's Lagrangian."""
     a = p0 + lam @ P
     b = q0 + lam @ Q
@@ -110,9 +129,22 @@ def _dual_value(lam, x, y, p0, q0, P, Q, low, upp, rhs, c, d) -> Tensor:
     return (a * ux).sum() + (b * xl).sum() - lam @ rhs + (c * y + 0.5 * d * y * y - lam * y).sum()
 
 
-def solve_dual(p0: Tensor, q0: Tensor, P: Tensor, Q: Tensor, rhs: Tensor, low: Tensor, upp: Tensor,
-               alpha: Tensor, beta: Tensor, c: Tensor, d: Tensor, lam0: Tensor | None = None,
-               tol: float = 1e-10, max_iterations: int = 500) -> tuple[Tensor, Tensor, Tensor, int]:
+def solve_dual(
+    p0: Tensor,
+    q0: Tensor,
+    P: Tensor,
+    Q: Tensor,
+    rhs: Tensor,
+    low: Tensor,
+    upp: Tensor,
+    alpha: Tensor,
+    beta: Tensor,
+    c: Tensor,
+    d: Tensor,
+    lam0: Tensor | None = None,
+    tol: float = 1e-10,
+    max_iterations: int = 500,
+) -> tuple[Tensor, Tensor, Tensor, int]:
     """Maximise the MMA dual W(lam) over lam >= 0 by projected Newton with an Armijo search.
 
     p0, q0, low, upp, alpha, beta: (n,); P, Q: (m, n) (all > 0 as MMA builds them); rhs (m,)
@@ -177,16 +209,21 @@ def solve_dual(p0: Tensor, q0: Tensor, P: Tensor, Q: Tensor, rhs: Tensor, low: T
             break  # no progress measurable at machine precision: lam is as good as W can tell
         lam, x, y, value, grad, residual = trial, x_t, y_t, value_t, grad_t, residual_t
     else:
-        logger.warning("MMA: the dual subproblem did not converge in %d iterations (projected gradient %.3g)",
-                       max_iterations, residual)
+        logger.warning(
+            "MMA: the dual subproblem did not converge in %d iterations (projected gradient %.3g)",
+            max_iterations,
+            residual,
+        )
     return x, y, lam, iteration
 
 
 def _as_bound(name: str, value: Any, like: Tensor) -> Tensor:
     if isinstance(value, Tensor):
         if value.shape not in (like.shape, ()):
-            raise ValueError(f"{name} must be a number or a tensor shaped like its parameter {tuple(like.shape)}, "
-                             f"got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name} must be a number or a tensor shaped like its parameter {tuple(like.shape)}, "
+                f"got shape {tuple(value.shape)}"
+            )
         bound = value.detach().to(like)
     else:
         bound = torch.as_tensor(check_real(name, value), dtype=like.dtype, device=like.device)
@@ -207,6 +244,10 @@ class MMA(torch.optim.Optimizer):
         move_limit: largest change per step, as a fraction of upper - lower, in (0, 1].
         asymptote_init: initial distance of the asymptotes, fraction of upper - lower (0.5).
         asymptote_increase, asymptote_decrease: the adaptation factors (1.2 and 0.7).
+        asymptote_min, asymptote_max: the asymptotes stay between these fractions of
+            upper - lower from x (0.01 and 10). Plain MMA (not GCMMA) can settle into a
+            two-cycle of amplitude below asymptote_min (upper - lower) around an optimum
+            strictly inside the bounds; a smaller asymptote_min shrinks it.
         albefa: how far inside the asymptotes the subproblem box stays (0.1).
         c, d: the costs c y + d y^2 / 2 of the elastic variables (1000 and 1).
         raa0: the small regularisation of the approximations (1e-5).
@@ -223,11 +264,26 @@ class MMA(torch.optim.Optimizer):
     docstring describes the method and what ``state`` records.
     """
 
-    def __init__(self, params, n_constraints: int, lower: float | Tensor = 0.0, upper: float | Tensor = 1.0,
-                 move_limit: float = 0.5, asymptote_init: float = 0.5, asymptote_increase: float = 1.2,
-                 asymptote_decrease: float = 0.7, albefa: float = 0.1, c: float = 1000.0, d: float = 1.0,
-                 raa0: float = 1e-5, dual_tol: float = 1e-10, dual_max_iterations: int = 500,
-                 objective_scale: float | str = "initial"):
+    def __init__(
+        self,
+        params,
+        n_constraints: int,
+        lower: float | Tensor = 0.0,
+        upper: float | Tensor = 1.0,
+        move_limit: float = 0.5,
+        asymptote_init: float = 0.5,
+        asymptote_increase: float = 1.2,
+        asymptote_decrease: float = 0.7,
+        asymptote_min: float = 0.01,
+        asymptote_max: float = 10.0,
+        albefa: float = 0.1,
+        c: float = 1000.0,
+        d: float = 1.0,
+        raa0: float = 1e-5,
+        dual_tol: float = 1e-10,
+        dual_max_iterations: int = 500,
+        objective_scale: float | str = "initial",
+    ):
         if isinstance(params, Tensor):
             params = [params]
         self.n_constraints = check_count("n_constraints", n_constraints, 0)
@@ -239,8 +295,17 @@ class MMA(torch.optim.Optimizer):
         if objective_scale != "initial":
             check_real("objective_scale", objective_scale, 0.0)
         self.objective_scale = objective_scale
-        defaults = dict(lower=lower, upper=upper, move_limit=move_limit, asymptote_init=asymptote_init,
-                        asymptote_increase=asymptote_increase, asymptote_decrease=asymptote_decrease, albefa=albefa)
+        defaults = dict(
+            lower=lower,
+            upper=upper,
+            move_limit=move_limit,
+            asymptote_init=asymptote_init,
+            asymptote_increase=asymptote_increase,
+            asymptote_decrease=asymptote_decrease,
+            asymptote_min=asymptote_min,
+            asymptote_max=asymptote_max,
+            albefa=albefa,
+        )
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -259,6 +324,8 @@ class MMA(torch.optim.Optimizer):
         check_real("asymptote_increase", group["asymptote_increase"], 1.0, low_open=False)
         check_real("asymptote_decrease", group["asymptote_decrease"], 0.0, 1.0, high_open=False)
         check_real("albefa", group["albefa"], 0.0, 1.0)
+        check_real("asymptote_min", group["asymptote_min"], 0.0)
+        check_real("asymptote_max", group["asymptote_max"], group["asymptote_min"])
         for p in group["params"]:
             if not p.is_floating_point():
                 raise TypeError(f"MMA parameters must be floating-point tensors, got {p.dtype}")
@@ -267,7 +334,9 @@ class MMA(torch.optim.Optimizer):
                 raise ValueError("lower must be below upper for every entry")
             x = p.detach().reshape(-1)
             if not bool(torch.isfinite(x).all()) or bool((x < lower).any()) or bool((x > upper).any()):
-                raise ValueError(f"parameters must start within [lower, upper], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
+                raise ValueError(
+                    f"parameters must start within [lower, upper], got [{float(x.min()):.3g}, {float(x.max()):.3g}]"
+                )
 
     # -- the step ------------------------------------------------------------------------
 
@@ -284,7 +353,8 @@ class MMA(torch.optim.Optimizer):
                 raise TypeError("the MMA closure must return (objective, constraints), a 0-d tensor and an (m,) tensor")
             objective, constraints = out
             if not isinstance(objective, Tensor) or objective.numel() != 1:
-                raise ValueError(f"the objective must be a scalar tensor, got {getattr(objective, 'shape', type(objective).__name__)}")
+                got = getattr(objective, "shape", type(objective).__name__)
+                raise ValueError(f"the objective must be a scalar tensor, got {got}")
             constraints = torch.as_tensor(constraints).reshape(-1) if isinstance(constraints, Tensor) else constraints
             if not isinstance(constraints, Tensor) or constraints.shape != (self.n_constraints,):
                 got = tuple(constraints.shape) if isinstance(constraints, Tensor) else type(constraints).__name__
@@ -296,7 +366,9 @@ class MMA(torch.optim.Optimizer):
                     grads = torch.autograd.grad(output, params, retain_graph=k < len(outputs) - 1, allow_unused=True)
                 else:
                     grads = [None] * len(params)
-                rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)]))
+                rows.append(
+                    torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
+                )
         gradients = torch.stack(rows).detach()
         values = torch.cat([objective.detach().reshape(1), constraints.detach()])
         if not bool(torch.isfinite(values).all()) or not bool(torch.isfinite(gradients).all()):
@@ -314,13 +386,18 @@ class MMA(torch.optim.Optimizer):
         x = torch.cat([p.detach().reshape(-1) for p, _ in blocks]).to(dtype)
 
         def per_entry(key):
-            return torch.cat([torch.as_tensor(group[key], dtype=dtype, device=device).expand(p.numel())
-                              for p, group in blocks])
+            return torch.cat(
+                [torch.as_tensor(group[key], dtype=dtype, device=device).expand(p.numel()) for p, group in blocks]
+            )
 
         lower = torch.cat([_as_bound("lower", group["lower"], p) for p, group in blocks]).to(dtype)
         upper = torch.cat([_as_bound("upper", group["upper"], p) for p, group in blocks]).to(dtype)
         move, init = per_entry("move_limit"), per_entry("asymptote_init")
-        increase, decrease, albefa = per_entry("asymptote_increase"), per_entry("asymptote_decrease"), per_entry("albefa")
+        increase, decrease, albefa = (
+            per_entry("asymptote_increase"),
+            per_entry("asymptote_decrease"),
+            per_entry("albefa"),
+        )
         span = upper - lower
         if bool((x < lower).any()) or bool((x > upper).any()):
             raise ValueError("the parameters left [lower, upper] (changed in place since the last step?)")
@@ -351,8 +428,9 @@ class MMA(torch.optim.Optimizer):
             factor = torch.where(trend > 0, increase, torch.where(trend < 0, decrease, torch.ones_like(x)))
             low = x - factor * (x1 - low_old)
             upp = x + factor * (upp_old - x1)
-            low = torch.minimum(torch.maximum(low, x - 10.0 * span), x - 0.01 * span)
-            upp = torch.maximum(torch.minimum(upp, x + 10.0 * span), x + 0.01 * span)
+            closest, farthest = per_entry("asymptote_min") * span, per_entry("asymptote_max") * span
+            low = torch.minimum(torch.maximum(low, x - farthest), x - closest)
+            upp = torch.maximum(torch.minimum(upp, x + farthest), x + closest)
         # the subproblem's box
         alpha = torch.maximum(torch.maximum(low + albefa * (x - low), x - move * span), lower)
         beta = torch.minimum(torch.minimum(upp - albefa * (upp - x), x + move * span), upper)
@@ -369,8 +447,9 @@ class MMA(torch.optim.Optimizer):
         c = torch.full((m,), self.c, dtype=dtype, device=device)
         d = torch.full((m,), self.d, dtype=dtype, device=device)
         lam0 = lam_old.to(x) if lam_old is not None else None
-        x_new, y, lam, iterations = solve_dual(p0, q0, P, Q, rhs, low, upp, alpha, beta, c, d, lam0,
-                                               self.dual_tol, self.dual_max_iterations)
+        x_new, y, lam, iterations = solve_dual(
+            p0, q0, P, Q, rhs, low, upp, alpha, beta, c, d, lam0, self.dual_tol, self.dual_max_iterations
+        )
         change = float((x_new - x).abs().max()) if x.numel() else 0.0
         elastic = float(y.max()) if m else 0.0
         offset = 0
@@ -380,15 +459,25 @@ class MMA(torch.optim.Optimizer):
             if k >= 1:
                 state["x_old2"] = state["x_old1"]
             else:
-                state["x_old2"] = x[offset:offset + n].clone().reshape(p.shape)
-            state["x_old1"] = x[offset:offset + n].clone().reshape(p.shape)
-            state["low"] = low[offset:offset + n].clone().reshape(p.shape)
-            state["upp"] = upp[offset:offset + n].clone().reshape(p.shape)
-            p.copy_(x_new[offset:offset + n].reshape(p.shape).to(p.dtype))
-            state.update(step=k + 1, objective=float(objective), constraints=constraints.clone(), multipliers=lam.clone(),
-                         change=change, dual_iterations=iterations, elastic=elastic, kkt_residual=kkt,
-                         objective_scale=scale)
+                state["x_old2"] = x[offset : offset + n].clone().reshape(p.shape)
+            state["x_old1"] = x[offset : offset + n].clone().reshape(p.shape)
+            state["low"] = low[offset : offset + n].clone().reshape(p.shape)
+            state["upp"] = upp[offset : offset + n].clone().reshape(p.shape)
+            p.copy_(x_new[offset : offset + n].reshape(p.shape).to(p.dtype))
+            state.update(
+                step=k + 1,
+                objective=float(objective),
+                constraints=constraints.clone(),
+                multipliers=lam.clone(),
+                change=change,
+                dual_iterations=iterations,
+                elastic=elastic,
+                kkt_residual=kkt,
+                objective_scale=scale,
+            )
             offset += n
         if elastic > 0:
-            logger.info("MMA step %d: the subproblem relaxed a constraint (max y = %.3g); raise c or rescale", k + 1, elastic)
+            logger.info(
+                "MMA step %d: the subproblem relaxed a constraint (max y = %.3g); raise c or rescale", k + 1, elastic
+            )
         return objective, constraints
