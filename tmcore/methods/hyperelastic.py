@@ -213,6 +213,8 @@ class _Equilibrium(torch.autograd.Function):
         u, params, g, f = ctx.saved_tensors
         problem: Hyperelasticity = ctx.problem
         free, fixed = problem.free_index, problem.fixed_index
+        if not bool(grad_u.any()):  # the loss does not see this increment: no solve
+            return None, None, None, torch.zeros_like(params), torch.zeros_like(g), torch.zeros_like(f)
         lam = problem._adjoint_solve(u, params, grad_u[free])
         with torch.enable_grad():
             params_, g_, f_ = (t.detach().requires_grad_(True) for t in (params, g, f))
@@ -242,7 +244,9 @@ class Hyperelasticity(nn.Module):
         max_cutbacks: how often a failed increment may be halved (load cut-back) before
             :class:`~tmcore.core.errors.SolverError`.
         line_search: backtrack the Newton step (halving, up to 12 times) until the residual
-            norm decreases; without it a failed step triggers a cut-back at once.
+            norm or the potential energy int W dX - f . u decreases enough (Armijo; the energy
+            only where the step descends it); without it a non-admissible step triggers a
+            cut-back at once.
         quadrature_order: of residual and tangent alike (default :func:`default_nonlinear_quadrature`).
         backend: linear solver of the Newton steps and the adjoint solves (``"auto"``: SuperLU or
             CHOLMOD for the tangent, which is symmetric but not always positive definite).
@@ -350,35 +354,56 @@ class Hyperelasticity(nn.Module):
         return self._forms()[2](point_data={"w": u.reshape(-1, self.mesh.dim)}, element_data={"params": self.pack(material)})
 
     def _factor_free(self, u: Tensor, params: Tensor):
-        J = self._tangent(u, params)
+        """(the factorisation of J_ff, the full tangent J) at u."""
+        J = self._tangent(u, params).detach()
         J_free, _ = self._condenser(J, J.values.new_zeros(J.shape[0]))
-        return factorize(J_free.pattern, J_free.values.detach().unsqueeze(0), SolveOptions(backend=self.backend))
+        return factorize(J_free.pattern, J_free.values.unsqueeze(0), SolveOptions(backend=self.backend)), J
 
     def _adjoint_solve(self, u: Tensor, params: Tensor, rhs: Tensor) -> Tensor:
         """lam with J_ff(u)^T lam = rhs (n_free,): the converged tangent of one increment."""
-        factor = self._factor_free(u.detach(), params.detach())
+        factor, _ = self._factor_free(u.detach(), params.detach())
         self.adjoint_solves += 1
         return factored_solve(factor, rhs.detach(), transpose=True)
 
     # -- Newton -------------------------------------------------------------------------------
 
     def _newton(self, u: Tensor, params: Tensor, g: Tensor, f: Tensor, record: NewtonRecord) -> Tensor:
-        """Equilibrium from the start u with u = g at the fixed dofs; raises _NewtonFailure."""
+        """Equilibrium from the admissible start u with u = g at the fixed dofs; raises _NewtonFailure.
+
+        When g differs from the start's fixed values, the first step is Newton's step from the
+        start with the jump of the fixed values included (J_ff du_f = -R_f(u) - J_fd (g - u_d)),
+        not a jump of the boundary alone, which would shear the boundary cells inside out.
+        """
         free, fixed = self.free_index, self.fixed_index
         u = u.clone()
-        if fixed.numel():
-            u[fixed] = g
 
-        def residual_of(state: Tensor) -> tuple[Tensor, float]:
-            r = (self._internal(state, params) - f)[free]
+        def forces_of(state: Tensor) -> tuple[Tensor, Tensor, float]:
+            try:
+                forces = self._internal(state, params) - f
+            except ValueError:  # the assembler refuses non-finite data
+                return None, None, math.inf
+            r = forces[free]
             norm = float(r.norm())
-            return r, (norm if math.isfinite(norm) else math.inf)
+            return forces, r, (norm if math.isfinite(norm) else math.inf)
 
-        try:
-            r, norm = residual_of(u)
-        except ValueError as exc:  # the assembler refuses NaN data: an inverted start
-            raise _NewtonFailure(f"the start is not admissible: {exc}") from None
-        scale = max(norm, float(f[free].norm()), 1e-300)
+        jump = g - u[fixed] if fixed.numel() else None
+        if jump is not None and bool((jump != 0).any()):
+            forces, r, norm = forces_of(u)
+            if not math.isfinite(norm):
+                raise _NewtonFailure("the start is not admissible (non-finite residual)")
+            lift = torch.zeros_like(u)
+            lift[fixed] = jump
+            try:
+                factor, J = self._factor_free(u, params)
+                u[free] -= factored_solve(factor, r + (J @ lift)[free])
+            except SolverError as exc:
+                raise _NewtonFailure(f"the tangent could not be solved: {exc}") from None
+            u[fixed] = g
+        forces, r, norm = forces_of(u)
+        if not math.isfinite(norm):
+            raise _NewtonFailure("the predicted state is not admissible (an element turned inside out)")
+        reactions = float(forces[fixed].norm()) if fixed.numel() else 0.0
+        scale = max(norm, float(f[free].norm()), reactions, 1e-300)
         tolerance = max(self.atol, self.rtol * scale)
         for iteration in range(self.max_iterations + 1):
             record.residuals.append(norm)
@@ -387,25 +412,36 @@ class Hyperelasticity(nn.Module):
             if iteration == self.max_iterations or not math.isfinite(norm):
                 break
             try:
-                du = -factored_solve(self._factor_free(u, params), r)
+                du = -factored_solve(self._factor_free(u, params)[0], r)
             except SolverError as exc:
                 raise _NewtonFailure(f"the tangent could not be solved: {exc}") from None
-            alpha = 1.0
+            alpha, slope = 1.0, float(r @ du)
+            energy = self._potential(u, params, f) if self.line_search and slope < 0 else None
             for _ in range(13 if self.line_search else 1):
                 trial = u.clone()
                 trial[free] += alpha * du
-                try:
-                    r_trial, norm_trial = residual_of(trial)
-                except ValueError:
-                    norm_trial = math.inf
-                if norm_trial <= (1.0 - 1e-4 * alpha) * norm or (not self.line_search and math.isfinite(norm_trial)):
+                _, r_trial, norm_trial = forces_of(trial)
+                if not self.line_search:
+                    if math.isfinite(norm_trial):
+                        break
+                elif norm_trial <= (1.0 - 1e-4 * alpha) * norm:  # the residual falls: Newton near the solution
                     break
+                elif energy is not None and math.isfinite(norm_trial):
+                    # Armijo on the potential energy, which the step descends (an SPD tangent); far from
+                    # the solution a good step may raise |R| (bending under a large rotation)
+                    if self._potential(trial, params, f) <= energy + 1e-4 * alpha * slope:
+                        break
                 alpha *= 0.5
             else:
-                raise _NewtonFailure(f"the line search found no decrease of |R| = {norm:.3e}")
+                raise _NewtonFailure(f"the line search found no acceptable step from |R| = {norm:.3e}")
             record.step_lengths.append(alpha)
             u, r, norm = trial, r_trial, norm_trial
         raise _NewtonFailure(f"no convergence in {self.max_iterations} iterations: |R| = {norm:.3e} > {tolerance:.3e}")
+
+    def _potential(self, u: Tensor, params: Tensor, f: Tensor) -> float:
+        """The potential energy int W dX - f . u of the state u (a number)."""
+        stored = self._forms()[2](point_data={"w": u.reshape(-1, self.mesh.dim)}, element_data={"params": params})
+        return float(stored) - float(f @ u)
 
     def _increment(self, start: Tensor, previous: tuple[Tensor, Tensor], params: Tensor, g: Tensor, f: Tensor) -> Tensor:
         """Equilibrium at the load (g, f), from the converged state ``start`` at the load ``previous``;
