@@ -22,6 +22,7 @@ import torch
 from tmcore.core.errors import MeshError
 from tmcore.core.mesh import Mesh
 from tmcore.core.mesh.generate import orient_cells
+from tmcore.core.mesh.validate import RTOL
 
 # Topological dimension of the meshio cell types a Mesh or a facet set can hold.
 _CELL_DIM = {
@@ -65,7 +66,8 @@ def _numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
-def mesh_from_meshio(m, orient: bool = False, check: bool = True) -> Mesh:
+def mesh_from_meshio(m, orient: bool = False, check: bool = True, coincident: str = "error", unused: str = "error",
+                     rtol: float = RTOL) -> Mesh:
     """A Mesh from a ``meshio.Mesh``.
 
     The top-dimensional cells become the mesh (several top-dimensional cell types raise
@@ -75,6 +77,8 @@ def mesh_from_meshio(m, orient: bool = False, check: bool = True) -> Mesh:
     data and the top cells' cell data are carried (names made identifiers, e.g.
     "gmsh:physical" -> "gmsh_physical"; int32 widened to int64). orient=True reorders the
     nodes of negatively oriented cells instead of letting the Mesh check reject them.
+    check, coincident, unused, rtol: as for :class:`Mesh` (coincident="merge" merges doubled
+    nodes, unused="drop" removes nodes no cell uses, e.g. gmsh's geometry points).
     """
     blocks = [(block.type, np.asarray(block.data)) for block in m.cells]
     unknown = sorted({t for t, _ in blocks if t not in _CELL_DIM})
@@ -125,7 +129,8 @@ def mesh_from_meshio(m, orient: bool = False, check: bool = True) -> Mesh:
     }
     if orient:
         cells = orient_cells(points, cells, cell_type)
-    return Mesh(points, {cell_type: cells}, facets, point_data, cell_data, check=check)
+    return Mesh(points, {cell_type: cells}, facets, point_data, cell_data, check=check, coincident=coincident,
+                unused=unused, rtol=rtol)
 
 
 def mesh_to_meshio(mesh: Mesh, point_data: Mapping[str, Any] | None = None, cell_data: Mapping[str, Any] | None = None):
@@ -166,11 +171,14 @@ def _formats(path: Path, file_format: str | None) -> list[str]:
     return sorted(formats, key=lambda f: f != "gmsh")
 
 
-def read_mesh(path, orient: bool = False, file_format: str | None = None, check: bool = True) -> Mesh:
+def read_mesh(path, orient: bool = False, file_format: str | None = None, check: bool = True, coincident: str = "error",
+              unused: str = "error", rtol: float = RTOL) -> Mesh:
     """Read a mesh file meshio understands (format from the extension unless file_format).
 
     Raises FileNotFoundError for a missing file and MeshError, naming the path, for a
-    file meshio cannot read (unknown format, truncated, corrupt). See mesh_from_meshio.
+    file meshio cannot read (unknown format, truncated, corrupt) or a mesh that fails a
+    check (the message names the file, the check and the first offending cells or nodes:
+    ``mesh file 'a.msh': check 'coincident nodes' failed: ...``). See mesh_from_meshio.
     """
     # meshio.read prints reader errors and calls sys.exit when every format fails, so the
     # readers are called directly.
@@ -191,7 +199,7 @@ def read_mesh(path, orient: bool = False, file_format: str | None = None, check:
     else:
         raise MeshError(f"cannot read mesh file {str(path)!r} ({'; '.join(reasons)})")
     try:
-        return mesh_from_meshio(m, orient=orient, check=check)
+        return mesh_from_meshio(m, orient=orient, check=check, coincident=coincident, unused=unused, rtol=rtol)
     except MeshError as err:
         raise MeshError(f"mesh file {str(path)!r}: {err}") from err
 

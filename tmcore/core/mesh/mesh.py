@@ -213,8 +213,7 @@ class Mesh(nn.Module):
         (:mod:`tmcore.core.mesh.validate`)."""
         validate.check_mode("coincident", coincident, ("error", "allow"))
         validate.check_mode("unused", unused, ("error", "allow"))
-        validate.check_cells(self.points, self.elements, self.cell_type)
-        validate.check_nodes(self.points, self.elements, self.cell_type, coincident, unused, validate.check_rtol(rtol))
+        validate.check_mesh(self.points, self.elements, self.cell_type, coincident, unused, validate.check_rtol(rtol))
 
     # -- geometry ---------------------------------------------------------------------
 

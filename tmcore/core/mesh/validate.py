@@ -44,6 +44,7 @@ UNUSED_MODES = ("error", "drop", "allow")
 # Coincident means closer than RTOL x the shortest vertex edge of the mesh.
 RTOL = 1e-6
 _SHOW = 4  # offending entities named in a message
+_BLOCK = 1 << 15  # rows per block of the vectorised passes
 
 
 def check_mode(name: str, value: str, modes: tuple[str, ...]) -> str:
@@ -67,31 +68,35 @@ def _failed(check: str, message: str) -> MeshError:
 # -- keys of index rows -----------------------------------------------------------------------
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
+# compare-exchange networks that sort 2, 3 or 4 columns elementwise
+_NETWORKS = {1: [], 2: [(0, 1)], 3: [(0, 1), (1, 2), (0, 1)], 4: [(0, 1), (2, 3), (0, 2), (1, 3), (1, 2)]}
 
 
-def _row_keys(rows: np.ndarray, base: int) -> tuple[np.ndarray, bool]:
-    """One int64 key per row of sorted indices (r, k): exact (base-``base`` digits) when it fits
-    in 63 bits, else a 64-bit hash (``exact`` False: equal keys must be confirmed)."""
-    k = rows.shape[1]
-    if base ** k < 2**63:
-        keys = np.zeros(rows.shape[0], dtype=np.int64)
-        for j in range(k):
+def _sorted_columns(columns: list[np.ndarray]) -> list[np.ndarray]:
+    """The columns of an (r, k) index array sorted along each row (a sorting network for k <= 4)."""
+    columns = list(columns)
+    if len(columns) not in _NETWORKS:
+        return list(np.sort(np.stack(columns, axis=1), axis=1).T)
+    for i, j in _NETWORKS[len(columns)]:
+        columns[i], columns[j] = np.minimum(columns[i], columns[j]), np.maximum(columns[i], columns[j])
+    return columns
+
+
+def _keys(columns: list[np.ndarray], base: int) -> np.ndarray:
+    """One int64 key per row of sorted index columns: exact (base-``base`` digits) when that fits
+    in 63 bits, else a 64-bit hash whose collisions :func:`_groups_of_repeats` weeds out."""
+    if base ** len(columns) < 2**63:
+        keys = columns[0].astype(np.int64, copy=True)
+        for column in columns[1:]:
             keys *= base
-            keys += rows[:, j]
-        return keys, True
-    keys = np.zeros(rows.shape[0], dtype=np.uint64)
+            keys += column
+        return keys
+    keys = np.zeros(columns[0].shape, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for j in range(k):
-            keys = (keys ^ rows[:, j].astype(np.uint64)) * _MIX
+        for column in columns:
+            keys = (keys ^ column.astype(np.uint64)) * _MIX
             keys ^= keys >> np.uint64(29)
-    return keys.view(np.int64), False
-
-
-def _sorted_vertices(conn: np.ndarray, n_vertices: int) -> np.ndarray:
-    rows = conn[:, :n_vertices]
-    if n_vertices == 2:
-        return np.stack([np.minimum(rows[:, 0], rows[:, 1]), np.maximum(rows[:, 0], rows[:, 1])], axis=1)
-    return np.sort(rows, axis=1)
+    return keys.view(np.int64)
 
 
 def _repeats(keys: np.ndarray, times: int) -> bool:
@@ -103,43 +108,75 @@ def _repeats(keys: np.ndarray, times: int) -> bool:
 
 
 def _groups_of_repeats(rows: np.ndarray, times: int) -> list[np.ndarray]:
-    """Exact: the row indices of each set of identical rows occurring >= ``times`` times."""
+    """Exact, for error messages: the row indices of each set of identical rows occurring >=
+    ``times`` times (at most a few sets)."""
     _, inverse, counts = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
     inverse = inverse.ravel()
-    groups = []
-    for group in np.nonzero(counts >= times)[0][:_SHOW]:
-        groups.append(np.nonzero(inverse == group)[0])
-    return groups
+    return [np.nonzero(inverse == group)[0] for group in np.nonzero(counts >= times)[0][:_SHOW]]
 
 
 # -- geometry ---------------------------------------------------------------------------------
 
 
-def _det(jac: Tensor) -> Tensor:
-    """det of (..., d, d) Jacobians, d = 2 or 3, written out (torch.linalg.det is ~10x slower here)."""
+def _det(jac: np.ndarray) -> np.ndarray:
+    """det of (..., d, d) Jacobians, d = 2 or 3, written out."""
     if jac.shape[-1] == 2:
         return jac[..., 0, 0] * jac[..., 1, 1] - jac[..., 0, 1] * jac[..., 1, 0]
     a, b, c = jac[..., 0, :], jac[..., 1, :], jac[..., 2, :]
-    return (a * torch.linalg.cross(b, c)).sum(-1)
+    return (a * np.cross(b, c)).sum(-1)
 
 
-def node_determinants(points: Tensor, conn: Tensor, element: Element) -> Tensor:
-    """det(dx/dxi) (m, q) at the element's reference nodes (q = 1 for P1 simplices, whose map is affine)."""
-    from tmcore.core.mesh import geometry
+def _blocks(m: int):
+    """Slices of at most _BLOCK rows: temporaries stay in cache and reuse the heap's pages
+    (cell-sized temporaries cost more in fresh-page faults than in arithmetic)."""
+    for start in range(0, m, _BLOCK):
+        yield slice(start, min(m, start + _BLOCK))
 
-    if element.order == 1 and element.n_nodes == element.dim + 1:  # P1 triangle / tetra
-        x0 = points[conn[:, 0]]
-        jac = torch.stack([points[conn[:, i]] - x0 for i in range(1, element.n_nodes)], dim=-1)
-        return _det(jac)[:, None]
-    xi = element.reference_nodes.to(points)
-    return _det(geometry.jacobians(geometry.cell_nodes(points, conn), element, xi))
+
+def cell_geometry(points: np.ndarray, conn: np.ndarray, element: Element) -> tuple[np.ndarray, float]:
+    """det(dx/dxi) (m, q) at the element's reference nodes (q = 1 for P1 simplices, whose map
+    is affine) and the length of the shortest vertex-to-vertex edge, block by block on
+    coordinate columns (np.take; fancy indexing and reductions over a length-2 axis are
+    several times slower at a million cells)."""
+    dim = points.shape[1]
+    simplex = element.order == 1 and element.n_nodes == element.dim + 1  # P1 triangle / tetra: one Jacobian
+    grads = None if simplex else element.basis_gradients(element.reference_nodes.double()).numpy()  # (q, k, dim)
+    xs = [np.ascontiguousarray(points[:, d]) for d in range(dim)]
+    det = np.empty((conn.shape[0], 1 if simplex else grads.shape[0]))
+    h2 = math.inf
+    for block in _blocks(conn.shape[0]):
+        coords = [np.take(x, conn[block]) for x in xs]  # dim x (b, k)
+        for a, b in element.edges:
+            h2 = min(h2, float(sum(np.square(c[:, a] - c[:, b]) for c in coords).min()))
+        if simplex:
+            e = [[c[:, i] - c[:, 0] for c in coords] for i in range(1, dim + 1)]  # e[i][d]: edge from node 0
+            if dim == 2:
+                det[block, 0] = e[0][0] * e[1][1] - e[1][0] * e[0][1]
+            else:
+                (a0, a1, a2), (b0, b1, b2), (c0, c1, c2) = e
+                det[block, 0] = a0 * (b1 * c2 - b2 * c1) - a1 * (b0 * c2 - b2 * c0) + a2 * (b0 * c1 - b1 * c0)
+        else:
+            det[block] = _det(np.einsum("qkr,mkd->mqdr", grads, np.stack(coords, axis=-1)))
+    return det, math.sqrt(h2)
+
+
+def _facet_keys(cells: np.ndarray, local: list, base: int) -> np.ndarray:
+    """Keys (f * m,) of every facet of every cell (facet-major), block by block."""
+    m = cells.shape[0]
+    keys = np.empty(len(local) * m, dtype=np.int64)
+    for block in _blocks(m):
+        for i, facet in enumerate(local):
+            keys[i * m + block.start: i * m + block.stop] = _keys(_sorted_columns([cells[block, v] for v in facet]), base)
+    return keys
 
 
 def shortest_edge(points: Tensor, conn: Tensor, element: Element) -> float:
     """Length of the shortest vertex-to-vertex edge of the cells (coordinate units)."""
-    local = torch.tensor(element.edges, dtype=torch.long, device=conn.device)
-    a, b = points[conn[:, local[:, 0]]], points[conn[:, local[:, 1]]]
-    return float(((a - b) ** 2).sum(-1).min().sqrt())
+    return cell_geometry(_np_points(points), conn.detach().cpu().numpy(), element)[1]
+
+
+def _np_points(points: Tensor) -> np.ndarray:
+    return points.detach().cpu().double().numpy()
 
 
 # -- coincident nodes -------------------------------------------------------------------------
@@ -162,20 +199,20 @@ def coincident_pairs(points: np.ndarray, tol: float, spacing: float) -> np.ndarr
     low = points.min(axis=0)
     extent = points.max(axis=0) - low
     counts = np.floor(extent / size) + 2 if size > 0 else np.full(dim, np.inf)
-    if not size > 8 * tol or not np.all(np.isfinite(counts)) or float(np.prod(counts)) >= 2.0**62:
+    if not size > 8 * tol or not np.all(np.isfinite(counts)) or float(np.prod(counts + 1)) >= 2.0**62:
         candidates = np.arange(n)  # no useful grid: compare everything through the tree
     else:
         # an irrational offset keeps structured grids' nodes off the bucket faces
-        scaled = (points - low) / size + 0.31830988618379067
-        cell = np.floor(scaled)
-        fraction = scaled - cell
         margin = 2.0 * tol / size
-        border = ((fraction < margin) | (fraction > 1.0 - margin)).any(axis=1)
-        cell = cell.astype(np.int64)
-        keys = cell[:, 0].copy()
-        for axis in range(1, dim):
-            keys *= int(counts[axis - 1] + 1)
-            keys += cell[:, axis]
+        keys = np.empty(n, dtype=np.int64)
+        border = np.empty(n, dtype=bool)
+        strides = [int(np.prod(counts[axis + 1:] + 1)) for axis in range(dim)]
+        for block in _blocks(n):
+            scaled = (points[block] - low) / size + 0.31830988618379067
+            cell = np.floor(scaled)
+            fraction = scaled - cell
+            border[block] = ((fraction < margin) | (fraction > 1.0 - margin)).any(axis=1)
+            keys[block] = cell.astype(np.int64) @ np.asarray(strides, dtype=np.int64)
         ordered = np.sort(keys)
         shared = ordered[1:] == ordered[:-1]
         if shared.any():
@@ -204,70 +241,67 @@ def _representatives(n: int, pairs: np.ndarray) -> np.ndarray:
     return lowest[labels]
 
 
-def find_coincident(points: Tensor, conn: Tensor, element: Element, rtol: float = RTOL) -> tuple[np.ndarray, float]:
+def find_coincident(points: Tensor, conn: Tensor, element: Element, rtol: float = RTOL,
+                    spacing: float | None = None) -> tuple[np.ndarray, float]:
     """The coincident node pairs (k, 2) of a mesh and the tolerance used (rtol x shortest edge)."""
-    h = shortest_edge(points, conn, element)
-    tol = rtol * h
-    pts = points.detach().cpu().double().numpy()
-    return coincident_pairs(pts, tol, h), tol
+    pts = _np_points(points)
+    h = shortest_edge(points, conn, element) if spacing is None else spacing
+    return coincident_pairs(pts, rtol * h, h), rtol * h
 
 
 # -- the checks -------------------------------------------------------------------------------
 
 
-def check_cells(points: Tensor, conn: Tensor, cell_type: str) -> None:
-    """Duplicate, degenerate, inverted and overlapping cells: MeshError naming the check."""
+def check_mesh(points: Tensor, conn: Tensor, cell_type: str, coincident: str = "error", unused: str = "error",
+               rtol: float = RTOL) -> None:
+    """Every check of the module docstring, in its order; MeshError naming the first that fails.
+
+    ``coincident``/``unused`` "allow" skip those checks.
+    """
     element = get_element(cell_type)
-    n = points.shape[0]
-    conn_np = conn.detach().cpu().numpy()
-    vertices = _sorted_vertices(conn_np, element.n_vertices)
-    keys, exact = _row_keys(vertices, n)
-    if _repeats(keys, 2):
-        groups = _groups_of_repeats(vertices, 2)
-        if groups:
-            from tmcore.core.mesh import topology
+    pts, cells = _np_points(points), conn.detach().cpu().numpy()
+    n, k = pts.shape[0], element.n_vertices
 
-            dup = topology.duplicate_cells(conn, element.n_vertices)
-            raise MeshError(f"{dup.numel()} duplicate cells (same vertices), e.g. cells {dup[:_SHOW].tolist()}")
+    # duplicate cells
+    if _repeats(_facet_keys(cells, [tuple(range(k))], n), 2) and _groups_of_repeats(np.sort(cells[:, :k], axis=1), 2):
+        from tmcore.core.mesh import topology
 
-    with torch.no_grad():
-        det = node_determinants(points, conn, element)
-        extent = float((points.max(0).values - points.min(0).values).norm())
-    tol = 64 * torch.finfo(points.dtype).eps * extent ** points.shape[1]
-    degenerate = (det.abs() <= tol).any(dim=1)
+        dup = topology.duplicate_cells(conn, k)
+        raise MeshError(f"{dup.numel()} duplicate cells (same vertices), e.g. cells {dup[:_SHOW].tolist()}")
+
+    # degenerate and inverted cells
+    det, h = cell_geometry(pts, cells, element)
+    extent = float(np.linalg.norm(pts.max(0) - pts.min(0)))
+    tol = 64 * torch.finfo(points.dtype).eps * extent ** pts.shape[1]
+    degenerate = (np.abs(det) <= tol).any(axis=1)
     if degenerate.any():
-        idx = torch.nonzero(degenerate).flatten()
-        raise MeshError(f"{idx.numel()} degenerate cells (zero measure), e.g. cells {idx[:_SHOW].tolist()}")
-    inverted = (det < 0).any(dim=1)
+        idx = np.nonzero(degenerate)[0]
+        raise MeshError(f"{idx.size} degenerate cells (zero measure), e.g. cells {idx[:_SHOW].tolist()}")
+    inverted = (det < 0).any(axis=1)
     if inverted.any():
-        idx = torch.nonzero(inverted).flatten()
+        idx = np.nonzero(inverted)[0]
         raise MeshError(
-            f"{idx.numel()} inverted cells (negative orientation or non-convex), e.g. cells {idx[:_SHOW].tolist()}; "
+            f"{idx.size} inverted cells (negative orientation or non-convex), e.g. cells {idx[:_SHOW].tolist()}; "
             "Mesh.from_meshio(..., orient=True) reorders simplex nodes"
         )
 
-    facet_element = get_element(element.facet_type)
-    local = np.asarray(element.facets)[:, : facet_element.n_vertices]
-    facets = _sorted_vertices(conn_np[:, local].reshape(-1, local.shape[1]), local.shape[1])
-    keys, exact = _row_keys(facets, n)
-    if _repeats(keys, 3):
+    # overlapping cells: a facet of more than two cells
+    n_facet_vertices = get_element(element.facet_type).n_vertices
+    local = [f[:n_facet_vertices] for f in element.facets]
+    if _repeats(_facet_keys(cells, local, n), 3):
+        facets = np.sort(cells[:, np.asarray(local)], axis=2).transpose(1, 0, 2).reshape(-1, n_facet_vertices)
         groups = _groups_of_repeats(facets, 3)
         if groups:
-            owners = [(facets[g[0]].tolist(), (g // local.shape[0]).tolist()) for g in groups]
-            example = "; ".join(f"facet {f} in cells {c}" for f, c in owners[:2])
+            m = cells.shape[0]
+            example = "; ".join(f"facet {facets[g[0]].tolist()} in cells {(g % m).tolist()}" for g in groups[:2])
             raise _failed(
                 "overlapping cells",
                 f"{len(groups)}{'+' if len(groups) == _SHOW else ''} facets are shared by more than two cells "
                 f"(a second layer of cells overlaps the first), e.g. {example}",
             )
 
-
-def check_nodes(points: Tensor, conn: Tensor, cell_type: str, coincident: str = "error", unused: str = "error",
-                rtol: float = RTOL) -> None:
-    """Unused nodes (unless ``unused == "allow"``) and coincident nodes (unless ``coincident == "allow"``)."""
-    n = points.shape[0]
     if unused != "allow":
-        used = np.bincount(conn.detach().cpu().numpy().ravel(), minlength=n) > 0
+        used = np.bincount(cells.ravel(), minlength=n) > 0
         if not used.all():
             idx = np.nonzero(~used)[0]
             raise _failed(
@@ -277,10 +311,9 @@ def check_nodes(points: Tensor, conn: Tensor, cell_type: str, coincident: str = 
                 "remove them with unused='drop', or keep them with unused='allow'",
             )
     if coincident != "allow":
-        element = get_element(cell_type)
-        pairs, tol = find_coincident(points, conn, element, rtol)
+        pairs = coincident_pairs(pts, rtol * h, h)
         if pairs.size:
-            raise _coincident_error(points, conn, element, pairs, tol, rtol)
+            raise _coincident_error(points, conn, element, pairs, rtol * h, rtol)
 
 
 def _coords(points: Tensor, idx) -> str:
@@ -292,7 +325,7 @@ def _coincident_error(points: Tensor, conn: Tensor, element: Element, pairs: np.
     n = points.shape[0]
     rep = _representatives(n, pairs)
     n_nodes = int((rep != np.arange(n)).sum())
-    merged = _sorted_vertices(rep[conn.detach().cpu().numpy()], element.n_vertices)
+    merged = np.sort(rep[conn.detach().cpu().numpy()[:, : element.n_vertices]], axis=1)
     groups = _groups_of_repeats(merged, 2)
     if groups:
         cells = [g[:2].tolist() for g in groups[:2]]
