@@ -11,42 +11,75 @@
                      -> render_figures       (three PNGs)
 
 then publishes (every run, cached or not) the PNGs and the gradient-check table
-(``gradient_check.nc`` + ``.md``) to ``out`` (default ``reports/figures``), and the same as
-markdown/table artifacts in the Prefect UI. A second run with the same parameters
-recomputes nothing: every task is Cached.
+(``gradient_check.nc`` + ``.md``) to ``out`` (default ``reports/figures``), and in the
+Prefect UI a summary (the key numbers beside the chapter's, links to every file by its
+absolute path), the figures, the formatted gradient-check table and link artifacts. The
+flow returns the same summary and logs it as its last line. A second run with the same
+parameters recomputes nothing: every task is Cached.
+
+Runs are named by their parameters (``figures-id5000-topo60``, task runs
+``identify[h=0.04,5000 steps]``) and tagged with the project, the checkout, the study and
+quick/full (:func:`flows.runners.run_tags`).
 
 Parameters are typed with ranges (:mod:`flows.parameters`): Prefect refuses a run with a
 step count below 1, a mesh size outside [0.002, 0.5] and so on before any task starts.
-The studies checkpoint every ``checkpoint_every`` steps and resume after a crash.
+The studies checkpoint every ``checkpoint_every`` steps, resume after a crash and retry
+on transient failures (:mod:`flows.tasks`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+import time
 
-import xarray as xr
-from prefect import flow, unmapped
+_STARTED = time.perf_counter()
 
-from . import tasks
-from .artifacts import Store
-from .caching import Bound
-from .parameters import Checkpoints, Exponent, LearningRate, MeshSize, NonNegative, Probes, Steps, VolumeFraction
-from .reports import figures_markdown, markdown_table, table_rows, ui_markdown, ui_table, write_table
-from .runners import task_runner
+from .runners import prepare_api  # noqa: E402  (light: no Prefect, torch or tmcore import)
 
-logger = logging.getLogger(__name__)
+if __name__ == "__main__":  # python -m flows.differentiability: start choosing the API while torch and tmcore import
+    _API = prepare_api()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+from collections.abc import Mapping, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import xarray as xr  # noqa: E402
+from prefect import flow, get_run_logger, tags, unmapped  # noqa: E402
+
+from . import tasks  # noqa: E402
+from .artifacts import Store, iter_refs  # noqa: E402
+from .caching import Bound  # noqa: E402
+from .parameters import Checkpoints, Exponent, LearningRate, MeshSize, NonNegative, Probes, Steps, VolumeFraction  # noqa: E402
+from .reports import (  # noqa: E402
+    figures_markdown,
+    file_link,
+    gradient_check_rows,
+    markdown_table,
+    significant,
+    ui_link,
+    ui_markdown,
+    ui_table,
+    write_table,
+)
+from .runners import api_settings, run_tags, tag_flow_run, task_runner  # noqa: E402
 
 DEFAULT_OUT = Path("reports") / "figures"
 STEPS = {"identification": 5000, "topology": 60}
 QUICK_STEPS = {"identification": 300, "topology": 20}
 MESHES = {"identification": 0.04, "topology": 0.025, "gradcheck": 0.2}
 CHECKPOINT_EVERY = 250  # steps between checkpoints of a study (5000 Adam steps: 19 checkpoints of a few ms each)
+
+# The chapter's numbers (docs/differentiability.md, docs/flows.md), for the summary: each holds
+# for the chapter's set-up (mesh size and steps) only. ``rel``: the relative tolerance of "agrees".
+CHAPTER = {
+    "identification": {"mesh": MESHES["identification"], "steps": STEPS["identification"], "loss_first": 9.79e-3, "loss_last_below": 1e-9},
+    "topology": {"mesh": MESHES["topology"], "steps": STEPS["topology"], "compliance_first": 5.924e-3, "compliance_last": 6.880e-4,
+                 "volume": 0.4},
+    # the reference implementation's finite-difference check on the same 44-node mesh
+    "gradcheck": {"mesh": MESHES["gradcheck"], "median_digits": 9.4, "min_digits": 7.6},
+}
 
 
 def gradient_table(store: Store, checks: Sequence[dict]) -> xr.Dataset:
@@ -62,47 +95,168 @@ def gradient_table(store: Store, checks: Sequence[dict]) -> xr.Dataset:
     return table
 
 
+def identification_numbers(store: Store, study: Mapping[str, Any]) -> dict[str, float]:
+    """Key numbers of an identification run, read back from its history and fields."""
+    history = store.open_dataset(study["history"], "history")
+    fields = store.open_dataset(study["fields"], "fields")
+    u_error = abs(fields["u"] - fields["u_obs"]).max() / abs(fields["u_obs"]).max()
+    return {
+        "identification_steps": history.sizes["step"],
+        "loss_first": float(history["loss"][0]),
+        "loss_last": float(history["loss"][-1]),
+        "u_rel_max_error_final": float(u_error),
+        "kappa_max_abs_error": float(abs(fields["kappa"] - fields["kappa_true"]).max()),
+        "identification_ms_per_step": 1e3 * float(history.attrs.get("run_median_seconds_per_step", float("nan"))),
+    }
+
+
+def topology_numbers(store: Store, study: Mapping[str, Any]) -> dict[str, float]:
+    """Key numbers of a topology run, read back from its history."""
+    history = store.open_dataset(study["history"], "history")
+    return {
+        "topology_steps": history.sizes["step"],
+        "compliance_first": float(history["compliance"][0]),
+        "compliance_last": float(history["compliance"][-1]),
+        "volume": float(history["volume"][-1]),
+        "topology_ms_per_step": 1e3 * float(history.attrs.get("run_median_seconds_per_step", float("nan"))),
+    }
+
+
 def summary(store: Store, artifacts: dict) -> dict[str, float]:
     """The key numbers of a figures run, read back from its artifacts."""
-    ident = store.open_dataset(artifacts["identification"]["history"], "history")
-    ident_fields = store.open_dataset(artifacts["identification"]["fields"], "fields")
-    topo = store.open_dataset(artifacts["topology"]["history"], "history")
     checks = gradient_table(store, artifacts["gradient_checks"])
-    u_error = abs(ident_fields["u"] - ident_fields["u_obs"]).max() / abs(ident_fields["u_obs"]).max()
     return {
-        "identification_steps": ident.sizes["step"],
-        "loss_first": float(ident["loss"][0]),
-        "loss_last": float(ident["loss"][-1]),
-        "u_rel_max_error_final": float(u_error),
-        "kappa_max_abs_error": float(abs(ident_fields["kappa"] - ident_fields["kappa_true"]).max()),
-        "identification_ms_per_step": 1e3 * float(ident.attrs.get("run_median_seconds_per_step", float("nan"))),
-        "topology_steps": topo.sizes["step"],
-        "compliance_first": float(topo["compliance"][0]),
-        "compliance_last": float(topo["compliance"][-1]),
-        "volume": float(topo["volume"][-1]),
-        "topology_ms_per_step": 1e3 * float(topo.attrs.get("run_median_seconds_per_step", float("nan"))),
+        **identification_numbers(store, artifacts["identification"]),
+        **topology_numbers(store, artifacts["topology"]),
         "gradcheck_median_digits": float(checks.attrs["median_digits"]),
         "gradcheck_min_digits": float(checks.attrs["min_digits"]),
     }
 
 
+# -- the summary beside the chapter's numbers ---------------------------------------------------
+
+
+def _verdict(applies: bool, agrees: bool, setup: str) -> str:
+    if not applies:
+        return f"n/a ({setup})"
+    return "agrees" if agrees else "DIFFERS"
+
+
+def _close(value: float, reference: float, rel: float) -> bool:
+    return math.isfinite(value) and abs(value - reference) <= rel * abs(reference)
+
+
+def comparison_rows(numbers: Mapping[str, float], meshes: Mapping[str, float], other: str = "") -> list[dict[str, str]]:
+    """Rows ``quantity | this run | chapter | check`` for the numbers present in ``numbers``.
+
+    A row is checked only where the run's set-up is the chapter's (same mesh size, and the
+    same steps for end-of-run values); first-step values need the mesh only. Agreement:
+    4 significant digits (relative 5e-4) for compliances, 3 for the first loss, the
+    chapter's bound for the last loss, 1e-9 for the volume, the tolerance for the gradient
+    check's worst probe (:data:`flows.tasks.GRADCHECK_MIN_DIGITS`). ``other``: why the
+    study's own settings are not the chapter's (a learning rate, a volume fraction): then
+    nothing is checked against the chapter.
+    """
+    rows: list[dict[str, str]] = []
+
+    def row(quantity: str, value: str, chapter: str, check: str) -> None:
+        rows.append({"quantity": quantity, "this run": value, "chapter": chapter, "check": check})
+
+    if "loss_first" in numbers:
+        ref, steps, h = CHAPTER["identification"], int(numbers["identification_steps"]), meshes["identification"]
+        same_mesh, full = h == ref["mesh"] and not other, h == ref["mesh"] and steps == ref["steps"] and not other
+        mesh_note = other or f"h={h:g}, chapter h={ref['mesh']:g}"
+        steps_note = other or f"{steps} steps, chapter {ref['steps']}"
+        row("identification: loss at step 1", significant(numbers["loss_first"], 4), significant(ref["loss_first"], 3),
+            _verdict(same_mesh, _close(numbers["loss_first"], ref["loss_first"], 5e-3), mesh_note))
+        row(f"identification: loss after {steps} steps", significant(numbers["loss_last"], 4),
+            f"< {ref['loss_last_below']:g} after {ref['steps']}",
+            _verdict(full, numbers["loss_last"] < ref["loss_last_below"], mesh_note if not same_mesh else steps_note))
+        row("identification: max |u - u_obs| / max |u_obs|", significant(numbers["u_rel_max_error_final"], 3), "", "")
+        row("identification: max |kappa - kappa_true|", significant(numbers["kappa_max_abs_error"], 3), "", "")
+        row("identification: median ms per Adam step", f"{numbers['identification_ms_per_step']:.2f}", "", "")
+    if "compliance_first" in numbers:
+        ref, steps, h = CHAPTER["topology"], int(numbers["topology_steps"]), meshes["topology"]
+        same_mesh, full = h == ref["mesh"] and not other, h == ref["mesh"] and steps == ref["steps"] and not other
+        mesh_note = other or f"h={h:g}, chapter h={ref['mesh']:g}"
+        steps_note = other or f"{steps} steps, chapter {ref['steps']}"
+        row("topology: compliance at step 1", significant(numbers["compliance_first"], 4), significant(ref["compliance_first"], 4),
+            _verdict(same_mesh, _close(numbers["compliance_first"], ref["compliance_first"], 5e-4), mesh_note))
+        row(f"topology: compliance after {steps} steps", significant(numbers["compliance_last"], 4),
+            f"{significant(ref['compliance_last'], 4)} after {ref['steps']}",
+            _verdict(full, _close(numbers["compliance_last"], ref["compliance_last"], 5e-4), mesh_note if not same_mesh else steps_note))
+        row("topology: mean density", f"{numbers['volume']:.12f}", f"{ref['volume']:g}",
+            _verdict(not other, abs(numbers["volume"] - ref["volume"]) < 1e-9, other))
+        row("topology: median ms per OC step", f"{numbers['topology_ms_per_step']:.2f}", "", "")
+    if "gradcheck_min_digits" in numbers:
+        ref = CHAPTER["gradcheck"]
+        row("gradient check: median agreeing digits", f"{numbers['gradcheck_median_digits']:.1f}",
+            f"{ref['median_digits']:g} (reference implementation)", "")
+        row("gradient check: worst agreeing digits", f"{numbers['gradcheck_min_digits']:.1f}",
+            f"{ref['min_digits']:g} (reference implementation)",
+            "pass" if numbers["gradcheck_min_digits"] >= tasks.GRADCHECK_MIN_DIGITS else f"FAIL (< {tasks.GRADCHECK_MIN_DIGITS:g})")
+    return rows
+
+
+def summary_line(numbers: Mapping[str, float], where: str = "") -> str:
+    """The summary as one log line."""
+    parts = []
+    if "loss_first" in numbers:
+        parts.append(f"identification ({numbers['identification_steps']} steps): loss {numbers['loss_first']:.3e} -> "
+                     f"{numbers['loss_last']:.3e}, max |kappa error| {numbers['kappa_max_abs_error']:.3f}")
+    if "compliance_first" in numbers:
+        parts.append(f"topology ({numbers['topology_steps']} steps): compliance {numbers['compliance_first']:.4e} -> "
+                     f"{numbers['compliance_last']:.4e}, mean density {numbers['volume']:.6f}")
+    if "gradcheck_min_digits" in numbers:
+        verdict = "pass" if numbers["gradcheck_min_digits"] >= tasks.GRADCHECK_MIN_DIGITS else "FAIL"
+        parts.append(f"gradient check: median {numbers['gradcheck_median_digits']:.1f}, worst {numbers['gradcheck_min_digits']:.1f} "
+                     f"digits ({verdict})")
+    return "summary: " + "; ".join(parts) + (f"; {where}" if where else "")
+
+
+def summary_markdown(title: str, numbers: Mapping[str, float], meshes: Mapping[str, float], store: Store, refs: Any,
+                     files: Mapping[str, str | Path] | None = None, extra: str = "", other: str = "") -> str:
+    """The summary artifact: the comparison table, the published files and every store file, by absolute path."""
+    parts = [f"# {title}", "", markdown_table(comparison_rows(numbers, meshes, other))]
+    if extra:
+        parts += [extra, ""]
+    if files:
+        parts += ["## Published files", ""] + [f"- {file_link(path)}: `{Path(path).resolve()}`" for path in files.values()] + [""]
+    root = store.root.resolve()
+    parts += [f"## Artifact store `{root}`", ""]
+    parts += [f"- {ref['kind']}: {file_link(root / ref['path'], ref['path'])}" for ref in iter_refs(refs)]
+    return "\n".join(parts) + "\n"
+
+
 def publish(store: Store, out: Path, artifacts: dict) -> dict[str, Any]:
-    """Copy the figures and write the gradient-check table to ``out``; UI artifacts."""
+    """Copy the figures and write the gradient-check table to ``out``; the UI's figures,
+    gradient-check table and link artifacts."""
     out = Path(out)
     figures = {name: store.copy_to(ref, out / name) for name, ref in artifacts["figures"].items()}
     table = gradient_table(store, artifacts["gradient_checks"])
-    netcdf, markdown = write_table(
-        table, "probe", out / "gradient_check", "Gradient check",
-        notes=f"Autograd against five-point central differences; median {table.attrs['median_digits']:.1f}, "
-        f"worst {table.attrs['min_digits']:.1f} significant digits.",
-    )
+    rows = gradient_check_rows(table, tasks.GRADCHECK_MIN_DIGITS)
+    notes = (f"Autograd against five-point central differences; median {table.attrs['median_digits']:.1f}, "
+             f"worst {table.attrs['min_digits']:.1f} significant digits; a probe passes at {tasks.GRADCHECK_MIN_DIGITS:g} or more.")
+    netcdf, markdown = write_table(table, "probe", out / "gradient_check", "Gradient check", notes=notes, rows=rows)
     pngs = {name: path.read_bytes() for name, path in figures.items()}
-    ui_markdown("differentiability-figures", figures_markdown("Differentiability figures", pngs, str(out)), "the three figures")
-    ui_table("gradient-check", table_rows(table, "probe"), "autograd vs central differences (dim probe)")
+    ui_markdown("differentiability-figures", figures_markdown("Differentiability figures", pngs, str(out.resolve())), "the three figures")
+    ui_table("gradient-check", rows, f"autograd vs central differences: {notes}")
+    for name, path in figures.items():
+        ui_link("figure-" + Path(name).stem.replace("_", "-"), path, name, f"figure {name}, {path.resolve()}")
+    ui_link("gradient-check-table", markdown, markdown.name, f"gradient-check table, {markdown.resolve()} (+ .nc)")
+    ui_link("artifact-store", store.root, str(store.root.resolve()), "the artifact store of this run")
     return {"figures": {name: str(path) for name, path in figures.items()}, "gradient_check": {"netcdf": str(netcdf), "markdown": str(markdown)}}
 
 
-@flow(name="differentiability-figures", task_runner=task_runner(), log_prints=True)
+def _log_summary(line: str) -> None:
+    try:
+        get_run_logger().info(line)
+    except Exception:  # outside a run
+        pass
+
+
+@flow(name="differentiability-figures", task_runner=task_runner(), log_prints=True,
+      flow_run_name="figures-id{identification_steps}-topo{topology_steps}")
 def differentiability_figures(
     identification_steps: Steps = STEPS["identification"],
     topology_steps: Steps = STEPS["topology"],
@@ -115,39 +269,67 @@ def differentiability_figures(
     checkpoint_every: Checkpoints = CHECKPOINT_EVERY,
 ) -> dict[str, Any]:
     """Both worked studies, the gradient checks and the three PNGs; returns the published
-    paths, the artifact references and the key numbers."""
+    paths, the artifact references, the key numbers and the summary line.
+
+    Args:
+        identification_steps: Adam steps of the coefficient identification (the chapter: 5000; a quick run: 300).
+        topology_steps: Optimality-Criteria steps of the thermal topology optimisation (the chapter: 60; a quick run: 20).
+        identification_mesh: gmsh edge length of the identification mesh on the unit square (0.04: 790 nodes).
+        topology_mesh: gmsh edge length of the topology mesh (0.025: 1935 nodes, 3708 triangles).
+        gradcheck_mesh: gmsh edge length of the gradient-check mesh (0.2: 44 nodes).
+        n_probes: entries per gradient checked against five-point central differences.
+        store: artifact store folder (relative to the directory the run executes in; empty: $TMCORE_ARTIFACTS or data/artifacts).
+        out: folder the PNGs and the gradient-check table are published to.
+        checkpoint_every: steps between checkpoints of each study (empty: none); a crashed or retried study resumes from the latest.
+    """
     artifacts = Store(store)
-    generate_mesh = Bound(tasks.generate_mesh, artifacts)
-    meshes = {
-        name: generate_mesh.submit(kind="rectangle", chara_length=h)
-        for name, h in (("identification", identification_mesh), ("topology", topology_mesh), ("gradcheck", gradcheck_mesh))
-    }
-    identification = Bound(tasks.identify_coefficient, artifacts).submit(
-        mesh=meshes["identification"], steps=identification_steps, checkpoint_every=checkpoint_every
-    )
-    topology = Bound(tasks.optimise_topology, artifacts).submit(mesh=meshes["topology"], steps=topology_steps, checkpoint_every=checkpoint_every)
-    checks = Bound(tasks.gradient_check, artifacts).map(
-        mesh=unmapped(meshes["gradcheck"]), target=list(tasks.GRADIENT_TARGETS), n_probes=unmapped(n_probes)
-    )
-    figures = Bound(tasks.render_figures, artifacts).submit(
-        identification_mesh=meshes["identification"], identification=identification,
-        topology_mesh=meshes["topology"], topology=topology,
-    )
-    futures = {"generate_mesh": list(meshes.values()), "identify_coefficient": [identification],
-               "optimise_topology": [topology], "gradient_check": list(checks), "render_figures": [figures]}
-    refs = {
-        "meshes": {name: future.result() for name, future in meshes.items()},
-        "identification": identification.result(),
-        "topology": topology.result(),
-        "gradient_checks": [future.result() for future in checks],
-        "figures": figures.result(),
-    }
+    quick = identification_steps < STEPS["identification"] or topology_steps < STEPS["topology"]
+    labels = tag_flow_run(run_tags("figures", quick=quick))
+    with tags(*labels):
+        generate_mesh = Bound(tasks.generate_mesh, artifacts)
+        meshes = {
+            name: generate_mesh.submit(kind="rectangle", chara_length=h)
+            for name, h in (("identification", identification_mesh), ("topology", topology_mesh), ("gradcheck", gradcheck_mesh))
+        }
+        identify = tasks.study_run(tasks.identify_coefficient, "identify", identification_mesh, identification_steps)
+        identification = Bound(identify, artifacts).submit(
+            mesh=meshes["identification"], steps=identification_steps, checkpoint_every=checkpoint_every
+        )
+        optimise = tasks.study_run(tasks.optimise_topology, "topology", topology_mesh, topology_steps)
+        topology = Bound(optimise, artifacts).submit(mesh=meshes["topology"], steps=topology_steps, checkpoint_every=checkpoint_every)
+        checks = Bound(tasks.gradient_check, artifacts).map(
+            mesh=unmapped(meshes["gradcheck"]), target=list(tasks.GRADIENT_TARGETS), n_probes=unmapped(n_probes)
+        )
+        figures = Bound(tasks.render_figures, artifacts).submit(
+            identification_mesh=meshes["identification"], identification=identification,
+            topology_mesh=meshes["topology"], topology=topology,
+        )
+        futures = {"generate_mesh": list(meshes.values()), "identify_coefficient": [identification],
+                   "optimise_topology": [topology], "gradient_check": list(checks), "render_figures": [figures]}
+        refs = {
+            "meshes": {name: future.result() for name, future in meshes.items()},
+            "identification": identification.result(),
+            "topology": topology.result(),
+            "gradient_checks": [future.result() for future in checks],
+            "figures": figures.result(),
+        }
     states = {name: [future.state.name for future in group] for name, group in futures.items()}
     published = publish(artifacts, Path(out), refs)
-    return {**published, "artifacts": refs, "states": states, "summary": summary(artifacts, refs), "store": str(artifacts.root)}
+    numbers = summary(artifacts, refs)
+    meshes_used = {"identification": identification_mesh, "topology": topology_mesh, "gradcheck": gradcheck_mesh}
+    files = {**published["figures"], "gradient_check.md": published["gradient_check"]["markdown"],
+             "gradient_check.nc": published["gradient_check"]["netcdf"]}
+    table = markdown_table(gradient_check_rows(gradient_table(artifacts, refs["gradient_checks"]), tasks.GRADCHECK_MIN_DIGITS))
+    text = summary_markdown("Differentiability figures: summary", numbers, meshes_used, artifacts, refs, files,
+                            extra="## Gradient check\n\n" + table)
+    ui_markdown("differentiability-summary", text, "key numbers beside the chapter's, and where every file is")
+    line = summary_line(numbers, f"figures in {Path(out).resolve()}")
+    _log_summary(line)
+    return {**published, "artifacts": refs, "states": states, "summary": numbers, "summary_line": line,
+            "summary_markdown": text, "mesh_sizes": meshes_used, "store": str(artifacts.root), "tags": labels}
 
 
-@flow(name="coefficient-identification", task_runner=task_runner())
+@flow(name="coefficient-identification", task_runner=task_runner(), flow_run_name="identification-h{chara_length}-{steps}steps")
 def identification_study(
     steps: Steps = STEPS["identification"],
     chara_length: MeshSize = MESHES["identification"],
@@ -156,14 +338,34 @@ def identification_study(
     store: str | None = None,
     checkpoint_every: Checkpoints = CHECKPOINT_EVERY,
 ) -> dict:
-    """The coefficient identification on its own: mesh -> history and fields artifacts."""
+    """The coefficient identification on its own: mesh -> history and fields artifacts, and a summary.
+
+    Args:
+        steps: Adam steps (the chapter: 5000).
+        chara_length: gmsh edge length of the mesh on the unit square (0.04: 790 nodes).
+        lr: Adam's learning rate.
+        smoothness: weight of the penalty on |grad theta|^2 added to the misfit (0: none).
+        store: artifact store folder (relative to the directory the run executes in; empty: $TMCORE_ARTIFACTS or data/artifacts).
+        checkpoint_every: steps between checkpoints (empty: none); a crashed or retried study resumes from the latest.
+    """
     artifacts = Store(store)
-    mesh = Bound(tasks.generate_mesh, artifacts)(kind="rectangle", chara_length=chara_length)
-    study = Bound(tasks.identify_coefficient, artifacts)(mesh=mesh, steps=steps, lr=lr, smoothness=smoothness, checkpoint_every=checkpoint_every)
-    return {"mesh": mesh, **study}
+    labels = tag_flow_run(run_tags("identification", quick=steps < STEPS["identification"]))
+    with tags(*labels):
+        mesh = Bound(tasks.generate_mesh, artifacts)(kind="rectangle", chara_length=chara_length)
+        identify = tasks.study_run(tasks.identify_coefficient, "identify", chara_length, steps)
+        study = Bound(identify, artifacts)(mesh=mesh, steps=steps, lr=lr, smoothness=smoothness, checkpoint_every=checkpoint_every)
+    numbers = identification_numbers(artifacts, study)
+    # the chapter's numbers are for lr 3e-2 without a penalty: other settings are not compared
+    other = "" if (lr, smoothness) == (3e-2, 0.0) else f"lr {lr:g}, smoothness {smoothness:g}; chapter 0.03, 0"
+    text = summary_markdown("Coefficient identification: summary", numbers, {"identification": chara_length}, artifacts,
+                            {"mesh": mesh, **study}, other=other)
+    ui_markdown("identification-summary", text, "key numbers beside the chapter's")
+    line = summary_line(numbers)
+    _log_summary(line)
+    return {"mesh": mesh, **study, "summary": numbers, "summary_line": line}
 
 
-@flow(name="thermal-topology", task_runner=task_runner())
+@flow(name="thermal-topology", task_runner=task_runner(), flow_run_name="topology-h{chara_length}-{steps}steps")
 def topology_study(
     steps: Steps = STEPS["topology"],
     chara_length: MeshSize = MESHES["topology"],
@@ -172,10 +374,30 @@ def topology_study(
     store: str | None = None,
     checkpoint_every: Checkpoints = 20,
 ) -> dict:
-    """The thermal topology optimisation on its own: mesh -> history and fields artifacts."""
+    """The thermal topology optimisation on its own: mesh -> history and fields artifacts, and a summary.
+
+    Args:
+        steps: Optimality-Criteria steps (the chapter: 60).
+        chara_length: gmsh edge length of the mesh on the unit square (0.025: 1935 nodes).
+        vf: volume fraction, the mean density held by every step (the chapter: 0.4).
+        p: SIMP exponent of the conductivity kmin + (1 - kmin) rho^p.
+        store: artifact store folder (relative to the directory the run executes in; empty: $TMCORE_ARTIFACTS or data/artifacts).
+        checkpoint_every: steps between checkpoints (empty: none); a crashed or retried study resumes from the latest.
+    """
     artifacts = Store(store)
-    mesh = Bound(tasks.generate_mesh, artifacts)(kind="rectangle", chara_length=chara_length)
-    return {"mesh": mesh, **Bound(tasks.optimise_topology, artifacts)(mesh=mesh, steps=steps, vf=vf, p=p, checkpoint_every=checkpoint_every)}
+    labels = tag_flow_run(run_tags("topology", quick=steps < STEPS["topology"]))
+    with tags(*labels):
+        mesh = Bound(tasks.generate_mesh, artifacts)(kind="rectangle", chara_length=chara_length)
+        optimise = tasks.study_run(tasks.optimise_topology, "topology", chara_length, steps)
+        study = Bound(optimise, artifacts)(mesh=mesh, steps=steps, vf=vf, p=p, checkpoint_every=checkpoint_every)
+    numbers = topology_numbers(artifacts, study)
+    other = "" if (vf, p) == (0.4, 3.0) else f"vf {vf:g}, p {p:g}; chapter 0.4, 3"
+    text = summary_markdown("Thermal topology: summary", numbers, {"topology": chara_length}, artifacts, {"mesh": mesh, **study},
+                            other=other)
+    ui_markdown("topology-summary", text, "key numbers beside the chapter's")
+    line = summary_line(numbers)
+    _log_summary(line)
+    return {"mesh": mesh, **study, "summary": numbers, "summary_line": line}
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -209,41 +431,50 @@ def task_counts(states: dict[str, list[str]]) -> str:
 
 
 def report(result: dict[str, Any]) -> str:
-    """The lines the command prints: where the files are and the key numbers."""
-    numbers = result["summary"]
+    """The lines the command prints: the gradient-check table, the key numbers beside the chapter's, where the files are."""
     store = Store(result["store"])
     table = gradient_table(store, result["artifacts"]["gradient_checks"])
     folder = Path(next(iter(result["figures"].values()))).parent.resolve()
     lines = [
         "gradient check (autograd vs five-point central differences):",
-        markdown_table(table_rows(table, "probe", ["target", "index", "autograd", "finite_difference", "rel_diff", "digits"])).rstrip(),
-        f"identification ({numbers['identification_steps']} steps): loss {numbers['loss_first']:.3e} -> {numbers['loss_last']:.3e}, "
-        f"rel max error of u {numbers['u_rel_max_error_final']:.2e}, max |kappa error| {numbers['kappa_max_abs_error']:.3f}, "
-        f"median {numbers['identification_ms_per_step']:.1f} ms/step",
-        f"topology ({numbers['topology_steps']} steps): compliance {numbers['compliance_first']:.4e} -> {numbers['compliance_last']:.4e} "
-        f"({numbers['compliance_first'] / numbers['compliance_last']:.1f}x), volume {numbers['volume']:.12f}, "
-        f"median {numbers['topology_ms_per_step']:.1f} ms/step",
-        f"gradient check: median {numbers['gradcheck_median_digits']:.1f}, worst {numbers['gradcheck_min_digits']:.1f} significant digits",
+        markdown_table(gradient_check_rows(table, tasks.GRADCHECK_MIN_DIGITS)).rstrip(),
+        "key numbers beside the chapter's:",
+        markdown_table(comparison_rows(result["summary"], result["mesh_sizes"])).rstrip(),
         f"tasks: {task_counts(result['states'])}",
         f"artifacts in {store.root.resolve()}",
         f"figures written to {folder}/: {', '.join(Path(p).name for p in result['figures'].values())}",
         f"gradient-check table: {Path(result['gradient_check']['markdown']).resolve()} (+ .nc)",
+        result["summary_line"],
     ]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    api = globals().get("_API")
+    kind, url = api.result() if api is not None else ("", None)
+    ready = time.perf_counter()
+    if kind == "server":
+        print(f"using the Prefect server at {url}", flush=True)
+    elif kind == "unreachable":
+        print(f"no Prefect server answers at PREFECT_API_URL={url}; using a temporary one", flush=True)
     figures_flow = differentiability_figures
     if args.dask_address:
         figures_flow = figures_flow.with_options(task_runner=task_runner(args.dask_address))
-    result = figures_flow(
-        identification_steps=args.identification_steps, topology_steps=args.topology_steps, store=args.store, out=args.out
-    )
+    with api_settings(kind):
+        result = figures_flow(
+            identification_steps=args.identification_steps, topology_steps=args.topology_steps, store=args.store, out=args.out
+        )
+    done = time.perf_counter()
     print(report(result), flush=True)
+    if api is not None:
+        print(f"time: {ready - _STARTED:.1f} s to import and reach the Prefect API ({kind or 'default'}), "
+              f"{done - ready:.1f} s in the flow", flush=True)
     return result
 
 
 if __name__ == "__main__":
+    from .runners import exit_now
+
     main()
-    sys.exit(0)
+    exit_now(0)

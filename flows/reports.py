@@ -26,6 +26,39 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def significant(value: Any, digits: int = 4) -> str:
+    """A float to ``digits`` significant digits in scientific notation (``-1.235e-05``, so a
+    column lines up); ints and text unchanged."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.{digits - 1}e}"
+    return str(value)
+
+
+def gradient_check_rows(dataset, min_digits: float) -> list[dict[str, str]]:
+    """The rows of a gradient-check table (dim ``probe``) for people: values to 4 significant
+    digits, the relative difference to 2, the agreeing digits to one decimal, and ``pass``
+    or ``FAIL`` against ``min_digits``."""
+    rows = []
+    for row in table_rows(dataset, "probe", ["target", "entity", "index", "autograd", "finite_difference", "rel_diff", "digits"]):
+        digits = float(row["digits"])
+        rows.append({
+            "target": str(row["target"]),
+            "probe": f"{row['entity']} {row['index']}",
+            "autograd": significant(row["autograd"]),
+            "finite difference": significant(row["finite_difference"]),
+            "rel. diff": f"{float(row['rel_diff']):.2e}",
+            "digits": f"{digits:.1f}",
+            f"≥ {min_digits:g} digits": "pass" if math.isfinite(digits) and digits >= min_digits else "FAIL",
+        })
+    return rows
+
+
+def file_link(path: str | Path, text: str | None = None) -> str:
+    """A markdown link to a local file by its absolute path (``file://`` URL)."""
+    path = Path(path).resolve()
+    return f"[{text or path.name}]({path.as_uri()})"
+
+
 def table_rows(dataset, dim: str, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """The rows of a table dataset (one dimension ``dim``) as dicts of Python scalars; the
     coordinate of ``dim``, if any, comes first."""
@@ -46,11 +79,15 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(dataset, dim: str, path: str | Path, title: str, notes: str = "") -> tuple[Path, Path]:
-    """``<path>.nc`` (netCDF) and ``<path>.md`` (markdown) of a table dataset, written atomically."""
+def write_table(
+    dataset, dim: str, path: str | Path, title: str, notes: str = "", rows: Sequence[Mapping[str, Any]] | None = None
+) -> tuple[Path, Path]:
+    """``<path>.nc`` (netCDF, every value) and ``<path>.md`` (markdown: ``rows``, by default
+    the dataset's rows) of a table dataset, written atomically."""
     path = Path(path)
     netcdf = atomic_write_bytes(path.with_suffix(".nc"), dataset_bytes(dataset))
-    text = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes.strip() else "") + markdown_table(table_rows(dataset, dim))
+    rows = table_rows(dataset, dim) if rows is None else rows
+    text = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes.strip() else "") + markdown_table(rows)
     return netcdf, atomic_write_text(path.with_suffix(".md"), text)
 
 
@@ -70,6 +107,16 @@ def ui_markdown(key: str, markdown: str, description: str) -> None:
         create_markdown_artifact(markdown=markdown, key=key, description=description)
     except Exception as error:
         logger.warning("markdown artifact %r not created: %s", key, error)
+
+
+def ui_link(key: str, path: str | Path, text: str, description: str) -> None:
+    """A link artifact in the Prefect UI to a local file by its absolute path."""
+    try:
+        from prefect.artifacts import create_link_artifact
+
+        create_link_artifact(link=Path(path).resolve().as_uri(), link_text=text, key=key, description=description)
+    except Exception as error:
+        logger.warning("link artifact %r not created: %s", key, error)
 
 
 def ui_table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> None:

@@ -9,7 +9,12 @@ steps the study's state (iterate, optimiser ``state_dict``, step, histories) is 
 as a ``checkpoint`` artifact under the stage's identity, and a later run of the same
 stage (same parameters, inputs and code) resumes from the latest one after a crash,
 reaching bitwise the result of an uninterrupted run (docs/reliability.md). A finished
-stage discards its checkpoint.
+stage discards its checkpoint. They retry (twice, after 5 and 30 s) when they fail for a
+reason outside the computation (:data:`TRANSIENT`: I/O, memory, their time limit), and a
+retry resumes from that checkpoint.
+
+Task runs are named by what they compute: ``mesh[rectangle h=0.025]``,
+``identify[h=0.04,5000 steps]`` (the flows add the mesh size), ``gradient_check[topology]``.
 
     generate_mesh         -> mesh
     assemble(mesh)        -> system          (device "auto": CUDA when available)
@@ -47,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 DTYPE = torch.float64
 GRADIENT_TARGETS = ("identification", "topology")
+# a gradient-check probe passes when autograd and the five-point differences agree to this many
+# significant digits (the validation benchmark's bound too)
+GRADCHECK_MIN_DIGITS = 7.0
 
 
 def resolve_device(device: str) -> str:
@@ -69,11 +77,27 @@ def _run_logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 class Progress:
-    """A study callback: logs and moves a Prefect progress artifact about every 2% of the steps."""
+    """A study callback that reads like a progress bar in the run's log.
 
-    def __init__(self, key: str, total: int, description: str):
-        self.total, self.every = total, max(1, total // 50)
+    One line at every ``1/updates`` of the steps (and at the last), naming the quantity,
+    the step, the percentage, the value, the rate and the time left::
+
+        identification loss: step 2500/5000 (50%) 3.112e-08 | 281 steps/s | ETA 9 s
+
+    so a study logs at most ``updates`` lines whatever its length. The Prefect progress
+    artifact ``key`` moves at the same points only: each update is one
+    ``prefect.artifact.updated`` event, which ``prefect deployment run --watch`` prints, so
+    it stays at ``updates`` events per study instead of one per 2 % of the steps. The rate
+    counts the steps this attempt ran (a resumed study starts its clock at the checkpoint).
+    ``time_limit``: seconds this attempt may take; past it, the next step raises TimeoutError.
+    """
+
+    def __init__(self, key: str, total: int, quantity: str, description: str, updates: int = 10, time_limit: float | None = None):
+        self.total, self.quantity, self.time_limit = total, quantity, time_limit
+        self.marks = {max(1, round(total * i / updates)) for i in range(1, updates + 1)} | {total}
         self.log = _run_logger()
+        self.first: int | None = None
+        self.started = 0.0
         self.artifact = None
         try:
             from prefect.artifacts import create_progress_artifact
@@ -83,11 +107,30 @@ class Progress:
                 self.artifact = create_progress_artifact(progress=0.0, key=key, description=description)
         except Exception as error:  # no API to talk to: progress goes to the log only
             self.log.debug("no progress artifact (%s)", error)
+        self.created = time.perf_counter()  # the time limit counts from here
+
+    def line(self, done: int, value: float, elapsed: float) -> str:
+        """The log line after ``done`` of ``total`` steps, ``elapsed`` seconds after the first step of this attempt."""
+        counted = done - (self.first or 0)
+        rate = counted / elapsed if elapsed > 0 and counted > 0 else float("nan")
+        left = (self.total - done) / rate if rate == rate and rate > 0 else float("nan")
+        return (
+            f"{self.quantity}: step {done}/{self.total} ({100 * done / self.total:.0f}%) {value:.4g} | "
+            f"{rate:.3g} steps/s | ETA {format_seconds(left)}"
+        )
 
     def __call__(self, step: int, value: float) -> None:
         done = step + 1
-        if done % self.every and done != self.total:
+        if self.time_limit is not None and time.perf_counter() - self.created > self.time_limit:
+            raise TimeoutError(
+                f"{self.quantity}: time limit of {format_seconds(self.time_limit)} exceeded after step {done}/{self.total} "
+                "(a retry resumes from the latest checkpoint)"
+            )
+        if self.first is None:  # the clock starts at the first step of this attempt (a resume starts late)
+            self.first, self.started = step, time.perf_counter()
+        if done not in self.marks:
             return
+        self.log.info(self.line(done, value, time.perf_counter() - self.started))
         if self.artifact is not None:
             try:
                 from prefect.artifacts import update_progress_artifact
@@ -95,8 +138,87 @@ class Progress:
                 update_progress_artifact(self.artifact, progress=100.0 * done / self.total)
             except Exception as error:
                 self.log.debug("progress artifact not updated (%s)", error)
-        if done % max(1, self.total // 10) == 0 or done == self.total:
-            self.log.info("step %d/%d: %.4e", done, self.total, value)
+
+
+def format_seconds(seconds: float) -> str:
+    """"42 s", "3 min 05 s", "2 h 07 min"; "?" when unknown."""
+    if not seconds == seconds or seconds < 0:  # NaN
+        return "?"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+# -- retries and timeouts -------------------------------------------------------------------------
+
+# Failures worth a retry: the machine, not the computation (a full disk, a lost file system,
+# memory, a task that ran out of time). A ValueError, a FloatingPointError or a SolverError
+# comes back identically on a retry (same inputs, same code, bitwise-deterministic studies),
+# so those fail at once.
+TRANSIENT = (OSError, TimeoutError, MemoryError)
+STUDY_RETRIES = 2
+STUDY_RETRY_DELAYS = [5.0, 30.0]  # seconds before the first and the second retry
+# Time limits of the studies: generous, to end a stuck run, never a slow one: 1 s per step
+# (100-300x the chapter meshes' 3.5 and 9 ms per step), at least an hour. Checked at every
+# step by the study's callback (:class:`Progress`), which raises TimeoutError: Prefect's own
+# task timeout cannot interrupt a task in a worker thread (it says so in a warning on every
+# run) and the studies spend their time in Python loops that a check per step does reach.
+STUDY_SECONDS_PER_STEP = 1.0
+STUDY_MIN_TIMEOUT = 3600.0
+
+
+def transient_failure(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``: retry only when the failure is :data:`TRANSIENT`."""
+    error = getattr(state, "data", None)
+    if not isinstance(error, BaseException):
+        try:
+            error = state.result(raise_on_failure=False)
+        except Exception:
+            return False
+    return isinstance(error, TRANSIENT)
+
+
+def study_timeout(steps: int) -> float:
+    """The default time limit of one attempt of a study stage of ``steps`` steps, in seconds."""
+    return max(STUDY_MIN_TIMEOUT, STUDY_SECONDS_PER_STEP * steps)
+
+
+def study_run(task: Any, label: str, mesh_size: float, steps: int) -> Any:
+    """A study task with the run name ``<label>[h=<mesh size>,<steps> steps]`` (the mesh
+    size is known to the flow, not to the task, which sees a mesh reference)."""
+    return task.with_options(task_run_name=f"{label}[h={mesh_size:g},{steps} steps]")
+
+
+# -- run names ----------------------------------------------------------------------------------
+
+
+def _mesh_name(parameters: dict) -> str:
+    kind, order, element = parameters.get("kind", "rectangle"), parameters.get("order", 1), parameters.get("element_type", "triangle")
+    if kind == "grid":
+        cells = parameters.get("cells")
+        size = "x".join(str(c) for c in ([cells, cells] if isinstance(cells, int) else list(cells or [])))
+    else:
+        size = f"h={parameters.get('chara_length', 0.1):g}"
+    extra = ("" if element == "triangle" else f" {element}") + ("" if order == 1 else f" P{order}")
+    return f"mesh[{kind} {size}{extra}]"
+
+
+def _study_name(label: str) -> Callable[..., str]:
+    def name(parameters: dict) -> str:
+        return f"{label}[{parameters.get('steps')} steps]"
+
+    return name
+
+
+def _gradient_check_name(parameters: dict) -> str:
+    return f"gradient_check[{parameters.get('target')}]"
+
+
+def _assemble_name(parameters: dict) -> str:
+    return f"assemble[{parameters.get('problem')},{parameters.get('device')}]"
 
 
 def _mesh(store: Store, ref) -> Mesh:
@@ -140,7 +262,7 @@ def _step_arrays(result, names: Sequence[str]) -> dict[str, tuple]:
 # -- stages -------------------------------------------------------------------------------------
 
 
-@cached_task("generate_mesh")
+@cached_task("generate_mesh", task_run_name=_mesh_name)
 def generate_mesh(
     store: str,
     kind: str = "rectangle",
@@ -166,7 +288,9 @@ def generate_mesh(
     return Store(store).put_dataset(dataset, "mesh")
 
 
-@cached_task("assemble", sources=("flows.problems",), normalise={"device": resolve_device})
+@cached_task(
+    "assemble", sources=("flows.problems",), normalise={"device": resolve_device}, task_run_name=_assemble_name
+)
 def assemble(store: str, mesh: dict, problem: str = "poisson-mms", device: str = "auto") -> dict:
     """The linear system of a named problem (flows.problems) on the mesh, assembled on
     ``device`` and stored as COO entries (dim ``entry``) with the load and Dirichlet data."""
@@ -195,7 +319,7 @@ def assemble(store: str, mesh: dict, problem: str = "poisson-mms", device: str =
     return artifacts.put_dataset(dataset, "system")
 
 
-@cached_task("solve", sources=("flows.problems",))
+@cached_task("solve", sources=("flows.problems",), task_run_name="solve")
 def solve(store: str, mesh: dict, system: dict) -> dict:
     """The nodal solution u of a stored system (CPU, direct solver), with the error norms of
     problems that have an exact solution."""
@@ -223,16 +347,27 @@ def solve(store: str, mesh: dict, system: dict) -> dict:
     return artifacts.put_dataset(dataset, "fields")
 
 
-@cached_task("identify_coefficient", unkeyed=("checkpoint_every",))
+@cached_task(
+    "identify_coefficient", unkeyed=("checkpoint_every", "time_limit"), task_run_name=_study_name("identify"),
+    retries=STUDY_RETRIES, retry_delay_seconds=STUDY_RETRY_DELAYS, retry_condition_fn=transient_failure,
+)
 def identify_coefficient(
-    store: str, mesh: dict, steps: int = 5000, lr: float = 3e-2, smoothness: float = 0.0, checkpoint_every: int | None = None
+    store: str,
+    mesh: dict,
+    steps: int = 5000,
+    lr: float = 3e-2,
+    smoothness: float = 0.0,
+    checkpoint_every: int | None = None,
+    time_limit: float | None = None,
 ) -> dict:
     """The coefficient identification study (tmcore.studies): history (dim step) and final
     fields (kappa, kappa_true, u, u_obs on node). ``checkpoint_every``: steps between
-    checkpoints (None: none); a checkpoint of this stage is resumed either way."""
+    checkpoints (None: none); a checkpoint of this stage is resumed either way.
+    ``time_limit``: seconds per attempt (None: :func:`study_timeout`)."""
     artifacts = Store(store)
     mesh_ = _mesh(artifacts, mesh)
-    progress = Progress("identification-progress", steps, f"coefficient identification, {steps} Adam steps")
+    progress = Progress("identification-progress", steps, "identification loss", f"coefficient identification, {steps} Adam steps",
+                        time_limit=study_timeout(steps) if time_limit is None else time_limit)
     start = time.perf_counter()
     result = _run_study(
         artifacts, coefficient_identification, checkpoint_every, mesh=mesh_, steps=steps, lr=lr, smoothness=smoothness, callback=progress
@@ -249,7 +384,10 @@ def identify_coefficient(
     return {"history": artifacts.put_dataset(history, "history"), "fields": artifacts.put_dataset(fields, "fields")}
 
 
-@cached_task("optimise_topology", unkeyed=("checkpoint_every",))
+@cached_task(
+    "optimise_topology", unkeyed=("checkpoint_every", "time_limit"), task_run_name=_study_name("topology"),
+    retries=STUDY_RETRIES, retry_delay_seconds=STUDY_RETRY_DELAYS, retry_condition_fn=transient_failure,
+)
 def optimise_topology(
     store: str,
     mesh: dict,
@@ -261,16 +399,19 @@ def optimise_topology(
     move_limit: float = 0.15,
     snapshot_steps: Sequence[int] | None = None,
     checkpoint_every: int | None = None,
+    time_limit: float | None = None,
 ) -> dict:
     """The thermal topology study (tmcore.studies): history (compliance, volume on step;
     rho_snapshot on snapshot_step x cell) and the final densities rho on cell.
     ``snapshot_steps`` None: 0, 5 and the last. ``checkpoint_every``: steps between
-    checkpoints (None: none); a checkpoint of this stage is resumed either way."""
+    checkpoints (None: none); a checkpoint of this stage is resumed either way.
+    ``time_limit``: seconds per attempt (None: :func:`study_timeout`)."""
     artifacts = Store(store)
     mesh_ = _mesh(artifacts, mesh)
     if snapshot_steps is None:
         snapshot_steps = sorted({0, min(5, steps - 1), steps - 1})
-    progress = Progress("topology-progress", steps, f"thermal topology optimisation, {steps} OC steps")
+    progress = Progress("topology-progress", steps, "topology compliance", f"thermal topology optimisation, {steps} OC steps",
+                        time_limit=study_timeout(steps) if time_limit is None else time_limit)
     start = time.perf_counter()
     result = _run_study(
         artifacts, thermal_topology, checkpoint_every, mesh=mesh_, vf=vf, p=p, kmin=kmin, sigma=sigma, steps=steps,
@@ -294,7 +435,7 @@ def _topology_compliance(mesh: Mesh, vf: float = 0.4, p: float = 3.0, kmin: floa
     return design.objective, torch.full((mesh.n_cells,), vf, dtype=DTYPE)
 
 
-@cached_task("gradient_check")
+@cached_task("gradient_check", task_run_name=_gradient_check_name)
 def gradient_check(store: str, mesh: dict, target: str = "identification", n_probes: int = 5, seed: int = 0) -> dict:
     """Autograd against five-point central differences at ``n_probes`` entries drawn with
     ``seed``: d(identification loss)/d(theta) at theta = 0 on interior nodes, or
@@ -335,7 +476,7 @@ def gradient_check(store: str, mesh: dict, target: str = "identification", n_pro
     return artifacts.put_dataset(table, "gradcheck")
 
 
-@cached_task("render_figures", sources=("flows.figures",))
+@cached_task("render_figures", sources=("flows.figures",), task_run_name="render_figures")
 def render_figures(store: str, identification_mesh: dict, identification: dict, topology_mesh: dict, topology: dict) -> dict:
     """The three PNGs of the differentiability figures (flows.figures), stored as figure artifacts."""
     artifacts = Store(store)
