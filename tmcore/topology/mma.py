@@ -183,12 +183,12 @@ def solve_dual(
         fixed = (lam <= 0) & (grad <= 0)  # at the bound lam = 0 and pushing into it
         keep = (~fixed).to(x.dtype)
         scale = float(H.diagonal().abs().max())
-        reduced = -H * keep[:, None] * keep[None, :] + eye * (1.0 - keep) + eye * (1e-12 * max(scale, 1e-300))
+        reduced = -H * keep[:, None] * keep[None, :] + eye * (1.0 - keep) + eye * max(1e-12 * scale, 1e-300)
         direction = torch.linalg.solve(reduced, grad * keep)
-        if float(direction @ grad) <= 0 or not bool(torch.isfinite(direction).all()):
-            direction = grad * keep
         # a flat W (every x_j on its box, no elastic curvature) gives a huge Newton step: cap it
         cap = 10.0 * (1.0 + float(lam.abs().max()))
+        if float(direction @ grad) <= 0 or not bool(torch.isfinite(direction).all()):
+            direction = grad * keep * (cap / max(float(grad.abs().max()), 1e-300))  # steepest ascent, line-searched
         length = float(direction.abs().max())
         step = min(1.0, cap / length) if length > 0 else 1.0
         roundoff = 1e-13 * max(1.0, abs(float(value)))
