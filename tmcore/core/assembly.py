@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from tmcore.core.checks import is_int, is_number
 from tmcore.core.elements import Element, get_element, quadrature
 from tmcore.core.errors import AssemblyError
+from tmcore.core.linalg.linear_map import SparseLinearMap
 from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
 from tmcore.core.mesh import Mesh
 from tmcore.core.mesh import geometry as geo
@@ -82,6 +83,9 @@ _COMPONENT_OF = {TEST: TEST_COMPONENT, TRIAL: TRIAL_COMPONENT}
 # keeps a block's temporaries to tens of MiB. P1 Laplace at 1e5-1e6 cells on 2 cores was
 # fastest between 2^19 and 2^21 and 1.4-1.8x slower evaluated in one block.
 CHUNK_EVALUATIONS = 2**20
+# Forms affine in their data are assembled through a sparse operator (see _AffineForm) unless it
+# would hold more entries than this (before summing duplicates); then the integrand is evaluated.
+AFFINE_MAX_ENTRIES = 2**23
 
 
 @lru_cache(maxsize=None)
@@ -266,6 +270,14 @@ class _Assembler(nn.Module):
             resolved[name if kind != "point_gradient" else "grad_" + name] = (value, kind, batched is not None)
         return resolved, batch, dtype
 
+    def _arguments(self, data: dict, geometry: _Geometry, dtype: torch.dtype, gather) -> dict:
+        """Every integrand argument at the quadrature points: {name: (tensor, axes it varies along)}."""
+        args = _data_arguments(data, geometry, dtype, gather)
+        names = integrand_arguments(type(self).forward)
+        reserved = _reserved_arguments(geometry, dtype, self.n_components)
+        args.update({name: reserved[name] for name in names if name in self.reserved})
+        return args
+
     def _assemble_chunks(self, sources: dict[str, dict], geometry: _Geometry, gather) -> Iterator[tuple[slice, Tensor]]:
         """Integrand values summed over quadrature points, a block of cells at a time:
         yields (cells, values (B?, len(cells), k[, c], k[, c])).
@@ -276,11 +288,12 @@ class _Assembler(nn.Module):
         million cells at once spends more time faulting in fresh pages than computing.
         """
         data, batch, dtype = self._resolve(sources)
-        args = _data_arguments(data, geometry, dtype, gather)
+        return self._evaluate_blocks(self._arguments(data, geometry, dtype, gather), batch, dtype, geometry)
+
+    def _evaluate_blocks(self, args: dict, batch: int | None, dtype: torch.dtype, geometry: _Geometry) -> Iterator[tuple[slice, Tensor]]:
+        """The integrand over ``args`` (see :meth:`_arguments`), integrated cell by cell, in blocks of cells."""
         names = integrand_arguments(type(self).forward)
         components = self.n_components
-        reserved = _reserved_arguments(geometry, dtype, components)
-        args.update({name: reserved[name] for name in names if name in self.reserved})
         basis_levels = self._basis_levels(components)
         levels = ([BATCH] if batch is not None else []) + [CELL, POINT] + basis_levels
         m, q = geometry.weights.shape
@@ -303,6 +316,48 @@ class _Assembler(nn.Module):
                     "returned a non-scalar)"
                 )
             yield cells, _integrate(values, weights[cells], len(basis_levels))
+
+    # -- forms affine in their data ---------------------------------------------------------
+
+    def _form_state(self) -> tuple | None:
+        """The plain settings the integrand may read (numbers, strings), or None when the form has
+        parameters, buffers, submodules or other state that could change between calls."""
+        if self._parameters or self._buffers or self._modules:
+            return None
+        items = []
+        for name, value in vars(self).items():
+            if name.startswith("_") or name in ("training", "basis_axes"):
+                continue
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                return None
+            items.append((name, value))
+        return tuple(sorted(items))
+
+    def _affine_values(self, data: dict, batch: int | None, dtype: torch.dtype, geometry: _Geometry, degree: int,
+                       index: Tensor, size: int) -> Tensor | None:
+        """The assembled values (B?, size) through the form's affine operator (:class:`_AffineForm`),
+        or None when the form is not affine in its data or the operator does not apply.
+
+        The operator is built on the first call with a data layout (names, kinds, shapes), once per
+        mesh, form settings, quadrature degree and dtype, and cached on the mesh; the form's
+        affinity is probed then, and a form found non-affine is evaluated as written from then on.
+        ``index`` maps each local entry (m * entries per cell,) to its global slot in [0, size).
+        """
+        mesh = self.mesh
+        state = self._form_state()
+        mesh_key = _cache_key(mesh)
+        if state is None or mesh_key is None or any(kind == "point_gradient" for _, kind, _ in data.values()):
+            return None
+        external = _external_state(type(self).forward)
+        if external is None:
+            return None
+        layout = tuple((name, kind, _field_shape(value, kind, batched)) for name, (value, kind, batched) in data.items())
+        key = (type(self), state, external, degree, self.n_components, dtype, layout, size)
+        forms = _mesh_cache(mesh, "affine", mesh_key, dict)
+        if key not in forms:
+            forms[key] = _AffineForm.build(self, layout, geometry, dtype, index, size)
+        form = forms[key]
+        return None if form is None else form(data, batch)
 
     def _assemble(self, sources: dict[str, dict], geometry: _Geometry, gather) -> Tensor:
         """Integrand values summed over quadrature points for every cell: (B?, m, k[, c], k[, c])."""
@@ -454,6 +509,165 @@ def _vmap_integrand(forward: Callable, names: tuple[str, ...], args: dict, level
     return fn(*tensors)
 
 
+@lru_cache(maxsize=None)
+def _referenced_globals(forward: Callable) -> tuple[str, ...]:
+    """Global names the integrand's code reads (the names it uses that its module defines)."""
+    code = getattr(forward, "__code__", None)
+    module_globals = getattr(forward, "__globals__", {})
+    return tuple(name for name in code.co_names if name in module_globals) if code is not None else ()
+
+
+def _external_state(forward: Callable) -> tuple | None:
+    """The values of the module-level variables and closure cells the integrand reads, as a
+    cache key: numbers and strings by value, tensors by identity and version; modules,
+    functions and classes are code, not state. None when some other object is read (then
+    the form is always evaluated as written)."""
+    module_globals = getattr(forward, "__globals__", {})
+    cells = [cell.cell_contents for cell in (getattr(forward, "__closure__", None) or ())]
+    state = []
+    for value in [module_globals[name] for name in _referenced_globals(forward)] + cells:
+        if inspect.ismodule(value) or inspect.isroutine(value) or inspect.isclass(value):
+            continue
+        if value is None or isinstance(value, (bool, int, float, str)):
+            state.append(value)
+        elif isinstance(value, Tensor):
+            state.append((id(value), value.data_ptr(), value._version, tuple(value.shape)))
+        else:
+            return None
+    return tuple(state)
+
+
+def _field_shape(value: Tensor, kind: str, batched: bool) -> tuple[int, ...]:
+    """The per-node / per-cell shape F of a data field (n, *F), (m, *F) or () for scalars."""
+    if kind == "scalar_data":
+        return ()
+    return tuple(value.shape[2:] if batched else value.shape[1:])
+
+
+class _AffineForm:
+    """Assembly of a form affine in its data as constant + sum_k A_k d_k.
+
+    Most forms are a coefficient times a fixed bilinear expression of the basis functions
+    (kappa grad u . grad v, E a(u, v), f v): their assembled values are an affine function of
+    the data. For those, the map from each data field d_k (nodal values, cell values or a
+    number, flattened) to the values is a fixed sparse matrix A_k, built here once by
+    evaluating the integrand with unit data at each quadrature point; a call is then one
+    sparse product per field, and its backward one transposed product, instead of
+    evaluating the integrand at every quadrature point.
+    """
+
+    def __init__(self, constant: Tensor, maps: dict, sizes: dict):
+        self.constant = constant  # (size,)
+        self.maps = maps  # name -> SparseLinearMap (size, n_in)
+        self.sizes = sizes  # name -> n_in
+
+    def __call__(self, data: dict, batch: int | None) -> Tensor:
+        values = self.constant if batch is None else self.constant.expand(batch, -1)
+        for name, linear_map in self.maps.items():
+            value, _, batched = data[name]
+            flat = value.reshape(batch, -1) if batched else value.reshape(-1)
+            if batch is not None and not batched:
+                flat = flat.expand(batch, -1)
+            values = values + linear_map(flat.to(self.constant.dtype))
+        return values if self.maps else values.clone()
+
+    @staticmethod
+    def build(assembler: _Assembler, layout: tuple, geometry: _Geometry, dtype: torch.dtype, index: Tensor,
+              size: int) -> _AffineForm | None:
+        """The operator of ``assembler`` for data of ``layout``, or None when the form is not
+        affine in that data (probed with random data) or the operator would be too large."""
+        mesh = assembler.mesh
+        device = geometry.weights.device
+        m, n_quad = geometry.weights.shape
+        k = geometry.conn.shape[1]
+        per_cell = index.numel() // max(m, 1)
+        entries = 0
+        for _, kind, shape in layout:
+            width = math.prod(shape)
+            entries += per_cell * width * (k if kind == "point_data" else 1) * max(m, 1)
+        if entries > AFFINE_MAX_ENTRIES:
+            return None
+        full = {"point_data": mesh.n_points, "element_data": m}
+
+        def fields(fill) -> dict:
+            return {name: (fill((full[kind], *shape) if kind in full else shape), kind, False) for name, kind, shape in layout}
+
+        def local(args: dict) -> Tensor:
+            blocks = assembler._evaluate_blocks(args, None, dtype, geometry)
+            return torch.cat([values.reshape(-1) for _, values in blocks])
+
+        def evaluate(data: dict) -> Tensor:
+            return local(assembler._arguments(data, geometry, dtype, _identity))
+
+        generator = torch.Generator().manual_seed(0)
+
+        def random(shape):
+            return torch.randn(shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+
+        def zeros(shape):
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        with torch.no_grad():
+            zero = fields(zeros)
+            f0 = evaluate(zero)
+            if layout:
+                x, y = fields(random), fields(random)
+                fx, fy = evaluate(x), evaluate(y)
+                both = {name: (x[name][0] + y[name][0], kind, False) for name, (_, kind, _) in x.items()}
+                twice = {name: (2 * x[name][0], kind, False) for name, (_, kind, _) in x.items()}
+                fxy, f2x = evaluate(both), evaluate(twice)
+                probes = torch.stack([f0, fx, fy, fxy, f2x])
+                if not bool(torch.isfinite(probes).all()):
+                    return None
+                scale = float(probes.abs().max()) if probes.numel() else 0.0
+                tolerance = 1e-9 * max(scale, torch.finfo(dtype).tiny)
+                additive = (fxy + f0 - fx - fy).abs()
+                homogeneous = (f2x + f0 - 2 * fx).abs()
+                if probes.numel() and (float(additive.max()) > tolerance or float(homogeneous.max()) > tolerance):
+                    return None
+            constant = f0.new_zeros(size).index_add(0, index, f0)
+            maps, sizes = {}, {}
+            base = assembler._arguments(zero, geometry, dtype, _identity)
+            rows_local = index.reshape(m, per_cell)
+            cells = torch.arange(m, device=device)
+            for name, kind, shape in layout:
+                width = math.prod(shape)
+                rows, cols, values = [], [], []
+                for component in range(width):
+                    points = range(n_quad) if kind == "point_data" else (None,)
+                    for q in points:
+                        unit = torch.zeros(width, dtype=dtype, device=device)
+                        unit[component] = 1.0
+                        if kind == "point_data":
+                            at = torch.zeros(m, n_quad, width, dtype=dtype, device=device)
+                            at[:, q] = unit
+                            arg = (at.reshape(m, n_quad, *shape), (CELL, POINT))
+                        elif kind == "element_data":
+                            arg = (unit.expand(m, width).reshape(m, *shape), (CELL,))
+                        else:
+                            arg = (unit.reshape(shape), ())
+                        response = (local({**base, name: arg}) - f0).reshape(m, per_cell)
+                        if kind == "point_data":  # d_q = sum_c N_c(x_q) d_c: spread over the cell's nodes
+                            weights = geometry.basis[q].to(dtype)  # (k,)
+                            rows.append(rows_local[:, :, None].expand(m, per_cell, k).reshape(-1))
+                            cols.append((geometry.conn[:, None, :].expand(m, per_cell, k) * width + component).reshape(-1))
+                            values.append((response[:, :, None] * weights).reshape(-1))
+                        elif kind == "element_data":
+                            rows.append(rows_local.reshape(-1))
+                            cols.append((cells[:, None].expand(m, per_cell) * width + component).reshape(-1))
+                            values.append(response.reshape(-1))
+                        else:
+                            rows.append(rows_local.reshape(-1))
+                            cols.append(torch.full((m * per_cell,), component, dtype=torch.long, device=device))
+                            values.append(response.reshape(-1))
+                n_in = full.get(kind, 1) * width
+                maps[name] = SparseLinearMap(
+                    torch.cat(rows).to(torch.long), torch.cat(cols).to(torch.long), torch.cat(values), (size, n_in)
+                )
+                sizes[name] = n_in
+        return _AffineForm(constant, maps, sizes)
+
+
 class ElementAssembler(_Assembler):
     """Bilinear form sum_cells int forward(u, v, gradu, gradv, x, data...) dx -> SparseMatrix (n, n).
 
@@ -466,12 +680,16 @@ class ElementAssembler(_Assembler):
 
     def __call__(self, point_data=None, element_data=None, scalar_data=None) -> SparseMatrix:
         mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
-        geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, sources))
+        degree = self._degree(mesh.element, sources)
+        geometry = _cached_cell_geometry(mesh, degree)
         components = self.n_components
         pattern, slots = _cached_pattern(mesh, components)
-        blocks = self._assemble_chunks(sources, geometry, _identity)  # (B?, c, k[, c], k[, c]) each
-        per_cell = (geometry.conn.shape[1] * (components or 1)) ** 2
-        values = _sum_blocks(blocks, len(self._basis_levels(components)), pattern.nnz, _slices_of(slots, per_cell))
+        data, batch, dtype = self._resolve(sources)
+        values = self._affine_values(data, batch, dtype, geometry, degree, slots, pattern.nnz)
+        if values is None:
+            blocks = self._evaluate_blocks(self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry)
+            per_cell = (geometry.conn.shape[1] * (components or 1)) ** 2
+            values = _sum_blocks(blocks, len(self._basis_levels(components)), pattern.nnz, _slices_of(slots, per_cell))
         return SparseMatrix.from_pattern(pattern, values)
 
     def local(self, point_data=None, element_data=None, scalar_data=None) -> Tensor:
@@ -508,11 +726,17 @@ class NodeAssembler(_Assembler):
 
     def __call__(self, point_data=None, element_data=None, scalar_data=None) -> Tensor:
         mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
-        geometry = _cached_cell_geometry(mesh, self._degree(mesh.element, sources))
+        degree = self._degree(mesh.element, sources)
+        geometry = _cached_cell_geometry(mesh, degree)
         components = self.n_components
         dofs = geometry.conn if components is None else dof_connectivity(geometry.conn, components)
-        blocks = self._assemble_chunks(sources, geometry, _identity)  # (B?, c, k[, c]) each
-        return _sum_blocks(blocks, len(self._basis_levels(components)), mesh.n_points * (components or 1), lambda cells: dofs[cells])
+        size = mesh.n_points * (components or 1)
+        data, batch, dtype = self._resolve(sources)
+        values = self._affine_values(data, batch, dtype, geometry, degree, dofs.reshape(-1), size)
+        if values is None:
+            blocks = self._evaluate_blocks(self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry)
+            values = _sum_blocks(blocks, len(self._basis_levels(components)), size, lambda cells: dofs[cells])
+        return values
 
 
 def _sum_blocks(blocks, per_cell_dims: int, size: int, index_of: Callable[[slice], Tensor]) -> Tensor:
