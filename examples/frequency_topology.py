@@ -114,7 +114,8 @@ def main(argv=None):
     rho = design.physical(x.detach())
     print(
         f"cantilever {nelx} x {nely}, {options.steps} MMA steps: lambda_1 {float(history[0, 0]):.6g} -> "
-        f"{float(history[-1, 0]):.6g} ({float(history[-1, 0] / history[0, 0]):.2f}x), lambda_2 {float(history[-1, 1]):.6g}, "
+        f"{float(history[-1, 0]):.6g} ({float(history[-1, 0] / history[0, 0]):.2f}x), "
+        f"lambda_2 {float(history[-1, 1]):.6g}, "
         f"volume {float(rho.mean()):.6f}, {1e3 * statistics.median(seconds):.1f} ms/step"
     )
     if options.png:
