@@ -330,11 +330,16 @@ class Store:
         relative = self._object_path(sha, suffix)
         target = self.root / relative
         if target.is_file():
-            if sha256_file(target) == sha:  # written before (by us, or by a concurrent run)
+            if self.verify({"kind": kind, "path": relative, "sha256": sha, "content": content or sha}):
                 return {"kind": kind, "path": relative, "sha256": sha, "content": content or sha}
-            with contextlib.suppress(FileNotFoundError):  # a concurrent run may have moved it already
-                self.quarantine(target)
-        atomic_write_bytes(target, data)
+            # verify moved a corrupt file aside (or raised ArtifactError, saying what to do, if it could not)
+        try:
+            atomic_write_bytes(target, data)
+        except OSError as error:
+            raise ArtifactError(
+                f"cannot write {kind} artifact {target} ({type(error).__name__}: {error}); make {target.parent} "
+                "writable (or remove what blocks that name) and rerun"
+            ) from error
         return {"kind": kind, "path": relative, "sha256": sha, "content": content or sha}
 
     def put_dataset(self, dataset, kind: str) -> dict[str, str]:
@@ -345,24 +350,41 @@ class Store:
     # -- reading --
 
     def verify(self, ref: Mapping[str, Any], quarantine: bool = True) -> bool:
-        """True if the file exists and its bytes match the sha256; a mismatching file is
-        moved to ``quarantine/`` (never deleted) when ``quarantine``."""
+        """True if the file exists and its bytes match the sha256. A file that does not match,
+        or cannot be read, is moved to ``quarantine/`` (never deleted) when ``quarantine``;
+        ArtifactError, saying what to do, if it cannot be moved either."""
         path = self.path(ref)
         if not path.is_file():
             return False
-        if sha256_file(path) == ref["sha256"]:
-            return True
+        try:
+            if sha256_file(path) == ref["sha256"]:
+                return True
+            reason = "failed its sha256 check"
+        except OSError as error:
+            reason = f"could not be read ({type(error).__name__}: {error.strerror or error})"
         if quarantine:
-            self.quarantine(path)
+            with contextlib.suppress(FileNotFoundError):  # a concurrent run may have moved it already
+                self.quarantine(path, reason)
         return False
 
-    def quarantine(self, path: Path) -> Path:
-        """Move a file that failed verification aside, under ``quarantine/`` with a timestamp."""
+    def quarantine(self, path: Path, reason: str = "failed its sha256 check") -> Path:
+        """Move a file that failed verification aside, under ``quarantine/`` with a timestamp, and
+        log ``reason`` (what failed). ArtifactError, naming the file and what to do, if it cannot
+        be moved (an immutable file, a read-only folder): a store never keeps serving it."""
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         target = self.root / "quarantine" / f"{path.name}.{stamp}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
-        logger.warning("artifact %s failed its sha256 check; moved to %s", path, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise ArtifactError(
+                f"{path} {reason} but cannot be moved to {target.parent} ({type(error).__name__}: "
+                f"{error.strerror or error}); delete it by hand (if it is immutable: chattr -i; if its folder is "
+                "read-only: chmod u+w) and rerun"
+            ) from error
+        logger.warning("%s %s; moved to %s", path, reason, target)
         return target
 
     def read_bytes(self, ref: Mapping[str, Any]) -> bytes:
@@ -372,8 +394,13 @@ class Store:
             data = path.read_bytes()
         except FileNotFoundError as error:
             raise ArtifactError(f"{ref['kind']} artifact {path} is missing") from error
+        except OSError as error:
+            with contextlib.suppress(FileNotFoundError):
+                self.quarantine(path, f"could not be read ({type(error).__name__}: {error.strerror or error})")
+            raise ArtifactError(f"{ref['kind']} artifact {path} could not be read (moved to quarantine)") from error
         if sha256_bytes(data) != ref["sha256"]:
-            self.quarantine(path)
+            with contextlib.suppress(FileNotFoundError):
+                self.quarantine(path)
             raise ArtifactError(f"{ref['kind']} artifact {path} does not match its sha256 (moved to quarantine)")
         return data
 
@@ -402,7 +429,21 @@ class Store:
         return entry if isinstance(entry, dict) else None
 
     def write_index(self, key: str, entry: Mapping[str, Any]) -> Path:
-        return atomic_write_json(self._index_path(key), dict(entry))
+        """Write (replace) the index entry of a stage key, atomically."""
+        path = self._index_path(key)
+        try:
+            return atomic_write_json(path, dict(entry))
+        except OSError as error:
+            raise ArtifactError(
+                f"cannot write index entry {path} ({type(error).__name__}: {error.strerror or error}); delete it by "
+                "hand (if it is immutable: chattr -i; if its folder is read-only: chmod u+w) and rerun"
+            ) from error
+
+    def quarantine_index(self, key: str, reason: str) -> None:
+        """Move the index entry of a stage key aside (it names something the store must not
+        use), so that the next run records a fresh one; logged with ``reason``."""
+        with contextlib.suppress(FileNotFoundError):
+            self.quarantine(self._index_path(key), reason)
 
     # -- checkpoints of long stages (flows.tasks) --
 

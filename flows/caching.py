@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import SCHEMA_VERSION, Store, hash_array, is_ref, iter_refs
+from .artifacts import SCHEMA_VERSION, ArtifactError, Store, hash_array, is_ref, iter_refs
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +220,8 @@ def check_result_record(path: Path, expected: Any) -> str | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as error:
+        return f"it could not be read ({type(error).__name__}: {error.strerror or error})"
     try:
         record = json.loads(data)
     except ValueError:
@@ -258,16 +260,26 @@ def cache_key(stage: Stage, parameters: Mapping[str, Any], records: Path | None 
     entry = store.read_index(identity)
     if entry is not None:
         refs = list(iter_refs(entry.get("result")))
-        intact = [store.verify(ref) for ref in refs]  # every one checked: corrupt ones all moved aside
+        try:
+            intact = [store.verify(ref) for ref in refs]  # every one checked: corrupt ones all moved aside
+        except ValueError as error:  # a reference that is not an object of the store (../, an absolute path)
+            store.quarantine_index(identity, f"names an artifact outside the store's objects ({error})")
+            logger.warning("%s: index entry refused; recomputing", stage.name)
+            return f"{identity}-{secrets.token_hex(4)}"
+        except ArtifactError as error:  # corrupt and immovable: the new generation's write says what to do
+            logger.warning("%s: %s; recomputing", stage.name, error)
+            return f"{identity}-{secrets.token_hex(4)}"
         key = entry.get("key")
         if refs and all(intact) and isinstance(key, str) and re.fullmatch(re.escape(identity) + r"-[0-9a-f]{8}", key):
             problem = check_result_record(records / key, entry.get("result"))
             if problem is None:
                 return key
             try:
-                moved = store.quarantine(records / key)
+                moved = store.quarantine(records / key, f"is a result record Prefect must not load: {problem}")
             except FileNotFoundError:  # a concurrent run moved it first
                 moved = store.root / "quarantine"
+            except ArtifactError as error:  # stuck in place: the new generation's record has another name
+                moved = f"nowhere ({error})"
             logger.warning("%s: result record %s refused (%s); moved to %s, recomputing", stage.name, key, problem, moved)
         else:
             logger.info("%s: %d of %d recorded artifacts missing or corrupt; recomputing", stage.name, intact.count(False), len(refs))

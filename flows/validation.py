@@ -24,6 +24,7 @@ import numpy as np
 import xarray as xr
 from prefect import flow
 
+from . import preflight
 from .artifacts import Store, provenance
 from .benchmarks import Check, Context, get_suite
 from .caching import tmcore_hash
@@ -106,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"report folder (default {DEFAULT_OUT})")
     parser.add_argument("--dask-address", default=None, help="run the tasks on this dask.distributed scheduler ('local': a LocalCluster)")
     args = parser.parse_args(argv)
+    preflight.run_or_exit(store=args.store, out=args.out)  # before any work: one line naming a bad path
     benchmark = validation_benchmark
     if args.dask_address:
         benchmark = benchmark.with_options(task_runner=task_runner(args.dask_address))
