@@ -17,7 +17,8 @@ matrix's index tensors (``layout_signature``), so a matrix from an assembler bui
 topology step builds a fresh ``Condenser(mesh.boundary_mask)`` inside ``fem_solve``. The
 identification step builds its assemblers and Condenser once (as the benchmark defines that
 step), which TensorMesh runs unchanged. ``OCOptimizer.step()`` reads ``rho.grad`` as the
-chapter calls it.
+chapter calls it. ``--one-condenser`` runs the topology step exactly as the chapter writes it, to
+record that it fails (``AssertionError: the layout of the matrix is changed``).
 """
 
 from __future__ import annotations
@@ -86,18 +87,20 @@ def identification_step(mesh: Mesh):
     return step
 
 
-def topology_step(mesh: Mesh):
+def topology_step(mesh: Mesh, fresh_condenser: bool = True):
     n_elem = mesh.cells["triangle"].shape[0]
     x, y = mesh.points[:, 0], mesh.points[:, 1]
     f_field = torch.exp(-((x - 0.5) ** 2 + (y - 0.5) ** 2) / (2 * SIGMA**2))
     rho = torch.full((n_elem,), VF, dtype=torch.float64, requires_grad=True)
     optim = OCOptimizer(rho, vf=VF, move_limit=MOVE_LIMIT)
+    chapter_cond = Condenser(mesh.boundary_mask)
 
     def fem_solve(rho):
         kappa = KMIN + (1.0 - KMIN) * rho**P_SIMP
         K = WeightedLaplace.from_mesh(mesh)(element_data={"kappa": kappa}).double()
         b = Source.from_mesh(mesh)(point_data={"f": f_field}).double()
-        cond = Condenser(mesh.boundary_mask)  # the one change: a fresh Condenser per step (see the docstring)
+        # the one change: a fresh Condenser per step (see the docstring); --one-condenser: the chapter's code
+        cond = Condenser(mesh.boundary_mask) if fresh_condenser else chapter_cond
         K_, b_ = cond(K, b)
         return cond.recover(K_.solve(b_)), b
 
@@ -119,10 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--one-condenser", action="store_true", help="topology: the chapter's one Condenser (fails on the second step)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     mesh = load_mesh(args.mesh)
-    step = identification_step(mesh) if args.problem == "identification" else topology_step(mesh)
+    if args.problem == "identification":
+        step = identification_step(mesh)
+    else:
+        step = topology_step(mesh, fresh_condenser=not args.one_condenser)
     first_values = [step() for _ in range(args.warmup)]
     seconds, values = [], []
     for _ in range(args.steps):

@@ -10,6 +10,10 @@ without bounds is a measurement (a timing, an error norm) reported as it is.
 To add a suite (e.g. issue 5's full benchmark), write ``flows/benchmarks/<name>.py``
 with a function decorated ``@register("<name>")`` and import it at the bottom of this
 file; ``validation-benchmark --param suites='["<name>"]'`` runs it.
+
+``steps`` is no suite: it holds the chapter's two optimisation steps as users write them, on
+tmcore and by hand on scikit-fem + SciPy, which the ``timings`` suite's speed guard and the
+report benchmark ``python -m benchmarks.steps`` both time.
 """
 
 from __future__ import annotations

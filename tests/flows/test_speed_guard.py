@@ -100,3 +100,28 @@ def test_a_slow_tmcore_fails_the_nightly_flow(prefect_api, store, tmp_path, monk
         "FAILED: speed-identification-ratio, speed-topology-ratio"
         in (tmp_path / "validation-2030-02-01.md").read_text()
     )
+
+
+@pytest.mark.slow  # a few fresh processes: about a minute on a busy 2-core machine
+def test_the_step_benchmark_measures_in_processes_and_writes_its_report(tmp_path):
+    from benchmarks import steps as bench
+    from benchmarks.suite import machine
+
+    mesh = StepMesh.grid(8)
+    mesh.save(tmp_path / "grid.npz")
+    case = bench.Case(
+        "identification", "grid 81", tmp_path / "grid.npz", mesh.n_nodes, mesh.n_cells, mesh.n_unknowns, 3, 1
+    )
+    loads: list[str] = []
+    results = bench.measure([case], [bench.OURS, bench.SKFEM], rounds=1, peers=None, loads=loads)
+    assert [(r.error, len(r.seconds)) for r in results] == [("", 3), ("", 3)]
+    rows = bench.rows_of(results)
+    np.testing.assert_allclose(rows[0]["first_value"], rows[1]["first_value"], rtol=1e-9)
+    assert rows[0]["ratio_to_tmcore"] == 1.0 and rows[1]["ratio_to_tmcore"] > 0
+    prows = bench.phase_rows(bench.measure_phases([case], rounds=1))
+    assert {p["implementation"] for p in prows} == {bench.OURS, bench.SKFEM} and all(p["sum_ms"] > 0 for p in prows)
+    markdown = bench.write_report(rows, prows, machine(), loads, tmp_path, "2030-01-01", [bench.OURS, bench.SKFEM], "")
+    text = markdown.read_text()
+    assert "| identification | grid 81 | 81 | 49 |" in text and "![phases](2030-01-01-phases.png)" in text
+    for name in ("2030-01-01-steps.png", "2030-01-01-phases.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
