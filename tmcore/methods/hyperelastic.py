@@ -51,6 +51,7 @@ from tmcore.core.mesh import Mesh
 __all__ = [
     "Hyperelasticity",
     "NewtonRecord",
+    "det",
     "first_piola",
     "neo_hookean",
     "neo_hookean_uniaxial",
@@ -64,8 +65,10 @@ Energy = Callable[..., Tensor]
 # -- the material at one point -----------------------------------------------------------------
 
 
-def _det(F: Tensor) -> Tensor:
-    """det F of a (2, 2) or (3, 3) matrix, written out (cheap and twice differentiable under vmap)."""
+def det(F: Tensor) -> Tensor:
+    """det F of a (2, 2) or (3, 3) matrix, written out: cheap, and twice differentiable under
+    ``torch.func`` (the Hessian of ``torch.linalg.det`` at F = I comes out NaN in torch 2.13,
+    so energies should use this one)."""
     if F.shape[-1] == 2:
         return F[0, 0] * F[1, 1] - F[0, 1] * F[1, 0]
     return (
@@ -83,7 +86,7 @@ def neo_hookean(F: Tensor, mu: Tensor | float, lam: Tensor | float) -> Tensor:
     F (d, d) with d = 2 (plane strain: tr(F^T F) - 3 = tr of the in-plane block - 2) or 3;
     mu, lam the Lamé parameters of the small-strain limit. J <= 0 gives NaN (no energy).
     """
-    J = _det(F)
+    J = det(F)
     log_j = torch.log(J)
     return 0.5 * mu * ((F * F).sum() - F.shape[-1]) - mu * log_j + 0.5 * lam * log_j**2
 
@@ -356,6 +359,11 @@ class Hyperelasticity(nn.Module):
     def _factor_free(self, u: Tensor, params: Tensor):
         """(the factorisation of J_ff, the full tangent J) at u."""
         J = self._tangent(u, params).detach()
+        if not bool(torch.isfinite(J.values).all()):
+            raise SolverError(
+                "the tangent has NaN or inf entries: the energy's second derivative is not finite here "
+                "(an element inside out, or an energy built on torch.linalg.det: use tmcore.methods.hyperelastic.det)"
+            )
         J_free, _ = self._condenser(J, J.values.new_zeros(J.shape[0]))
         return factorize(J_free.pattern, J_free.values.unsqueeze(0), SolveOptions(backend=self.backend)), J
 
