@@ -223,7 +223,8 @@ def conflicts(served: Sequence[Any], owner: Owner) -> list[str]:
 
 
 class _Stopper:
-    """SIGINT/SIGTERM handler: the first signal stops the runner, a second one exits at once."""
+    """SIGINT/SIGTERM handler: the first signal stops serving (:func:`_run_until_stopped` sees
+    it; before any deployment is registered it unwinds ``main``), a second one exits at once."""
 
     def __init__(self) -> None:
         self.runner: Any = None
@@ -235,12 +236,24 @@ class _Stopper:
         if self.signal is not None:  # a second Ctrl-C: leave now
             os._exit(130)
         self.signal, self.since = signal.Signals(signum).name, time.monotonic()
-        runner = self.runner
-        if runner is not None and runner.started and getattr(runner, "_loop", None) is not None:
-            runner.stopping = True
-            runner.execute_in_background(runner.astop)
-        else:
-            raise KeyboardInterrupt  # not serving yet: unwind main()
+        if self.runner is None:
+            raise KeyboardInterrupt  # nothing registered yet: unwind main()
+
+
+async def _run_until_stopped(runner: Any, stopper: _Stopper) -> None:
+    """``runner.start()`` until a signal: then ``runner.astop()`` (once the runner has started,
+    so a Ctrl-C during its start-up is not lost), which cancels runs in flight and its loops."""
+
+    async def watch() -> None:
+        while stopper.signal is None or not runner.started:
+            await asyncio.sleep(0.1)
+        await runner.astop()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await runner.start()
+    finally:
+        watcher.cancel()
 
 
 def _pause_own(ids: dict[str, Any], owner: Owner) -> tuple[list[str], list[str]]:
@@ -340,8 +353,12 @@ def _serve(args: argparse.Namespace, api_url: str, stopper: _Stopper) -> int:
         return 1
 
     runner = Runner(name=f"tmcore-{args.name}-{owner.pid}", pause_on_shutdown=False)
-    ids = {f"{d.flow_name}/{d.name}": runner.add_deployment(d) for d in served}
-    stopper.runner = runner
+    stopper.runner = runner  # from here a signal is recorded, and what was registered gets paused
+    ids = {}
+    for deployment in served:
+        ids[f"{deployment.flow_name}/{deployment.name}"] = runner.add_deployment(deployment)
+        if stopper.signal:
+            break
     print(
         "serving " + ", ".join(ids) + f" from {owner.checkout}; Ctrl-C stops.\n"
         f"run one from another shell:\n  PREFECT_API_URL={api_url} {_prefect_executable()} deployment run "
@@ -349,7 +366,7 @@ def _serve(args: argparse.Namespace, api_url: str, stopper: _Stopper) -> int:
         flush=True,
     )
     if stopper.signal is None:
-        asyncio.run(runner.start())
+        asyncio.run(_run_until_stopped(runner, stopper))
     _quiet_shutdown_logs()
     paused, left = _pause_own(ids, owner)
     note = f", left {', '.join(left)} alone (now another process's)" if left else ""
