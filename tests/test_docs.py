@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["getting_started.md", "differentiability.md", "optimisation.md"]
+PAGES = ["getting_started.md", "differentiability.md", "optimisation.md", "hyperelasticity.md", "homogenisation.md"]
 
 FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
