@@ -58,6 +58,7 @@ from tmcore.core.linalg.linear_map import SparseLinearMap
 from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
 from tmcore.core.mesh import Mesh
 from tmcore.core.mesh import geometry as geo
+from tmcore.core.threads import threads_for
 
 __all__ = [
     "ElementAssembler",
@@ -685,11 +686,12 @@ class ElementAssembler(_Assembler):
         components = self.n_components
         pattern, slots = _cached_pattern(mesh, components)
         data, batch, dtype = self._resolve(sources)
-        values = self._affine_values(data, batch, dtype, geometry, degree, slots, pattern.nnz)
-        if values is None:
-            blocks = self._evaluate_blocks(self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry)
-            per_cell = (geometry.conn.shape[1] * (components or 1)) ** 2
-            values = _sum_blocks(blocks, len(self._basis_levels(components)), pattern.nnz, _slices_of(slots, per_cell))
+        with threads_for(slots.numel()):
+            values = self._affine_values(data, batch, dtype, geometry, degree, slots, pattern.nnz)
+            if values is None:
+                blocks = self._evaluate_blocks(self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry)
+                per_cell = (geometry.conn.shape[1] * (components or 1)) ** 2
+                values = _sum_blocks(blocks, len(self._basis_levels(components)), pattern.nnz, _slices_of(slots, per_cell))
         return SparseMatrix.from_pattern(pattern, values)
 
     def local(self, point_data=None, element_data=None, scalar_data=None) -> Tensor:
@@ -732,10 +734,11 @@ class NodeAssembler(_Assembler):
         dofs = geometry.conn if components is None else dof_connectivity(geometry.conn, components)
         size = mesh.n_points * (components or 1)
         data, batch, dtype = self._resolve(sources)
-        values = self._affine_values(data, batch, dtype, geometry, degree, dofs.reshape(-1), size)
-        if values is None:
-            blocks = self._evaluate_blocks(self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry)
-            values = _sum_blocks(blocks, len(self._basis_levels(components)), size, lambda cells: dofs[cells])
+        with threads_for(dofs.numel()):
+            values = self._affine_values(data, batch, dtype, geometry, degree, dofs.reshape(-1), size)
+            if values is None:
+                blocks = self._evaluate_blocks(self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry)
+                values = _sum_blocks(blocks, len(self._basis_levels(components)), size, lambda cells: dofs[cells])
         return values
 
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from tmcore.core.checks import is_number
 from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
+from tmcore.core.threads import threads_for
 
 __all__ = ["Condenser"]
 
@@ -122,14 +123,15 @@ class Condenser(nn.Module):
             shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
             raise ValueError(f"b must have shape ({self.n},) or (B, {self.n}) to match the mask, got {shape}")
         split = self._split(K.pattern)
-        K_free = SparseMatrix.from_pattern(split.free_pattern, K.values[..., split.ff_slots])
-        b_free = b[..., self.free_index]
-        g = self.dirichlet_value
-        if g is not None:
-            g = g.to(device=b.device, dtype=torch.promote_types(g.dtype, b.dtype))
-            coupling = K.values[..., split.fd_slots] * g[..., split.fd_cols]
-            lifted = coupling.new_zeros(coupling.shape[:-1] + (self.n_free,)).index_add(-1, split.fd_rows, coupling)
-            b_free = b_free - lifted
+        with threads_for(K.values.numel()):
+            K_free = SparseMatrix.from_pattern(split.free_pattern, K.values[..., split.ff_slots])
+            b_free = b[..., self.free_index]
+            g = self.dirichlet_value
+            if g is not None:
+                g = g.to(device=b.device, dtype=torch.promote_types(g.dtype, b.dtype))
+                coupling = K.values[..., split.fd_slots] * g[..., split.fd_cols]
+                lifted = coupling.new_zeros(coupling.shape[:-1] + (self.n_free,)).index_add(-1, split.fd_rows, coupling)
+                b_free = b_free - lifted
         return K_free, b_free
 
     def recover(self, u_free: Tensor) -> Tensor:
@@ -138,12 +140,13 @@ class Condenser(nn.Module):
             shape = tuple(u_free.shape) if isinstance(u_free, Tensor) else type(u_free).__name__
             raise ValueError(f"u_free must have shape ({self.n_free},) or (B, {self.n_free}), got {shape}")
         g = self.dirichlet_value
-        if g is None:
-            return u_free.new_zeros(u_free.shape[:-1] + (self.n,)).index_copy(-1, self.free_index, u_free)
-        g = g.to(device=u_free.device, dtype=torch.promote_types(g.dtype, u_free.dtype))
-        batch = torch.broadcast_shapes(g.shape[:-1], u_free.shape[:-1])
-        full = g.expand(batch + (self.n,))
-        return full.index_copy(-1, self.free_index, u_free.expand(batch + (self.n_free,)))
+        with threads_for(u_free.numel()):
+            if g is None:
+                return u_free.new_zeros(u_free.shape[:-1] + (self.n,)).index_copy(-1, self.free_index, u_free)
+            g = g.to(device=u_free.device, dtype=torch.promote_types(g.dtype, u_free.dtype))
+            batch = torch.broadcast_shapes(g.shape[:-1], u_free.shape[:-1])
+            full = g.expand(batch + (self.n,))
+            return full.index_copy(-1, self.free_index, u_free.expand(batch + (self.n_free,)))
 
     def extra_repr(self) -> str:
         return f"n={self.n}, n_free={self.n_free}, n_dirichlet={self.dirichlet_index.numel()}"

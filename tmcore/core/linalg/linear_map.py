@@ -12,6 +12,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from tmcore.core.threads import threads_for
+
 __all__ = ["SparseLinearMap"]
 
 
@@ -37,9 +39,10 @@ class SparseLinearMap:
 
 
 def _product(matrix: Tensor, x: Tensor) -> Tensor:
-    if x.ndim == 1:
-        return matrix @ x
-    return (matrix @ x.T).T
+    with threads_for(matrix.values().numel()):
+        if x.ndim == 1:
+            return matrix @ x
+        return (matrix @ x.T).T
 
 
 class _Apply(torch.autograd.Function):
