@@ -63,7 +63,10 @@ class FactoredSolve(torch.autograd.Function):
     def backward(ctx, grad_x: Tensor):
         (x,) = ctx.saved_tensors
         values = ctx.values
-        lam = FactoredSolve.apply(values, grad_x, ctx.factor, not ctx.transpose)
+        if torch.is_grad_enabled():  # create_graph=True: the transposed solve goes on the graph
+            lam = FactoredSolve.apply(values, grad_x, ctx.factor, not ctx.transpose)
+        else:  # the same solve without the Function's overhead (~30 us, 2% of a 700-unknown solve)
+            lam = ctx.factor.solve(grad_x, not ctx.transpose)
         grad_values = None
         if ctx.needs_input_grad[0]:
             rows, cols = ctx.factor.pattern.rows, ctx.factor.pattern.cols
