@@ -196,23 +196,24 @@ def _gmsh_model(**options):
 
 def _in_process(spec: dict) -> dict:
     """Run a recipe in this process (small meshes: well under a second)."""
-    import gmsh
-
-    with _gmsh_model(**spec.get("options", {})) as g:
-        logging_started = False
-        try:
-            g.logger.start()
-            logging_started = True
-            dim, cell_type = gmsh_worker.build(g, spec)
-            return gmsh_worker.mesh_arrays(g, dim, spec.get("order", 1), cell_type)
-        except gmsh_worker.GmshFailure as error:
-            raise MeshError(str(error)) from None
-        except Exception as error:  # gmsh raises bare Exception, sometimes with an empty message
-            raise MeshError(f"gmsh failed: {gmsh_worker.describe(error, gmsh.logger.get())}") from error
-        finally:
-            if logging_started:
+    failure = f"gmsh failed meshing a {spec['kind']}"
+    try:
+        with _gmsh_model(**spec.get("options", {})) as gmsh:
+            gmsh.logger.start()
+            try:
+                dim, cell_type = gmsh_worker.build(gmsh, spec)
+                return gmsh_worker.mesh_arrays(gmsh, dim, spec.get("order", 1), cell_type)
+            except gmsh_worker.GmshFailure as error:
+                raise MeshError(f"{failure}: {error}") from None
+            except Exception as error:  # gmsh raises bare Exception, sometimes with an empty message
+                raise MeshError(f"{failure}: {gmsh_worker.describe(error, gmsh.logger.get())}") from error
+            finally:
                 with contextlib.suppress(Exception):
                     gmsh.logger.stop()
+    except MeshError:
+        raise
+    except Exception as error:  # setting an option or initialising gmsh failed
+        raise MeshError(f"{failure}: {gmsh_worker.describe(error, [])}") from error
 
 
 def _in_child(spec: dict, estimate: int) -> dict:

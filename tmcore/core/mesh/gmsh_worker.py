@@ -150,8 +150,8 @@ def describe(error: BaseException, log: list[str]) -> str:
         return f"{type(error).__name__}: {text}"
     lines = [line for line in log if "rror" in line] or log
     tail = "; ".join(line.strip() for line in lines[-3:])
-    hint = f"gmsh's last messages: {tail}" if tail else "gmsh logged nothing (often: it ran out of memory)"
-    return f"{type(error).__name__} with no message ({hint})"
+    hint = f"gmsh's last messages: {tail}" if tail else "and gmsh logged nothing: most often it ran out of memory"
+    return f"{type(error).__name__} with no message, {hint}"
 
 
 def main(argv: list[str]) -> int:
