@@ -1,0 +1,125 @@
+"""Run mosaic's harness on tmcore and write the report.
+
+    python -m integrations.mosaic.run [--quick] [--problems P ...] [--suites S ...]
+        [--max-cost-n N] [--max-iters N] [--no-endpoints] [--out DIR] [--results DIR]
+
+For each problem (thermal-mesh, structural-mesh): mosaic's suites in-process
+(:mod:`integrations.mosaic.harness`), the endpoint timings, then ``<out>/mosaic.md``,
+``<out>/mosaic.nc`` and mosaic's plots under ``<out>/<problem>/``. ``--quick``: the cost
+sweeps up to N = 64 (thermal) / 8 (structural) and at most 100 optimisation iterations (a
+few minutes); otherwise mosaic's own sizes. Defaults: ``--out reports/mosaic/<full|quick>``,
+``--results data/artifacts/mosaic/<full|quick>`` (mosaic's raw result tree, git-ignored).
+Exits 1 when a mosaic status cell is not ok (the report is written first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from . import harness, report
+
+logger = logging.getLogger(__name__)
+
+QUICK = {
+    "thermal-mesh": harness.Limits(max_cost_n=64, max_iters=100),
+    "structural-mesh": harness.Limits(max_cost_n=8, max_iters=100),
+}
+FULL = {
+    "thermal-mesh": harness.Limits(),
+    # 2500 Adam iterations took 17 min on the shared 2-core machine (load ~9): over the 15-minute budget per run
+    "structural-mesh": harness.Limits(max_iters=1200),
+}
+ENDPOINT_MAX_N = 512  # the endpoint timings (outside the harness) stop here: 4 calls x 4 rounds per size
+
+
+def run(
+    problems: Sequence[str],
+    limits: Mapping[str, harness.Limits],
+    results: Path,
+    out: Path,
+    mode: str,
+    suites: Sequence[str] = harness.SUITES,
+    endpoints: bool = True,
+):
+    """Run, summarise and write the report; the report Dataset."""
+    import torch
+
+    summaries, statuses, timings, seconds, notes = {}, {}, {}, {}, []
+    for problem in problems:
+        for suite in suites:  # mosaic merges with earlier results otherwise; other suites' results stay
+            shutil.rmtree(Path(results) / problem / suite, ignore_errors=True)
+        start = time.perf_counter()
+        seconds[problem] = harness.run_problem(problem, results, limits[problem], suites)
+        if endpoints and "cost" in suites:
+            cap = min(limits[problem].max_cost_n or ENDPOINT_MAX_N, ENDPOINT_MAX_N)
+            timings[problem] = harness.endpoint_timings(problem, max_n=cap)
+        logger.info("%s: %.0f s", problem, time.perf_counter() - start)
+        summaries[problem] = report.summarize(results, problem)
+        statuses[problem] = report.status_cells(harness.status_of(problem, results))
+        notes += harness.limit_notes(problem, limits[problem])
+    if endpoints and "cost" in suites:
+        notes.append(f"endpoint timings up to N = {ENDPOINT_MAX_N} (larger sizes: mosaic's cost suite only)")
+    attrs = {
+        "mode": mode,
+        "date": _dt.datetime.now(_dt.timezone.utc).date().isoformat(),
+        "notes": "\n".join(notes),
+        "torch_threads": torch.get_num_threads(),
+        "mosaic_version": _version("mosaic-bench"),
+        "tesseract_core_version": _version("tesseract-core"),
+    }
+    dataset = report.report_dataset(summaries, statuses, timings, seconds, attrs)
+    plots = report.copy_plots(results, out, problems)
+    netcdf, text = report.write_report(out, dataset, plots)
+    logger.info("report: %s (+ %s, %d plots)", text, netcdf.name, len(plots))
+    return dataset
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m integrations.mosaic.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smallest sizes only (a few minutes)")
+    parser.add_argument("--problems", nargs="+", default=list(harness.PROBLEMS), choices=harness.PROBLEMS)
+    parser.add_argument("--suites", nargs="+", default=list(harness.SUITES), choices=harness.SUITES)
+    parser.add_argument(
+        "--max-cost-n", type=int, default=None, help="largest cost-suite mesh size (overrides the mode)"
+    )
+    parser.add_argument("--max-iters", type=int, default=None, help="optimisation iteration cap (overrides the mode)")
+    parser.add_argument("--no-endpoints", action="store_true", help="skip the endpoint timings")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default reports/mosaic/<mode>)")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="mosaic's result tree (default data/artifacts/mosaic/<mode>)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    mode = "quick" if args.quick else "full"
+    limits = dict(QUICK if args.quick else FULL)
+    for problem, limit in limits.items():
+        changes = {k: v for k, v in (("max_cost_n", args.max_cost_n), ("max_iters", args.max_iters)) if v is not None}
+        limits[problem] = harness.Limits(**{**limit.__dict__, **changes})
+    out = args.out or Path("reports") / "mosaic" / mode
+    results = args.results or Path("data") / "artifacts" / "mosaic" / mode
+    dataset = run(args.problems, limits, results, out, mode, args.suites, endpoints=not args.no_endpoints)
+    failed = report.failed_checks(dataset)
+    print(f"mosaic ({mode}): {len(failed)} status cell(s) not ok; report {out / 'mosaic.md'}")
+    for line in failed:
+        print("  " + line)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
