@@ -233,3 +233,18 @@ def test_bad_inputs_are_named():
     with pytest.raises(TypeError, match="energy"):
         Hyperelasticity(mesh, problem.fixed, energy=3)
     assert math.isnan(float(neo_hookean(torch.diag(torch.tensor([-1.0, 1.0])), MU, LAM)))  # inverted: no energy
+
+
+def test_identification_example_runs_small(monkeypatch):
+    from .docpages import run_example
+
+    result = run_example("hyperelastic_identification.py", monkeypatch, 6, 4)
+    first, last = result["history"][0][1], result["history"][-1][1]
+    assert last < 0.2 * first
+
+
+def test_timing_example_runs_small(monkeypatch):
+    from .docpages import run_example
+
+    result = run_example("hyperelastic_timing.py", monkeypatch, 200)
+    assert result["record"].residuals[-1] < 1e-10
