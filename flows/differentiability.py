@@ -18,7 +18,7 @@ flow returns the same summary and logs it as its last line. A second run with th
 parameters recomputes nothing: every task is Cached.
 
 Runs are named by their parameters (``figures-id5000-topo60``, task runs
-``identify[h=0.04,5000 steps]``) and tagged with the project, the checkout, the study and
+``identify(h=0.04, 5000 steps)``) and tagged with the project, the checkout, the study and
 quick/full (:func:`flows.runners.run_tags`).
 
 Parameters are typed with ranges (:mod:`flows.parameters`): Prefect refuses a run with a
@@ -36,6 +36,9 @@ _STARTED = time.perf_counter()
 from .runners import prepare_api  # noqa: E402  (light: no Prefect, torch or tmcore import)
 
 if __name__ == "__main__":  # python -m flows.differentiability: start choosing the API while torch and tmcore import
+    from .preflight import run_or_exit_argv  # noqa: E402  (issue 17: store, --out, PREFECT_HOME checked before any work)
+
+    run_or_exit_argv(default_out="reports/figures")
     _API = prepare_api()
 
 import argparse  # noqa: E402
@@ -74,9 +77,19 @@ CHECKPOINT_EVERY = 250  # steps between checkpoints of a study (5000 Adam steps:
 # The chapter's numbers (docs/differentiability.md, docs/flows.md), for the summary: each holds
 # for the chapter's set-up (mesh size and steps) only. ``rel``: the relative tolerance of "agrees".
 CHAPTER = {
-    "identification": {"mesh": MESHES["identification"], "steps": STEPS["identification"], "loss_first": 9.79e-3, "loss_last_below": 1e-9},
-    "topology": {"mesh": MESHES["topology"], "steps": STEPS["topology"], "compliance_first": 5.924e-3, "compliance_last": 6.880e-4,
-                 "volume": 0.4},
+    "identification": {
+        "mesh": MESHES["identification"],
+        "steps": STEPS["identification"],
+        "loss_first": 9.79e-3,
+        "loss_last_below": 1e-9,
+    },
+    "topology": {
+        "mesh": MESHES["topology"],
+        "steps": STEPS["topology"],
+        "compliance_first": 5.924e-3,
+        "compliance_last": 6.880e-4,
+        "volume": 0.4,
+    },
     # the reference implementation's finite-difference check on the same 44-node mesh
     "gradcheck": {"mesh": MESHES["gradcheck"], "median_digits": 9.4, "min_digits": 7.6},
 }
@@ -167,11 +180,18 @@ def comparison_rows(numbers: Mapping[str, float], meshes: Mapping[str, float], o
         same_mesh, full = h == ref["mesh"] and not other, h == ref["mesh"] and steps == ref["steps"] and not other
         mesh_note = other or f"h={h:g}, chapter h={ref['mesh']:g}"
         steps_note = other or f"{steps} steps, chapter {ref['steps']}"
-        row("identification: loss at step 1", significant(numbers["loss_first"], 4), significant(ref["loss_first"], 3),
-            _verdict(same_mesh, _close(numbers["loss_first"], ref["loss_first"], 5e-3), mesh_note))
-        row(f"identification: loss after {steps} steps", significant(numbers["loss_last"], 4),
+        row(
+            "identification: loss at step 1",
+            significant(numbers["loss_first"], 4),
+            significant(ref["loss_first"], 3),
+            _verdict(same_mesh, _close(numbers["loss_first"], ref["loss_first"], 5e-3), mesh_note),
+        )
+        row(
+            f"identification: loss after {steps} steps",
+            significant(numbers["loss_last"], 4),
             f"< {ref['loss_last_below']:g} after {ref['steps']}",
-            _verdict(full, numbers["loss_last"] < ref["loss_last_below"], mesh_note if not same_mesh else steps_note))
+            _verdict(full, numbers["loss_last"] < ref["loss_last_below"], mesh_note if not same_mesh else steps_note),
+        )
         row("identification: max |u - u_obs| / max |u_obs|", significant(numbers["u_rel_max_error_final"], 3), "", "")
         row("identification: max |kappa - kappa_true|", significant(numbers["kappa_max_abs_error"], 3), "", "")
         row("identification: median ms per Adam step", f"{numbers['identification_ms_per_step']:.2f}", "", "")
@@ -180,21 +200,45 @@ def comparison_rows(numbers: Mapping[str, float], meshes: Mapping[str, float], o
         same_mesh, full = h == ref["mesh"] and not other, h == ref["mesh"] and steps == ref["steps"] and not other
         mesh_note = other or f"h={h:g}, chapter h={ref['mesh']:g}"
         steps_note = other or f"{steps} steps, chapter {ref['steps']}"
-        row("topology: compliance at step 1", significant(numbers["compliance_first"], 4), significant(ref["compliance_first"], 4),
-            _verdict(same_mesh, _close(numbers["compliance_first"], ref["compliance_first"], 5e-4), mesh_note))
-        row(f"topology: compliance after {steps} steps", significant(numbers["compliance_last"], 4),
+        row(
+            "topology: compliance at step 1",
+            significant(numbers["compliance_first"], 4),
+            significant(ref["compliance_first"], 4),
+            _verdict(same_mesh, _close(numbers["compliance_first"], ref["compliance_first"], 5e-4), mesh_note),
+        )
+        row(
+            f"topology: compliance after {steps} steps",
+            significant(numbers["compliance_last"], 4),
             f"{significant(ref['compliance_last'], 4)} after {ref['steps']}",
-            _verdict(full, _close(numbers["compliance_last"], ref["compliance_last"], 5e-4), mesh_note if not same_mesh else steps_note))
-        row("topology: mean density", f"{numbers['volume']:.12f}", f"{ref['volume']:g}",
-            _verdict(not other, abs(numbers["volume"] - ref["volume"]) < 1e-9, other))
+            _verdict(
+                full,
+                _close(numbers["compliance_last"], ref["compliance_last"], 5e-4),
+                mesh_note if not same_mesh else steps_note,
+            ),
+        )
+        row(
+            "topology: mean density",
+            f"{numbers['volume']:.12f}",
+            f"{ref['volume']:g}",
+            _verdict(not other, abs(numbers["volume"] - ref["volume"]) < 1e-9, other),
+        )
         row("topology: median ms per OC step", f"{numbers['topology_ms_per_step']:.2f}", "", "")
     if "gradcheck_min_digits" in numbers:
         ref = CHAPTER["gradcheck"]
-        row("gradient check: median agreeing digits", f"{numbers['gradcheck_median_digits']:.1f}",
-            f"{ref['median_digits']:g} (reference implementation)", "")
-        row("gradient check: worst agreeing digits", f"{numbers['gradcheck_min_digits']:.1f}",
+        row(
+            "gradient check: median agreeing digits",
+            f"{numbers['gradcheck_median_digits']:.1f}",
+            f"{ref['median_digits']:g} (reference implementation)",
+            "",
+        )
+        row(
+            "gradient check: worst agreeing digits",
+            f"{numbers['gradcheck_min_digits']:.1f}",
             f"{ref['min_digits']:g} (reference implementation)",
-            "pass" if numbers["gradcheck_min_digits"] >= tasks.GRADCHECK_MIN_DIGITS else f"FAIL (< {tasks.GRADCHECK_MIN_DIGITS:g})")
+            "pass"
+            if numbers["gradcheck_min_digits"] >= tasks.GRADCHECK_MIN_DIGITS
+            else f"FAIL (< {tasks.GRADCHECK_MIN_DIGITS:g})",
+        )
     return rows
 
 
@@ -202,26 +246,45 @@ def summary_line(numbers: Mapping[str, float], where: str = "") -> str:
     """The summary as one log line."""
     parts = []
     if "loss_first" in numbers:
-        parts.append(f"identification ({numbers['identification_steps']} steps): loss {numbers['loss_first']:.3e} -> "
-                     f"{numbers['loss_last']:.3e}, max |kappa error| {numbers['kappa_max_abs_error']:.3f}")
+        parts.append(
+            f"identification ({numbers['identification_steps']} steps): loss {numbers['loss_first']:.3e} -> "
+            f"{numbers['loss_last']:.3e}, max |kappa error| {numbers['kappa_max_abs_error']:.3f}"
+        )
     if "compliance_first" in numbers:
-        parts.append(f"topology ({numbers['topology_steps']} steps): compliance {numbers['compliance_first']:.4e} -> "
-                     f"{numbers['compliance_last']:.4e}, mean density {numbers['volume']:.6f}")
+        parts.append(
+            f"topology ({numbers['topology_steps']} steps): compliance {numbers['compliance_first']:.4e} -> "
+            f"{numbers['compliance_last']:.4e}, mean density {numbers['volume']:.6f}"
+        )
     if "gradcheck_min_digits" in numbers:
         verdict = "pass" if numbers["gradcheck_min_digits"] >= tasks.GRADCHECK_MIN_DIGITS else "FAIL"
-        parts.append(f"gradient check: median {numbers['gradcheck_median_digits']:.1f}, worst {numbers['gradcheck_min_digits']:.1f} "
-                     f"digits ({verdict})")
+        parts.append(
+            f"gradient check: median {numbers['gradcheck_median_digits']:.1f}, "
+            f"worst {numbers['gradcheck_min_digits']:.1f} "
+            f"digits ({verdict})"
+        )
     return "summary: " + "; ".join(parts) + (f"; {where}" if where else "")
 
 
-def summary_markdown(title: str, numbers: Mapping[str, float], meshes: Mapping[str, float], store: Store, refs: Any,
-                     files: Mapping[str, str | Path] | None = None, extra: str = "", other: str = "") -> str:
+def summary_markdown(
+    title: str,
+    numbers: Mapping[str, float],
+    meshes: Mapping[str, float],
+    store: Store,
+    refs: Any,
+    files: Mapping[str, str | Path] | None = None,
+    extra: str = "",
+    other: str = "",
+) -> str:
     """The summary artifact: the comparison table, the published files and every store file, by absolute path."""
     parts = [f"# {title}", "", markdown_table(comparison_rows(numbers, meshes, other))]
     if extra:
         parts += [extra, ""]
     if files:
-        parts += ["## Published files", ""] + [f"- {file_link(path)}: `{Path(path).resolve()}`" for path in files.values()] + [""]
+        parts += (
+            ["## Published files", ""]
+            + [f"- {file_link(path)}: `{Path(path).resolve()}`" for path in files.values()]
+            + [""]
+        )
     root = store.root.resolve()
     parts += [f"## Artifact store `{root}`", ""]
     parts += [f"- {ref['kind']}: {file_link(root / ref['path'], ref['path'])}" for ref in iter_refs(refs)]
@@ -235,17 +298,27 @@ def publish(store: Store, out: Path, artifacts: dict) -> dict[str, Any]:
     figures = {name: store.copy_to(ref, out / name) for name, ref in artifacts["figures"].items()}
     table = gradient_table(store, artifacts["gradient_checks"])
     rows = gradient_check_rows(table, tasks.GRADCHECK_MIN_DIGITS)
-    notes = (f"Autograd against five-point central differences; median {table.attrs['median_digits']:.1f}, "
-             f"worst {table.attrs['min_digits']:.1f} significant digits; a probe passes at {tasks.GRADCHECK_MIN_DIGITS:g} or more.")
+    notes = (
+        f"Autograd against five-point central differences; median {table.attrs['median_digits']:.1f}, "
+        f"worst {table.attrs['min_digits']:.1f} significant digits; "
+        f"a probe passes at {tasks.GRADCHECK_MIN_DIGITS:g} or more."
+    )
     netcdf, markdown = write_table(table, "probe", out / "gradient_check", "Gradient check", notes=notes, rows=rows)
     pngs = {name: path.read_bytes() for name, path in figures.items()}
-    ui_markdown("differentiability-figures", figures_markdown("Differentiability figures", pngs, str(out.resolve())), "the three figures")
+    ui_markdown(
+        "differentiability-figures",
+        figures_markdown("Differentiability figures", pngs, str(out.resolve())),
+        "the three figures",
+    )
     ui_table("gradient-check", rows, f"autograd vs central differences: {notes}")
     for name, path in figures.items():
         ui_link("figure-" + Path(name).stem.replace("_", "-"), path, name, f"figure {name}, {path.resolve()}")
     ui_link("gradient-check-table", markdown, markdown.name, f"gradient-check table, {markdown.resolve()} (+ .nc)")
     ui_link("artifact-store", store.root, str(store.root.resolve()), "the artifact store of this run")
-    return {"figures": {name: str(path) for name, path in figures.items()}, "gradient_check": {"netcdf": str(netcdf), "markdown": str(markdown)}}
+    return {
+        "figures": {name: str(path) for name, path in figures.items()},
+        "gradient_check": {"netcdf": str(netcdf), "markdown": str(markdown)},
+    }
 
 
 def _log_summary(line: str) -> None:
@@ -255,8 +328,12 @@ def _log_summary(line: str) -> None:
         pass
 
 
-@flow(name="differentiability-figures", task_runner=task_runner(), log_prints=True,
-      flow_run_name="figures-id{identification_steps}-topo{topology_steps}")
+@flow(
+    name="differentiability-figures",
+    task_runner=task_runner(),
+    log_prints=True,
+    flow_run_name="figures-id{identification_steps}-topo{topology_steps}",
+)
 def differentiability_figures(
     identification_steps: Steps = STEPS["identification"],
     topology_steps: Steps = STEPS["topology"],
@@ -273,14 +350,14 @@ def differentiability_figures(
 
     Args:
         identification_steps: Adam steps of the coefficient identification (the chapter: 5000; a quick run: 300).
-        topology_steps: Optimality-Criteria steps of the thermal topology optimisation (the chapter: 60; a quick run: 20).
+        topology_steps: Optimality-Criteria steps of the topology optimisation (the chapter: 60; quick: 20).
         identification_mesh: gmsh edge length of the identification mesh on the unit square (0.04: 790 nodes).
         topology_mesh: gmsh edge length of the topology mesh (0.025: 1935 nodes, 3708 triangles).
         gradcheck_mesh: gmsh edge length of the gradient-check mesh (0.2: 44 nodes).
         n_probes: entries per gradient checked against five-point central differences.
-        store: artifact store folder (relative to the directory the run executes in; empty: $TMCORE_ARTIFACTS or data/artifacts).
+        store: artifact store folder, relative to where the run executes (empty: $TMCORE_ARTIFACTS or data/artifacts).
         out: folder the PNGs and the gradient-check table are published to.
-        checkpoint_every: steps between checkpoints of each study (empty: none); a crashed or retried study resumes from the latest.
+        checkpoint_every: steps between checkpoints of each study (empty: none); a retry resumes from the latest.
     """
     artifacts = Store(store)
     quick = identification_steps < STEPS["identification"] or topology_steps < STEPS["topology"]
@@ -289,23 +366,36 @@ def differentiability_figures(
         generate_mesh = Bound(tasks.generate_mesh, artifacts)
         meshes = {
             name: generate_mesh.submit(kind="rectangle", chara_length=h)
-            for name, h in (("identification", identification_mesh), ("topology", topology_mesh), ("gradcheck", gradcheck_mesh))
+            for name, h in (
+                ("identification", identification_mesh),
+                ("topology", topology_mesh),
+                ("gradcheck", gradcheck_mesh),
+            )
         }
         identify = tasks.study_run(tasks.identify_coefficient, "identify", identification_mesh, identification_steps)
         identification = Bound(identify, artifacts).submit(
             mesh=meshes["identification"], steps=identification_steps, checkpoint_every=checkpoint_every
         )
         optimise = tasks.study_run(tasks.optimise_topology, "topology", topology_mesh, topology_steps)
-        topology = Bound(optimise, artifacts).submit(mesh=meshes["topology"], steps=topology_steps, checkpoint_every=checkpoint_every)
+        topology = Bound(optimise, artifacts).submit(
+            mesh=meshes["topology"], steps=topology_steps, checkpoint_every=checkpoint_every
+        )
         checks = Bound(tasks.gradient_check, artifacts).map(
             mesh=unmapped(meshes["gradcheck"]), target=list(tasks.GRADIENT_TARGETS), n_probes=unmapped(n_probes)
         )
         figures = Bound(tasks.render_figures, artifacts).submit(
-            identification_mesh=meshes["identification"], identification=identification,
-            topology_mesh=meshes["topology"], topology=topology,
+            identification_mesh=meshes["identification"],
+            identification=identification,
+            topology_mesh=meshes["topology"],
+            topology=topology,
         )
-        futures = {"generate_mesh": list(meshes.values()), "identify_coefficient": [identification],
-                   "optimise_topology": [topology], "gradient_check": list(checks), "render_figures": [figures]}
+        futures = {
+            "generate_mesh": list(meshes.values()),
+            "identify_coefficient": [identification],
+            "optimise_topology": [topology],
+            "gradient_check": list(checks),
+            "render_figures": [figures],
+        }
         refs = {
             "meshes": {name: future.result() for name, future in meshes.items()},
             "identification": identification.result(),
@@ -317,19 +407,44 @@ def differentiability_figures(
     published = publish(artifacts, Path(out), refs)
     numbers = summary(artifacts, refs)
     meshes_used = {"identification": identification_mesh, "topology": topology_mesh, "gradcheck": gradcheck_mesh}
-    files = {**published["figures"], "gradient_check.md": published["gradient_check"]["markdown"],
-             "gradient_check.nc": published["gradient_check"]["netcdf"]}
-    table = markdown_table(gradient_check_rows(gradient_table(artifacts, refs["gradient_checks"]), tasks.GRADCHECK_MIN_DIGITS))
-    text = summary_markdown("Differentiability figures: summary", numbers, meshes_used, artifacts, refs, files,
-                            extra="## Gradient check\n\n" + table)
+    files = {
+        **published["figures"],
+        "gradient_check.md": published["gradient_check"]["markdown"],
+        "gradient_check.nc": published["gradient_check"]["netcdf"],
+    }
+    table = markdown_table(
+        gradient_check_rows(gradient_table(artifacts, refs["gradient_checks"]), tasks.GRADCHECK_MIN_DIGITS)
+    )
+    text = summary_markdown(
+        "Differentiability figures: summary",
+        numbers,
+        meshes_used,
+        artifacts,
+        refs,
+        files,
+        extra="## Gradient check\n\n" + table,
+    )
     ui_markdown("differentiability-summary", text, "key numbers beside the chapter's, and where every file is")
     line = summary_line(numbers, f"figures in {Path(out).resolve()}")
     _log_summary(line)
-    return {**published, "artifacts": refs, "states": states, "summary": numbers, "summary_line": line,
-            "summary_markdown": text, "mesh_sizes": meshes_used, "store": str(artifacts.root), "tags": labels}
+    return {
+        **published,
+        "artifacts": refs,
+        "states": states,
+        "summary": numbers,
+        "summary_line": line,
+        "summary_markdown": text,
+        "mesh_sizes": meshes_used,
+        "store": str(artifacts.root),
+        "tags": labels,
+    }
 
 
-@flow(name="coefficient-identification", task_runner=task_runner(), flow_run_name="identification-h{chara_length}-{steps}steps")
+@flow(
+    name="coefficient-identification",
+    task_runner=task_runner(),
+    flow_run_name="identification-h{chara_length}-{steps}steps",
+)
 def identification_study(
     steps: Steps = STEPS["identification"],
     chara_length: MeshSize = MESHES["identification"],
@@ -345,7 +460,7 @@ def identification_study(
         chara_length: gmsh edge length of the mesh on the unit square (0.04: 790 nodes).
         lr: Adam's learning rate.
         smoothness: weight of the penalty on |grad theta|^2 added to the misfit (0: none).
-        store: artifact store folder (relative to the directory the run executes in; empty: $TMCORE_ARTIFACTS or data/artifacts).
+        store: artifact store folder, relative to where the run executes (empty: $TMCORE_ARTIFACTS or data/artifacts).
         checkpoint_every: steps between checkpoints (empty: none); a crashed or retried study resumes from the latest.
     """
     artifacts = Store(store)
@@ -353,12 +468,20 @@ def identification_study(
     with tags(*labels):
         mesh = Bound(tasks.generate_mesh, artifacts)(kind="rectangle", chara_length=chara_length)
         identify = tasks.study_run(tasks.identify_coefficient, "identify", chara_length, steps)
-        study = Bound(identify, artifacts)(mesh=mesh, steps=steps, lr=lr, smoothness=smoothness, checkpoint_every=checkpoint_every)
+        study = Bound(identify, artifacts)(
+            mesh=mesh, steps=steps, lr=lr, smoothness=smoothness, checkpoint_every=checkpoint_every
+        )
     numbers = identification_numbers(artifacts, study)
     # the chapter's numbers are for lr 3e-2 without a penalty: other settings are not compared
     other = "" if (lr, smoothness) == (3e-2, 0.0) else f"lr {lr:g}, smoothness {smoothness:g}; chapter 0.03, 0"
-    text = summary_markdown("Coefficient identification: summary", numbers, {"identification": chara_length}, artifacts,
-                            {"mesh": mesh, **study}, other=other)
+    text = summary_markdown(
+        "Coefficient identification: summary",
+        numbers,
+        {"identification": chara_length},
+        artifacts,
+        {"mesh": mesh, **study},
+        other=other,
+    )
     ui_markdown("identification-summary", text, "key numbers beside the chapter's")
     line = summary_line(numbers)
     _log_summary(line)
@@ -381,7 +504,7 @@ def topology_study(
         chara_length: gmsh edge length of the mesh on the unit square (0.025: 1935 nodes).
         vf: volume fraction, the mean density held by every step (the chapter: 0.4).
         p: SIMP exponent of the conductivity kmin + (1 - kmin) rho^p.
-        store: artifact store folder (relative to the directory the run executes in; empty: $TMCORE_ARTIFACTS or data/artifacts).
+        store: artifact store folder, relative to where the run executes (empty: $TMCORE_ARTIFACTS or data/artifacts).
         checkpoint_every: steps between checkpoints (empty: none); a crashed or retried study resumes from the latest.
     """
     artifacts = Store(store)
@@ -392,8 +515,14 @@ def topology_study(
         study = Bound(optimise, artifacts)(mesh=mesh, steps=steps, vf=vf, p=p, checkpoint_every=checkpoint_every)
     numbers = topology_numbers(artifacts, study)
     other = "" if (vf, p) == (0.4, 3.0) else f"vf {vf:g}, p {p:g}; chapter 0.4, 3"
-    text = summary_markdown("Thermal topology: summary", numbers, {"topology": chara_length}, artifacts, {"mesh": mesh, **study},
-                            other=other)
+    text = summary_markdown(
+        "Thermal topology: summary",
+        numbers,
+        {"topology": chara_length},
+        artifacts,
+        {"mesh": mesh, **study},
+        other=other,
+    )
     ui_markdown("topology-summary", text, "key numbers beside the chapter's")
     line = summary_line(numbers)
     _log_summary(line)
@@ -405,15 +534,27 @@ def topology_study(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m flows.differentiability", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short studies (300 and 20 steps): a smoke run, not the chapter's figures")
-    parser.add_argument("--identification-steps", type=int, default=None, help="Adam steps (default 5000; 300 with --quick)")
+    parser.add_argument(
+        "--quick", action="store_true", help="short studies (300 and 20 steps): a smoke run, not the chapter's figures"
+    )
+    parser.add_argument(
+        "--identification-steps", type=int, default=None, help="Adam steps (default 5000; 300 with --quick)"
+    )
     parser.add_argument("--topology-steps", type=int, default=None, help="OC steps (default 60; 20 with --quick)")
     parser.add_argument("--store", default=None, help="artifact store (default $TMCORE_ARTIFACTS or data/artifacts)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"folder for the figures and the table (default {DEFAULT_OUT})")
-    parser.add_argument("--dask-address", default=None, help="run the tasks on this dask.distributed scheduler ('local': a LocalCluster)")
+    parser.add_argument(
+        "--out", default=str(DEFAULT_OUT), help=f"folder for the figures and the table (default {DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "--dask-address",
+        default=None,
+        help="run the tasks on this dask.distributed scheduler ('local': a LocalCluster)",
+    )
     args = parser.parse_args(argv)
     steps = QUICK_STEPS if args.quick else STEPS
-    args.identification_steps = steps["identification"] if args.identification_steps is None else args.identification_steps
+    args.identification_steps = (
+        steps["identification"] if args.identification_steps is None else args.identification_steps
+    )
     args.topology_steps = steps["topology"] if args.topology_steps is None else args.topology_steps
     for name in ("identification_steps", "topology_steps"):
         if getattr(args, name) < 1:
@@ -422,7 +563,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def task_counts(states: dict[str, list[str]]) -> str:
-    """"8 Cached" or "5 Completed, 3 Cached": the task runs of a flow run by final state."""
+    """ "8 Cached" or "5 Completed, 3 Cached": the task runs of a flow run by final state."""
     counts: dict[str, int] = {}
     for names in states.values():
         for name in names:
@@ -431,7 +572,8 @@ def task_counts(states: dict[str, list[str]]) -> str:
 
 
 def report(result: dict[str, Any]) -> str:
-    """The lines the command prints: the gradient-check table, the key numbers beside the chapter's, where the files are."""
+    """The lines the command prints: the gradient-check table, the key numbers beside the
+    chapter's, where the files are."""
     store = Store(result["store"])
     table = gradient_table(store, result["artifacts"]["gradient_checks"])
     folder = Path(next(iter(result["figures"].values()))).parent.resolve()
@@ -463,13 +605,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         figures_flow = figures_flow.with_options(task_runner=task_runner(args.dask_address))
     with api_settings(kind):
         result = figures_flow(
-            identification_steps=args.identification_steps, topology_steps=args.topology_steps, store=args.store, out=args.out
+            identification_steps=args.identification_steps,
+            topology_steps=args.topology_steps,
+            store=args.store,
+            out=args.out,
         )
     done = time.perf_counter()
     print(report(result), flush=True)
     if api is not None:
-        print(f"time: {ready - _STARTED:.1f} s to import and reach the Prefect API ({kind or 'default'}), "
-              f"{done - ready:.1f} s in the flow", flush=True)
+        print(
+            f"time: {ready - _STARTED:.1f} s to import and reach the Prefect API ({kind or 'default'}), "
+            f"{done - ready:.1f} s in the flow",
+            flush=True,
+        )
     return result
 
 

@@ -41,9 +41,13 @@ Probes = Annotated[int, Field(strict=True, ge=1, le=1000, description="finite-di
 Checkpoints = Optional[Annotated[int, Field(strict=True, ge=1, le=MAX_STEPS, description="steps between checkpoints")]]
 # gmsh edge length on the unit square: 0.002 is ~2.9e5 nodes; above 0.5 no interior node is left
 MeshSize = Annotated[float, Field(strict=True, ge=0.002, le=0.5, allow_inf_nan=False, description="mesh edge length")]
-LearningRate = Annotated[float, Field(strict=True, gt=0.0, le=10.0, allow_inf_nan=False, description="Adam learning rate")]
+LearningRate = Annotated[
+    float, Field(strict=True, gt=0.0, le=10.0, allow_inf_nan=False, description="Adam learning rate")
+]
 NonNegative = Annotated[float, Field(strict=True, ge=0.0, allow_inf_nan=False, description="a finite number >= 0")]
-VolumeFraction = Annotated[float, Field(strict=True, gt=0.0, lt=1.0, allow_inf_nan=False, description="volume fraction")]
+VolumeFraction = Annotated[
+    float, Field(strict=True, gt=0.0, lt=1.0, allow_inf_nan=False, description="volume fraction")
+]
 Exponent = Annotated[float, Field(strict=True, gt=0.0, le=10.0, allow_inf_nan=False, description="SIMP exponent")]
 Date = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}$", description="a report date, YYYY-MM-DD")]
 SuiteName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="a benchmark suite name")]

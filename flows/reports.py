@@ -39,17 +39,21 @@ def gradient_check_rows(dataset, min_digits: float) -> list[dict[str, str]]:
     digits, the relative difference to 2, the agreeing digits to one decimal, and ``pass``
     or ``FAIL`` against ``min_digits``."""
     rows = []
-    for row in table_rows(dataset, "probe", ["target", "entity", "index", "autograd", "finite_difference", "rel_diff", "digits"]):
+    for row in table_rows(
+        dataset, "probe", ["target", "entity", "index", "autograd", "finite_difference", "rel_diff", "digits"]
+    ):
         digits = float(row["digits"])
-        rows.append({
-            "target": str(row["target"]),
-            "probe": f"{row['entity']} {row['index']}",
-            "autograd": significant(row["autograd"]),
-            "finite difference": significant(row["finite_difference"]),
-            "rel. diff": f"{float(row['rel_diff']):.2e}",
-            "digits": f"{digits:.1f}",
-            f"≥ {min_digits:g} digits": "pass" if math.isfinite(digits) and digits >= min_digits else "FAIL",
-        })
+        rows.append(
+            {
+                "target": str(row["target"]),
+                "probe": f"{row['entity']} {row['index']}",
+                "autograd": significant(row["autograd"]),
+                "finite difference": significant(row["finite_difference"]),
+                "rel. diff": f"{float(row['rel_diff']):.2e}",
+                "digits": f"{digits:.1f}",
+                f"≥ {min_digits:g} digits": "pass" if math.isfinite(digits) and digits >= min_digits else "FAIL",
+            }
+        )
     return rows
 
 
@@ -63,7 +67,9 @@ def table_rows(dataset, dim: str, columns: Sequence[str] | None = None) -> list[
     """The rows of a table dataset (one dimension ``dim``) as dicts of Python scalars; the
     coordinate of ``dim``, if any, comes first."""
     if columns is None:
-        columns = ([dim] if dim in dataset.coords else []) + [name for name in dataset.data_vars if dataset[name].dims == (dim,)]
+        columns = ([dim] if dim in dataset.coords else []) + [
+            name for name in dataset.data_vars if dataset[name].dims == (dim,)
+        ]
     columns = list(columns)
     values = {name: dataset[name].values.tolist() for name in columns}
     return [{name: values[name][i] for name in columns} for i in range(dataset.sizes[dim])]
@@ -75,7 +81,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         return "(no rows)\n"
     columns = list(rows[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell(row[c]).replace("|", "\\|") for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -121,7 +127,9 @@ def ui_link(key: str, path: str | Path, text: str, description: str) -> None:
 
 def ui_table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> None:
     """A table artifact in the Prefect UI (non-finite floats shown as text)."""
-    clean = [{k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in row.items()} for row in rows]
+    clean = [
+        {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in row.items()} for row in rows
+    ]
     try:
         from prefect.artifacts import create_table_artifact
 

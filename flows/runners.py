@@ -76,11 +76,14 @@ def tag_flow_run(tags: Iterable[str]) -> list[str]:
 def task_runner(address: str | None = None, max_workers: int | None = None) -> Any:
     """``ThreadPoolTaskRunner(max_workers)`` (default: the CPU count, or ``$TMCORE_MAX_WORKERS``)
     without an address; ``DaskTaskRunner`` with one (``"local"``: a LocalCluster of
-    ``max_workers`` single-threaded workers, threads of this process so they share its Prefect API). None reads ``$TMCORE_DASK_ADDRESS``."""
+    ``max_workers`` single-threaded workers, threads of this process so they share its
+    Prefect API). None reads ``$TMCORE_DASK_ADDRESS``."""
     address = os.environ.get(ENV_DASK_ADDRESS) if address is None else address
     if max_workers is None and os.environ.get(ENV_MAX_WORKERS):
         max_workers = int(os.environ[ENV_MAX_WORKERS])
-    if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1):
+    if max_workers is not None and (
+        isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+    ):
         raise ValueError(f"max_workers must be a positive int, got {max_workers!r}")
     if not address:
         from prefect.task_runners import ThreadPoolTaskRunner
@@ -92,7 +95,12 @@ def task_runner(address: str | None = None, max_workers: int | None = None) -> A
         workers = max_workers or min(2, os.cpu_count() or 1)
         # the dashboard on the loopback interface only (":0" would listen on every interface)
         return DaskTaskRunner(
-            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": False, "dashboard_address": f"{LOCAL_HOST}:0"}
+            cluster_kwargs={
+                "n_workers": workers,
+                "threads_per_worker": 1,
+                "processes": False,
+                "dashboard_address": f"{LOCAL_HOST}:0",
+            }
         )
     return DaskTaskRunner(address=address)
 

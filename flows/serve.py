@@ -131,12 +131,17 @@ def start_server(host: str, port: int, timeout: float = 180.0, log: Path | None 
     output = open(log, "ab") if log else subprocess.DEVNULL
     process = subprocess.Popen(
         [_prefect_executable(), "server", "start", "--host", host, "--port", str(port)],
-        stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"prefect server start exited with code {process.returncode}" + (f"; see {log}" if log else ""))
+            raise RuntimeError(
+                f"prefect server start exited with code {process.returncode}" + (f"; see {log}" if log else "")
+            )
         if healthy(api_url, timeout=1.0):
             return process
         time.sleep(0.5)
@@ -179,18 +184,40 @@ def deployments(cron: str = DEFAULT_CRON, name: str = DEFAULT_NAME, owner: Owner
     store = str((checkout / default_root()).resolve())
     nightly = "nightly" if name == DEFAULT_NAME else f"{name}-nightly"
     specs = [
-        (differentiability_figures, name, "figures", "the differentiability figures (make figures)",
-         {"store": store, "out": str(checkout / DEFAULT_OUT)}, None),
+        (
+            differentiability_figures,
+            name,
+            "figures",
+            "the differentiability figures (make figures)",
+            {"store": store, "out": str(checkout / DEFAULT_OUT)},
+            None,
+        ),
         (identification_study, name, "identification", "coefficient identification study", {"store": store}, None),
         (topology_study, name, "topology", "thermal topology optimisation study", {"store": store}, None),
-        (operator_dataset, name, "datagen", "operator-learning data set: N (kappa, u) pairs, one netCDF file", {"store": store}, None),
-        (validation_benchmark, nightly, "validation", "validation benchmark, every night, fresh timings; fails on a tolerance miss",
-         {"store": store, "out": str(checkout / BENCHMARK_OUT), "use_cache": False}, cron),
+        (
+            operator_dataset,
+            name,
+            "datagen",
+            "operator-learning data set: N (kappa, u) pairs, one netCDF file",
+            {"store": store},
+            None,
+        ),
+        (
+            validation_benchmark,
+            nightly,
+            "validation",
+            "validation benchmark, every night, fresh timings; fails on a tolerance miss",
+            {"store": store, "out": str(checkout / BENCHMARK_OUT), "use_cache": False},
+            cron,
+        ),
     ]
     return [
         flow.to_deployment(
-            name=deployment_name, description=description + owner.mark(), cron=schedule,
-            parameters=_defaults(flow, **overrides), tags=run_tags(study, directory=checkout),
+            name=deployment_name,
+            description=description + owner.mark(),
+            cron=schedule,
+            parameters=_defaults(flow, **overrides),
+            tags=run_tags(study, directory=checkout),
         )
         for flow, deployment_name, study, description, overrides, schedule in specs
     ]
@@ -285,12 +312,22 @@ def _quiet_shutdown_logs() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default=DEFAULT_HOST, help="host of a server started here (loopback; default 127.0.0.1)")
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help="host of a server started here (loopback; default 127.0.0.1)"
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of a server started here (default 4200)")
-    parser.add_argument("--cron", default=DEFAULT_CRON, help=f"schedule of validation-benchmark/nightly (default {DEFAULT_CRON!r})")
-    parser.add_argument("--name", default=DEFAULT_NAME, help="deployment name, e.g. one per checkout on a shared server (default 'default')")
+    parser.add_argument(
+        "--cron", default=DEFAULT_CRON, help=f"schedule of validation-benchmark/nightly (default {DEFAULT_CRON!r})"
+    )
+    parser.add_argument(
+        "--name",
+        default=DEFAULT_NAME,
+        help="deployment name, e.g. one per checkout on a shared server (default 'default')",
+    )
     parser.add_argument("--only", nargs="+", default=None, metavar="FLOW/NAME", help="serve only these deployments")
-    parser.add_argument("--server-log", type=Path, default=Path(".prefect") / "server.log", help="where a started server logs")
+    parser.add_argument(
+        "--server-log", type=Path, default=Path(".prefect") / "server.log", help="where a started server logs"
+    )
     args = parser.parse_args(argv)
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", args.name):
         parser.error(f"--name must be lowercase letters, digits, '-' or '_', got {args.name!r}")
@@ -325,8 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if stopper.message:
                 stopper.message += "; stopped the Prefect server it started"
     if stopper.message:
-        print(f"{stopper.message} ({time.monotonic() - stopper.since:.1f} s after the signal)" if stopper.signal else stopper.message,
-              flush=True)
+        print(
+            f"{stopper.message} ({time.monotonic() - stopper.since:.1f} s after the signal)"
+            if stopper.signal
+            else stopper.message,
+            flush=True,
+        )
     return code
 
 
@@ -348,7 +389,8 @@ def _serve(args: argparse.Namespace, api_url: str, stopper: _Stopper) -> int:
             f"refusing to serve: {len(taken)} deployment(s) are served by another live process on {api_url}: "
             + "; ".join(taken)
             + ". Stop that process, or serve this checkout under other names: python -m flows.serve --name <name>",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
         return 1
 
@@ -370,7 +412,8 @@ def _serve(args: argparse.Namespace, api_url: str, stopper: _Stopper) -> int:
     _quiet_shutdown_logs()
     paused, left = _pause_own(ids, owner)
     note = f", left {', '.join(left)} alone (now another process's)" if left else ""
-    stopper.message = f"stopped ({stopper.signal or 'the runner exited'}): paused the {len(paused)} deployment(s) this process served{note}"
+    reason = stopper.signal or "the runner exited"
+    stopper.message = f"stopped ({reason}): paused the {len(paused)} deployment(s) this process served{note}"
     return 0
 
 

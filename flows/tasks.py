@@ -13,8 +13,8 @@ stage discards its checkpoint. They retry (twice, after 5 and 30 s) when they fa
 reason outside the computation (:data:`TRANSIENT`: I/O, memory, their time limit), and a
 retry resumes from that checkpoint.
 
-Task runs are named by what they compute: ``mesh[rectangle h=0.025]``,
-``identify[h=0.04,5000 steps]`` (the flows add the mesh size), ``gradient_check[topology]``.
+Task runs are named by what they compute: ``mesh(rectangle h=0.025)``,
+``identify(h=0.04, 5000 steps)`` (the flows add the mesh size), ``gradient_check(topology)``.
 
     generate_mesh         -> mesh
     assemble(mesh)        -> system          (device "auto": CUDA when available)
@@ -38,8 +38,8 @@ import torch
 import xarray as xr
 
 from tmcore import Condenser, Mesh, SparseMatrix
-from tmcore.methods.gradcheck import finite_difference_check
 from tmcore.core.mesh.io import mesh_from_xarray, mesh_to_xarray
+from tmcore.methods.gradcheck import finite_difference_check
 from tmcore.studies import IdentificationProblem, coefficient_identification, thermal_topology
 from tmcore.topology import DensityDesign, thermal_plate
 
@@ -58,7 +58,7 @@ GRADCHECK_MIN_DIGITS = 7.0
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a CUDA device is available, else "cpu"; other names unchanged."""
+    """ "auto" -> "cuda" when a CUDA device is available, else "cpu"; other names unchanged."""
     if not isinstance(device, str):
         raise ValueError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "auto":
@@ -92,7 +92,9 @@ class Progress:
     ``time_limit``: seconds this attempt may take; past it, the next step raises TimeoutError.
     """
 
-    def __init__(self, key: str, total: int, quantity: str, description: str, updates: int = 10, time_limit: float | None = None):
+    def __init__(
+        self, key: str, total: int, quantity: str, description: str, updates: int = 10, time_limit: float | None = None
+    ):
         self.total, self.quantity, self.time_limit = total, quantity, time_limit
         self.marks = {max(1, round(total * i / updates)) for i in range(1, updates + 1)} | {total}
         self.log = _run_logger()
@@ -123,7 +125,8 @@ class Progress:
         done = step + 1
         if self.time_limit is not None and time.perf_counter() - self.created > self.time_limit:
             raise TimeoutError(
-                f"{self.quantity}: time limit of {format_seconds(self.time_limit)} exceeded after step {done}/{self.total} "
+                f"{self.quantity}: time limit of {format_seconds(self.time_limit)} "
+                f"exceeded after step {done}/{self.total} "
                 "(a retry resumes from the latest checkpoint)"
             )
         if self.first is None:  # the clock starts at the first step of this attempt (a resume starts late)
@@ -141,7 +144,7 @@ class Progress:
 
 
 def format_seconds(seconds: float) -> str:
-    """"42 s", "3 min 05 s", "2 h 07 min"; "?" when unknown."""
+    """ "42 s", "3 min 05 s", "2 h 07 min"; "?" when unknown."""
     if not seconds == seconds or seconds < 0:  # NaN
         return "?"
     seconds = round(seconds)
@@ -187,38 +190,42 @@ def study_timeout(steps: int) -> float:
 
 
 def study_run(task: Any, label: str, mesh_size: float, steps: int) -> Any:
-    """A study task with the run name ``<label>[h=<mesh size>,<steps> steps]`` (the mesh
+    """A study task with the run name ``<label>(h=<mesh size>, <steps> steps)`` (the mesh
     size is known to the flow, not to the task, which sees a mesh reference)."""
-    return task.with_options(task_run_name=f"{label}[h={mesh_size:g},{steps} steps]")
+    return task.with_options(task_run_name=f"{label}(h={mesh_size:g}, {steps} steps)")
 
 
 # -- run names ----------------------------------------------------------------------------------
 
 
 def _mesh_name(parameters: dict) -> str:
-    kind, order, element = parameters.get("kind", "rectangle"), parameters.get("order", 1), parameters.get("element_type", "triangle")
+    kind, order, element = (
+        parameters.get("kind", "rectangle"),
+        parameters.get("order", 1),
+        parameters.get("element_type", "triangle"),
+    )
     if kind == "grid":
         cells = parameters.get("cells")
         size = "x".join(str(c) for c in ([cells, cells] if isinstance(cells, int) else list(cells or [])))
     else:
         size = f"h={parameters.get('chara_length', 0.1):g}"
     extra = ("" if element == "triangle" else f" {element}") + ("" if order == 1 else f" P{order}")
-    return f"mesh[{kind} {size}{extra}]"
+    return f"mesh({kind} {size}{extra})"
 
 
 def _study_name(label: str) -> Callable[..., str]:
     def name(parameters: dict) -> str:
-        return f"{label}[{parameters.get('steps')} steps]"
+        return f"{label}({parameters.get('steps')} steps)"
 
     return name
 
 
 def _gradient_check_name(parameters: dict) -> str:
-    return f"gradient_check[{parameters.get('target')}]"
+    return f"gradient_check({parameters.get('target')})"
 
 
 def _assemble_name(parameters: dict) -> str:
-    return f"assemble[{parameters.get('problem')},{parameters.get('device')}]"
+    return f"assemble({parameters.get('problem')}, {parameters.get('device')})"
 
 
 def _mesh(store: Store, ref) -> Mesh:
@@ -283,7 +290,13 @@ def generate_mesh(
         mesh = Mesh.gen_grid(shape, element_type=element_type, order=order)
     else:
         raise ValueError(f"kind must be 'rectangle' or 'grid', got {kind!r}")
-    parameters = {"kind": kind, "chara_length": chara_length, "cells": cells, "element_type": element_type, "order": order}
+    parameters = {
+        "kind": kind,
+        "chara_length": chara_length,
+        "cells": cells,
+        "element_type": element_type,
+        "order": order,
+    }
     dataset = mesh_to_xarray(mesh).assign_attrs(provenance(parameters, seconds=time.perf_counter() - start))
     return Store(store).put_dataset(dataset, "mesh")
 
@@ -328,7 +341,10 @@ def solve(store: str, mesh: dict, system: dict) -> dict:
     mesh_ = _mesh(artifacts, mesh)
     shape = (int(data.attrs["n_rows"]), int(data.attrs["n_cols"]))
     matrix = SparseMatrix(
-        torch.from_numpy(data["value"].values), torch.from_numpy(data["row"].values), torch.from_numpy(data["col"].values), shape
+        torch.from_numpy(data["value"].values),
+        torch.from_numpy(data["row"].values),
+        torch.from_numpy(data["col"].values),
+        shape,
     )
     mask = torch.from_numpy(data["dirichlet_mask"].values.astype(bool))
     condenser = Condenser(mask, dirichlet_value=torch.from_numpy(data["dirichlet_value"].values))
@@ -348,8 +364,12 @@ def solve(store: str, mesh: dict, system: dict) -> dict:
 
 
 @cached_task(
-    "identify_coefficient", unkeyed=("checkpoint_every", "time_limit"), task_run_name=_study_name("identify"),
-    retries=STUDY_RETRIES, retry_delay_seconds=STUDY_RETRY_DELAYS, retry_condition_fn=transient_failure,
+    "identify_coefficient",
+    unkeyed=("checkpoint_every", "time_limit"),
+    task_run_name=_study_name("identify"),
+    retries=STUDY_RETRIES,
+    retry_delay_seconds=STUDY_RETRY_DELAYS,
+    retry_condition_fn=transient_failure,
 )
 def identify_coefficient(
     store: str,
@@ -366,17 +386,32 @@ def identify_coefficient(
     ``time_limit``: seconds per attempt (None: :func:`study_timeout`)."""
     artifacts = Store(store)
     mesh_ = _mesh(artifacts, mesh)
-    progress = Progress("identification-progress", steps, "identification loss", f"coefficient identification, {steps} Adam steps",
-                        time_limit=study_timeout(steps) if time_limit is None else time_limit)
+    progress = Progress(
+        "identification-progress",
+        steps,
+        "identification loss",
+        f"coefficient identification, {steps} Adam steps",
+        time_limit=study_timeout(steps) if time_limit is None else time_limit,
+    )
     start = time.perf_counter()
     result = _run_study(
-        artifacts, coefficient_identification, checkpoint_every, mesh=mesh_, steps=steps, lr=lr, smoothness=smoothness, callback=progress
+        artifacts,
+        coefficient_identification,
+        checkpoint_every,
+        mesh=mesh_,
+        steps=steps,
+        lr=lr,
+        smoothness=smoothness,
+        callback=progress,
     )
     seconds = time.perf_counter() - start
     parameters = {"steps": steps, "lr": lr, "smoothness": smoothness}
     attrs = provenance(parameters, {"mesh": mesh}, seconds=seconds)
     attrs["run_median_seconds_per_step"] = result.median_seconds_per_step
-    history = xr.Dataset(_step_arrays(result, ("loss", "misfit", "u_rel_max_error")), attrs={"study": "coefficient_identification", **attrs})
+    history = xr.Dataset(
+        _step_arrays(result, ("loss", "misfit", "u_rel_max_error")),
+        attrs={"study": "coefficient_identification", **attrs},
+    )
     fields = xr.Dataset(
         {name: (("node",), getattr(result, name).cpu().numpy()) for name in ("kappa", "kappa_true", "u", "u_obs")},
         attrs={"study": "coefficient_identification", **attrs},
@@ -385,8 +420,12 @@ def identify_coefficient(
 
 
 @cached_task(
-    "optimise_topology", unkeyed=("checkpoint_every", "time_limit"), task_run_name=_study_name("topology"),
-    retries=STUDY_RETRIES, retry_delay_seconds=STUDY_RETRY_DELAYS, retry_condition_fn=transient_failure,
+    "optimise_topology",
+    unkeyed=("checkpoint_every", "time_limit"),
+    task_run_name=_study_name("topology"),
+    retries=STUDY_RETRIES,
+    retry_delay_seconds=STUDY_RETRY_DELAYS,
+    retry_condition_fn=transient_failure,
 )
 def optimise_topology(
     store: str,
@@ -410,26 +449,58 @@ def optimise_topology(
     mesh_ = _mesh(artifacts, mesh)
     if snapshot_steps is None:
         snapshot_steps = sorted({0, min(5, steps - 1), steps - 1})
-    progress = Progress("topology-progress", steps, "topology compliance", f"thermal topology optimisation, {steps} OC steps",
-                        time_limit=study_timeout(steps) if time_limit is None else time_limit)
+    progress = Progress(
+        "topology-progress",
+        steps,
+        "topology compliance",
+        f"thermal topology optimisation, {steps} OC steps",
+        time_limit=study_timeout(steps) if time_limit is None else time_limit,
+    )
     start = time.perf_counter()
     result = _run_study(
-        artifacts, thermal_topology, checkpoint_every, mesh=mesh_, vf=vf, p=p, kmin=kmin, sigma=sigma, steps=steps,
-        move_limit=move_limit, snapshot_steps=snapshot_steps, callback=progress,
+        artifacts,
+        thermal_topology,
+        checkpoint_every,
+        mesh=mesh_,
+        vf=vf,
+        p=p,
+        kmin=kmin,
+        sigma=sigma,
+        steps=steps,
+        move_limit=move_limit,
+        snapshot_steps=snapshot_steps,
+        callback=progress,
     )
     seconds = time.perf_counter() - start
-    parameters = {"steps": steps, "vf": vf, "p": p, "kmin": kmin, "sigma": sigma, "move_limit": move_limit, "snapshot_steps": list(snapshot_steps)}
+    parameters = {
+        "steps": steps,
+        "vf": vf,
+        "p": p,
+        "kmin": kmin,
+        "sigma": sigma,
+        "move_limit": move_limit,
+        "snapshot_steps": list(snapshot_steps),
+    }
     attrs = provenance(parameters, {"mesh": mesh}, seconds=seconds)
     attrs["run_median_seconds_per_step"] = result.median_seconds_per_step
     kept = sorted(result.snapshots)
     variables = _step_arrays(result, ("compliance", "volume"))
-    variables["rho_snapshot"] = (("snapshot_step", "cell"), torch.stack([result.snapshots[s] for s in kept]).cpu().numpy())
-    history = xr.Dataset(variables, coords={"snapshot_step": np.asarray(kept, dtype=np.int64)}, attrs={"study": "thermal_topology", **attrs})
+    variables["rho_snapshot"] = (
+        ("snapshot_step", "cell"),
+        torch.stack([result.snapshots[s] for s in kept]).cpu().numpy(),
+    )
+    history = xr.Dataset(
+        variables,
+        coords={"snapshot_step": np.asarray(kept, dtype=np.int64)},
+        attrs={"study": "thermal_topology", **attrs},
+    )
     fields = xr.Dataset({"rho": (("cell",), result.rho.cpu().numpy())}, attrs={"study": "thermal_topology", **attrs})
     return {"history": artifacts.put_dataset(history, "history"), "fields": artifacts.put_dataset(fields, "fields")}
 
 
-def _topology_compliance(mesh: Mesh, vf: float = 0.4, p: float = 3.0, kmin: float = 1e-3, sigma: float = 0.08) -> tuple[Callable, torch.Tensor]:
+def _topology_compliance(
+    mesh: Mesh, vf: float = 0.4, p: float = 3.0, kmin: float = 1e-3, sigma: float = 0.08
+) -> tuple[Callable, torch.Tensor]:
     """The topology study's objective, the thermal compliance b . u(rho), and its starting densities rho = vf."""
     design = DensityDesign(thermal_plate(mesh, kmin, sigma), penal=p, backend="auto")
     return design.objective, torch.full((mesh.n_cells,), vf, dtype=DTYPE)
@@ -470,14 +541,23 @@ def gradient_check(store: str, mesh: dict, target: str = "identification", n_pro
             "rel_diff": (("probe",), check.rel_diff.numpy()),
             "digits": (("probe",), check.digits.numpy()),
         },
-        attrs={"target": target, "fd_step": check.step, "median_digits": check.median_digits, "min_digits": float(check.digits.min())},
+        attrs={
+            "target": target,
+            "fd_step": check.step,
+            "median_digits": check.median_digits,
+            "min_digits": float(check.digits.min()),
+        },
     )
-    table = table.assign_attrs(provenance({"target": target, "n_probes": n_probes, "seed": seed}, {"mesh": mesh}, seconds=seconds))
+    table = table.assign_attrs(
+        provenance({"target": target, "n_probes": n_probes, "seed": seed}, {"mesh": mesh}, seconds=seconds)
+    )
     return artifacts.put_dataset(table, "gradcheck")
 
 
 @cached_task("render_figures", sources=("flows.figures",), task_run_name="render_figures")
-def render_figures(store: str, identification_mesh: dict, identification: dict, topology_mesh: dict, topology: dict) -> dict:
+def render_figures(
+    store: str, identification_mesh: dict, identification: dict, topology_mesh: dict, topology: dict
+) -> dict:
     """The three PNGs of the differentiability figures (flows.figures), stored as figure artifacts."""
     artifacts = Store(store)
     pngs = figures.render_all(
@@ -488,4 +568,3 @@ def render_figures(store: str, identification_mesh: dict, identification: dict, 
         artifacts.open_dataset(topology["history"], "history"),
     )
     return {name: artifacts.put_bytes(data, "figure", ".png") for name, data in pngs.items()}
-

@@ -30,7 +30,7 @@ from .benchmarks import Check, Context, get_suite
 from .caching import tmcore_hash
 from .parameters import Date, SuiteNames
 from .reports import markdown_table, table_rows, ui_markdown, ui_table, write_table
-from .runners import task_runner
+from .runners import run_tags, tag_flow_run, task_runner
 
 DEFAULT_OUT = Path("reports") / "benchmarks"
 DEFAULT_SUITES = ("mms", "gradients", "timings")
@@ -44,16 +44,30 @@ def benchmark_table(checks: Sequence[Check], attrs: Mapping[str, Any] | None = N
     """The benchmark table: one row per check along dim ``case``."""
     cases = [check.case for check in checks]
     if len(set(cases)) != len(cases):
-        raise ValueError(f"benchmark case names must be unique, got duplicates {sorted({c for c in cases if cases.count(c) > 1})}")
+        raise ValueError(
+            f"benchmark case names must be unique, got duplicates {sorted({c for c in cases if cases.count(c) > 1})}"
+        )
     rows = [check.row() for check in checks]
     columns = {}
     for name in ("suite", "quantity", "value", "unit", "expected", "low", "high", "status"):
         values = [row[name] for row in rows]
-        columns[name] = (("case",), np.asarray(values, dtype=np.float64 if name in ("value", "expected", "low", "high") else object))
+        columns[name] = (
+            ("case",),
+            np.asarray(values, dtype=np.float64 if name in ("value", "expected", "low", "high") else object),
+        )
     return xr.Dataset(columns, coords={"case": np.asarray(cases, dtype=object)}, attrs=dict(attrs or {}))
 
 
-@flow(name="validation-benchmark", task_runner=task_runner(), log_prints=True)
+def _run_name() -> str:
+    """``validation-2026-12-02`` (``-fresh`` when nothing is taken from the cache)."""
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    date = parameters.get("date") or _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+    return f"validation-{date}" + ("" if parameters.get("use_cache", True) else "-fresh")
+
+
+@flow(name="validation-benchmark", task_runner=task_runner(), log_prints=True, flow_run_name=_run_name)
 def validation_benchmark(
     suites: SuiteNames = list(DEFAULT_SUITES),
     options: dict[str, dict[str, Any]] | None = None,
@@ -64,9 +78,13 @@ def validation_benchmark(
 ) -> dict[str, Any]:
     """Run ``suites`` (keyword ``options`` per suite name), write the dated report, fail on a miss.
 
-    ``use_cache=False`` recomputes every stage, so timings are measured by this run.
-    ``date``: the report's date (default: today, UTC), e.g. "2025-01-31"; it names the
-    report files, so anything but YYYY-MM-DD (a ``../``, say) is refused by Prefect.
+    Args:
+        suites: benchmark suites to run (mms: convergence rates; gradients: gradient checks; timings: step times).
+        options: keyword options per suite, e.g. {"mms": {"sizes": [8, 16, 32]}} (empty: the defaults).
+        use_cache: take unchanged stages from the cache; false recomputes all, so this run measures timings.
+        store: artifact store folder, relative to where the run executes (empty: $TMCORE_ARTIFACTS or data/artifacts).
+        out: folder of the dated report (validation-<date>.nc and .md).
+        date: the report's date, YYYY-MM-DD (empty: today, UTC); it names the report files.
     """
     options = dict(options or {})
     unknown = sorted(set(options) - set(suites))
@@ -74,6 +92,7 @@ def validation_benchmark(
         raise ValueError(f"options given for suites that are not run: {unknown}")
     suite_functions = {name: get_suite(name) for name in suites}  # unknown names fail before any work
     date = date or _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+    tag_flow_run(run_tags("validation"))
     context = Context(Store(store), use_cache=use_cache)
     checks: list[Check] = []
     for name, suite in suite_functions.items():
@@ -84,8 +103,12 @@ def validation_benchmark(
     failed = [check for check in checks if not check.passed]
     attrs["n_failed"] = len(failed)
     table = benchmark_table(checks, attrs)
-    status = "all checks passed" if not failed else f"{len(failed)} check(s) FAILED: {', '.join(c.case for c in failed)}"
-    netcdf, markdown = write_table(table, "case", Path(out) / f"validation-{date}", f"Validation benchmark {date}", notes=status)
+    status = (
+        "all checks passed" if not failed else f"{len(failed)} check(s) FAILED: {', '.join(c.case for c in failed)}"
+    )
+    netcdf, markdown = write_table(
+        table, "case", Path(out) / f"validation-{date}", f"Validation benchmark {date}", notes=status
+    )
     rows = table_rows(table, "case")
     ui_table("validation-benchmark", rows, f"validation benchmark {date}: {status}")
     ui_markdown("validation-benchmark-report", markdown.read_text(), f"validation benchmark {date}")
@@ -100,18 +123,36 @@ def validation_benchmark(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.validation", description=__doc__.split("\n")[0])
-    parser.add_argument("--suites", nargs="+", default=list(DEFAULT_SUITES), help=f"suites to run (default: {' '.join(DEFAULT_SUITES)})")
-    parser.add_argument("--options", type=json.loads, default=None, help='per-suite options as JSON, e.g. \'{"mms": {"sizes": [4, 8]}}\'')
+    parser.add_argument(
+        "--suites", nargs="+", default=list(DEFAULT_SUITES), help=f"suites to run (default: {' '.join(DEFAULT_SUITES)})"
+    )
+    parser.add_argument(
+        "--options",
+        type=json.loads,
+        default=None,
+        help='per-suite options as JSON, e.g. \'{"mms": {"sizes": [4, 8]}}\'',
+    )
     parser.add_argument("--no-cache", action="store_true", help="recompute every stage (fresh timings)")
     parser.add_argument("--store", default=None, help="artifact store (default $TMCORE_ARTIFACTS or data/artifacts)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"report folder (default {DEFAULT_OUT})")
-    parser.add_argument("--dask-address", default=None, help="run the tasks on this dask.distributed scheduler ('local': a LocalCluster)")
+    parser.add_argument(
+        "--dask-address",
+        default=None,
+        help="run the tasks on this dask.distributed scheduler ('local': a LocalCluster)",
+    )
     args = parser.parse_args(argv)
     preflight.run_or_exit(store=args.store, out=args.out)  # before any work: one line naming a bad path
     benchmark = validation_benchmark
     if args.dask_address:
         benchmark = benchmark.with_options(task_runner=task_runner(args.dask_address))
-    state = benchmark(suites=args.suites, options=args.options, use_cache=not args.no_cache, store=args.store, out=args.out, return_state=True)
+    state = benchmark(
+        suites=args.suites,
+        options=args.options,
+        use_cache=not args.no_cache,
+        store=args.store,
+        out=args.out,
+        return_state=True,
+    )
     return 0 if state.is_completed() else 1
 
 

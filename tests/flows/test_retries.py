@@ -24,8 +24,14 @@ def test_the_study_stages_retry_transient_failures_only():
         assert task.retries == tasks.STUDY_RETRIES == 2
         assert task.retry_delay_seconds == tasks.STUDY_RETRY_DELAYS
         assert task.retry_condition_fn is tasks.transient_failure
-    for error, retried in [(OSError("disk full"), True), (TimeoutError("slow"), True), (MemoryError(), True),
-                           (ValueError("bad lr"), False), (FloatingPointError("nan"), False), (RuntimeError("solver"), False)]:
+    for error, retried in [
+        (OSError("disk full"), True),
+        (TimeoutError("slow"), True),
+        (MemoryError(), True),
+        (ValueError("bad lr"), False),
+        (FloatingPointError("nan"), False),
+        (RuntimeError("solver"), False),
+    ]:
         assert tasks.transient_failure(None, None, Failed(data=error)) is retried, error
     assert tasks.study_timeout(5000) == 5000.0 and tasks.study_timeout(60) == 3600.0
 
@@ -60,8 +66,9 @@ def _task_runs(flow_run_id):
 
 
 @pytest.mark.parametrize("study, history", [(identification_study, "identify"), (topology_study, "topology")])
-def test_a_study_failing_once_resumes_on_retry_with_the_same_content_hash(prefect_api, tmp_path, monkeypatch, no_retry_delay,
-                                                                           study, history):
+def test_a_study_failing_once_resumes_on_retry_with_the_same_content_hash(
+    prefect_api, tmp_path, monkeypatch, no_retry_delay, study, history
+):
     reference = study(**OPTIONS, checkpoint_every=None, store=str(tmp_path / "reference"))
 
     def io_fault_once(step, calls):
@@ -79,7 +86,7 @@ def test_a_study_failing_once_resumes_on_retry_with_the_same_content_hash(prefec
     assert not list((store.root / "checkpoints").glob("*.json"))  # finished: checkpoint discarded
     (run,) = [r for r in _task_runs(state.state_details.flow_run_id) if r.name.startswith(history)]
     assert run.run_count == 2 and run.state.is_completed()
-    assert run.name == f"{history}[h=0.2,7 steps]"
+    assert run.name == f"{history}(h=0.2, 7 steps)"
 
 
 def test_a_deterministic_failure_is_not_retried(prefect_api, tmp_path, monkeypatch, no_retry_delay):
@@ -93,7 +100,9 @@ def test_a_deterministic_failure_is_not_retried(prefect_api, tmp_path, monkeypat
     assert calls == [0, 1, 2, 3, 4]  # one attempt only
 
 
-def test_a_study_past_its_time_limit_times_out_and_the_retry_resumes(prefect_api, tmp_path, monkeypatch, no_retry_delay):
+def test_a_study_past_its_time_limit_times_out_and_the_retry_resumes(
+    prefect_api, tmp_path, monkeypatch, no_retry_delay
+):
     from prefect import flow
 
     from flows.caching import Bound
@@ -111,7 +120,9 @@ def test_a_study_past_its_time_limit_times_out_and_the_retry_resumes(prefect_api
     def limited(store: str) -> dict:
         artifacts = Store(store)
         mesh = Bound(tasks.generate_mesh, artifacts)(kind="rectangle", chara_length=OPTIONS["chara_length"])
-        return Bound(tasks.identify_coefficient, artifacts)(mesh=mesh, steps=OPTIONS["steps"], checkpoint_every=2, time_limit=limit)
+        return Bound(tasks.identify_coefficient, artifacts)(
+            mesh=mesh, steps=OPTIONS["steps"], checkpoint_every=2, time_limit=limit
+        )
 
     state = limited(store=str(tmp_path / "store"), return_state=True)
     assert state.is_completed(), state
@@ -123,7 +134,9 @@ def test_a_study_past_its_time_limit_times_out_and_the_retry_resumes(prefect_api
 
 
 def test_progress_is_a_bounded_number_of_readable_lines(caplog):
-    pattern = re.compile(r"identification loss: step (\d+)/5000 \((\d+)%\) \S+ \| \S+ steps/s \| ETA (\d+ s|\d+ min \d\d s|\?)$")
+    pattern = re.compile(
+        r"identification loss: step (\d+)/5000 \((\d+)%\) \S+ \| \S+ steps/s \| ETA (\d+ s|\d+ min \d\d s|\?)$"
+    )
     with caplog.at_level(logging.INFO, logger="flows.tasks"):
         progress = tasks.Progress("identification-progress", 5000, "identification loss", "test")
         for step in range(5000):
@@ -146,7 +159,13 @@ def test_progress_is_a_bounded_number_of_readable_lines(caplog):
 
 
 def test_task_run_names_say_what_they_compute():
-    assert tasks._mesh_name({"kind": "rectangle", "chara_length": 0.025}) == "mesh[rectangle h=0.025]"
-    assert tasks._mesh_name({"kind": "grid", "cells": [4, 8], "element_type": "quad", "order": 2}) == "mesh[grid 4x8 quad P2]"
-    assert tasks._gradient_check_name({"target": "topology"}) == "gradient_check[topology]"
-    assert tasks.study_run(tasks.identify_coefficient, "identify", 0.04, 5000).task_run_name == "identify[h=0.04,5000 steps]"
+    assert tasks._mesh_name({"kind": "rectangle", "chara_length": 0.025}) == "mesh(rectangle h=0.025)"
+    assert (
+        tasks._mesh_name({"kind": "grid", "cells": [4, 8], "element_type": "quad", "order": 2})
+        == "mesh(grid 4x8 quad P2)"
+    )
+    assert tasks._gradient_check_name({"target": "topology"}) == "gradient_check(topology)"
+    assert (
+        tasks.study_run(tasks.identify_coefficient, "identify", 0.04, 5000).task_run_name
+        == "identify(h=0.04, 5000 steps)"
+    )

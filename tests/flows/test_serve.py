@@ -27,8 +27,13 @@ class Served:
 
     def __init__(self, api: str, cwd: Path, log: Path, *args: str, env: dict | None = None):
         self.log = log
-        environment = {**os.environ, "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PYTHONPATH": os.pathsep.join(
-            [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+        environment = {
+            **os.environ,
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PYTHONPATH": os.pathsep.join(
+                [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+            ),
+        }
         if api:
             environment["PREFECT_API_URL"] = api
         else:
@@ -36,8 +41,12 @@ class Served:
         environment.update(env or {})
         with open(log, "wb") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "flows.serve", *args], cwd=cwd, env=environment,
-                stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "-m", "flows.serve", *args],
+                cwd=cwd,
+                env=environment,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def text(self) -> str:
@@ -107,30 +116,64 @@ def test_served_deployment_runs_through_the_api(prefect_api, tmp_path):
         served.wait_for("Ctrl-C stops")
         deployment = _deployment(DEPLOYMENT)
         assert {"tmcore", "study:figures"} <= set(deployment.tags)
-        assert deployment.parameters["identification_steps"] == 5000 and Path(deployment.parameters["store"]).is_absolute()
+        assert (
+            deployment.parameters["identification_steps"] == 5000 and Path(deployment.parameters["store"]).is_absolute()
+        )
         schema = deployment.parameter_openapi_schema["properties"]
-        assert all(spec.get("description") for spec in schema.values()), {k: v.get("description") for k, v in schema.items()}
+        assert all(spec.get("description") for spec in schema.values()), {
+            k: v.get("description") for k, v in schema.items()
+        }
         parameters = {**TINY, "store": str(tmp_path / "store"), "out": str(tmp_path / "out")}
         run = run_deployment(DEPLOYMENT, parameters=parameters, timeout=240)
         assert run.state.is_completed(), f"{run.state}\n{served.text()[-3000:]}"
         assert run.name == "figures-id3-topo2"
-        assert {"tmcore", "study:figures", "quick"} <= set(run.tags) and any(t.startswith("checkout:") for t in run.tags)
+        assert {"tmcore", "study:figures", "quick"} <= set(run.tags) and any(
+            t.startswith("checkout:") for t in run.tags
+        )
         with get_client(sync_client=True) as client:
-            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+            from prefect.client.schemas.filters import (
+                ArtifactFilter,
+                ArtifactFilterFlowRunId,
+                FlowRunFilter,
+                FlowRunFilterId,
+            )
 
             task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
-            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
         names = sorted(r.name for r in task_runs)
-        assert names == sorted(["mesh[rectangle h=0.1]", "mesh[rectangle h=0.12]", "mesh[rectangle h=0.2]", "identify[h=0.1,3 steps]",
-                                "topology[h=0.12,2 steps]", "gradient_check[identification]", "gradient_check[topology]",
-                                "render_figures"])
+        assert names == sorted(
+            [
+                "mesh(rectangle h=0.1)",
+                "mesh(rectangle h=0.12)",
+                "mesh(rectangle h=0.2)",
+                "identify(h=0.1, 3 steps)",
+                "topology(h=0.12, 2 steps)",
+                "gradient_check(identification)",
+                "gradient_check(topology)",
+                "render_figures",
+            ]
+        )
         assert all("quick" in r.tags and "study:figures" in r.tags for r in task_runs)
         keys = {a.key for a in artifacts}
-        assert {"differentiability-summary", "differentiability-figures", "gradient-check", "figure-param-id-loss",
-                "figure-topology-thermal", "artifact-store"} <= keys, keys
+        assert {
+            "differentiability-summary",
+            "differentiability-figures",
+            "gradient-check",
+            "figure-param-id-loss",
+            "figure-topology-thermal",
+            "artifact-store",
+        } <= keys, keys
         summary = next(a for a in artifacts if a.key == "differentiability-summary").data
         assert "5.924e-03" in summary and "file://" in summary and str((tmp_path / "store").resolve()) in summary
-        for name in ("param_id_loss.png", "param_id_fields.png", "topology_thermal.png", "gradient_check.md", "gradient_check.nc"):
+        for name in (
+            "param_id_loss.png",
+            "param_id_fields.png",
+            "topology_thermal.png",
+            "gradient_check.md",
+            "gradient_check.nc",
+        ):
             assert (tmp_path / "out" / name).stat().st_size > 0, name
     finally:
         seconds = served.interrupt()
@@ -162,7 +205,9 @@ def test_two_checkouts_on_one_server_do_not_clobber_each_other(prefect_api, tmp_
         assert "checkout:" in " ".join(_deployment("differentiability-figures/b").tags)
         seconds = b_named.interrupt()
         _assert_clean_stop(b_named, seconds)
-        assert _deployment("validation-benchmark/b-nightly").paused and _deployment("differentiability-figures/b").paused
+        assert (
+            _deployment("validation-benchmark/b-nightly").paused and _deployment("differentiability-figures/b").paused
+        )
         for name in NAMES:
             assert not _deployment(f"{name}/default").paused, name
         nightly = _deployment("validation-benchmark/nightly")
@@ -186,8 +231,18 @@ def _free_port() -> int:
 def test_ctrl_c_stops_the_server_it_started(tmp_path):
     port = _free_port()
     home = {"PREFECT_HOME": str(tmp_path / "home")}
-    served = Served("", tmp_path, tmp_path / "serve.log", "--port", str(port), "--only", DEPLOYMENT,
-                    "--server-log", str(tmp_path / "server.log"), env=home)
+    served = Served(
+        "",
+        tmp_path,
+        tmp_path / "serve.log",
+        "--port",
+        str(port),
+        "--only",
+        DEPLOYMENT,
+        "--server-log",
+        str(tmp_path / "server.log"),
+        env=home,
+    )
     try:
         served.wait_for("Ctrl-C stops", timeout=300)
     finally:
