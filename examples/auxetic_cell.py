@@ -20,6 +20,7 @@ C*_1111 ~ 6e-5: a mechanism, not a material.)
 Prints the achieved tensor and Poisson's ratio
 nu*_12 = -S*_21 / S*_11; ``--png`` writes the cell tiled 3 x 3.
 """
+
 import sys
 
 import torch
@@ -94,7 +95,10 @@ with torch.no_grad():
     C = tensor_of(z)
     nu = float(poisson_ratio(C))
     volume = float(smooth(full(z)).mean())
-print(f"auxetic cell {n}x{n}: {k + 1} MMA iterations, volume {volume:.4f}, nu*_12 = {nu:.4f}, nu*_21 = {float(poisson_ratio(C, 1, 0)):.4f}")
+print(
+    f"auxetic cell {n}x{n}: {k + 1} MMA iterations, volume {volume:.4f}, nu*_12 = {nu:.4f}, "
+    f"nu*_21 = {float(poisson_ratio(C, 1, 0)):.4f}"
+)
 print("C* (Voigt, plane stress) =")
 for row in C.tolist():
     print("  " + "  ".join(f"{value:+.5e}" for value in row))

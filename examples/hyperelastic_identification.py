@@ -16,6 +16,7 @@ the gradient through the load path by one adjoint solve per increment the loss s
 (here the last). Prints the misfit and the error in mu; ``--png`` draws the true and
 recovered moduli on the deformed plate.
 """
+
 import sys
 
 import torch
@@ -40,7 +41,11 @@ traction = torch.tensor([0.6, -0.2]).expand(mesh.n_points, 2)
 load = Traction.from_mesh(mesh, facets="right")(point_data={"t": traction})
 ramp = torch.tensor([1 / 3, 2 / 3, 1.0])[:, None] * load
 c = mesh.points[mesh.elements].mean(dim=1)
-mu_true = 1.0 + 2.0 * torch.exp(-((c - torch.tensor([1.2, 0.5])) ** 2).sum(1) / 0.08) - 0.5 * torch.exp(-((c - torch.tensor([0.5, 0.5])) ** 2).sum(1) / 0.05)
+mu_true = (
+    1.0
+    + 2.0 * torch.exp(-((c - torch.tensor([1.2, 0.5])) ** 2).sum(1) / 0.08)
+    - 0.5 * torch.exp(-((c - torch.tensor([0.5, 0.5])) ** 2).sum(1) / 0.05)
+)
 pairs = cell_neighbours(mesh)
 
 
@@ -53,8 +58,15 @@ with torch.no_grad():
 scale = float((measured**2).sum())
 
 log_mu = torch.zeros(mesh.n_cells, requires_grad=True)
-optimizer = torch.optim.LBFGS([log_mu], lr=1.0, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe",
-                              tolerance_grad=1e-12, tolerance_change=1e-14)
+optimizer = torch.optim.LBFGS(
+    [log_mu],
+    lr=1.0,
+    max_iter=iterations,
+    history_size=20,
+    line_search_fn="strong_wolfe",
+    tolerance_grad=1e-12,
+    tolerance_change=1e-14,
+)
 history = []
 
 
@@ -70,8 +82,10 @@ def closure():
 optimizer.step(closure)
 mu = log_mu.detach().exp()
 error = float((mu - mu_true).norm() / mu_true.norm())
-print(f"plate {nx}x{nx // 2}: {len(history)} evaluations, misfit {history[0][1]:.3e} -> {history[-1][1]:.3e}, "
-      f"relative error in mu {float((1.0 - mu_true).norm() / mu_true.norm()):.3f} -> {error:.3f}")
+print(
+    f"plate {nx}x{nx // 2}: {len(history)} evaluations, misfit {history[0][1]:.3e} -> {history[-1][1]:.3e}, "
+    f"relative error in mu {float((1.0 - mu_true).norm() / mu_true.norm()):.3f} -> {error:.3f}"
+)
 tip = measured.reshape(-1, 2)[mesh.nodes_of("right")].mean(0)
 print(f"measured tip displacement ({float(tip[0]):.3f}, {float(tip[1]):.3f})")
 
@@ -85,7 +99,10 @@ if png:
     deformed = (mesh.points + measured.reshape(-1, 2)).numpy()
     polygons = deformed[mesh.elements.numpy()]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    for ax, values, title in ((axes[0], mu_true, "true shear modulus"), (axes[1], mu, f"recovered (error {error:.1%})")):
+    for ax, values, title in (
+        (axes[0], mu_true, "true shear modulus"),
+        (axes[1], mu, f"recovered (error {error:.1%})"),
+    ):
         collection = PolyCollection(polygons, array=values.numpy(), cmap="viridis", edgecolors="none")
         collection.set_clim(float(mu_true.min()), float(mu_true.max()))
         ax.add_collection(collection)

@@ -8,6 +8,7 @@ increment. Prints, per size, the Newton updates, the seconds per update (residua
 assembly, factorisation and solve, line search) and the split between assembly and solve.
 Times are wall-clock on whatever machine runs it (one thread with OMP_NUM_THREADS=1).
 """
+
 import sys
 import time
 
@@ -40,6 +41,9 @@ for unknowns in sizes:
     begin = time.perf_counter()
     problem._tangent(u, params)
     tangent = time.perf_counter() - begin
-    print(f"{mesh.n_points * 2} unknowns ({side} x {side} quads): {updates} Newton updates, "
-          f"{record.seconds / updates:.3f} s per update (residual assembly {residual:.3f} s, tangent assembly {tangent:.3f} s); "
-          f"residuals {' '.join(f'{r:.1e}' for r in record.residuals)}")
+    print(
+        f"{mesh.n_points * 2} unknowns ({side} x {side} quads): {updates} Newton updates, "
+        f"{record.seconds / updates:.3f} s per update (residual assembly {residual:.3f} s, "
+        f"tangent assembly {tangent:.3f} s); "
+        f"residuals {' '.join(f'{r:.1e}' for r in record.residuals)}"
+    )

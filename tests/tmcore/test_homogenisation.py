@@ -43,7 +43,11 @@ def test_laminate_elasticity_is_exact():
     cell = PeriodicCell(mesh)
     y = centroids(mesh)[:, 1]
     stiff = (y < 0.3) | ((y > 0.6) & (y < 0.7))
-    C = effective_tensor(cell, LinearElasticity.from_mesh(mesh, nu=0.3, plane="strain"), element_data={"E": torch.where(stiff, 10.0, 1.0)}).tensor
+    C = effective_tensor(
+        cell,
+        LinearElasticity.from_mesh(mesh, nu=0.3, plane="strain"),
+        element_data={"E": torch.where(stiff, 10.0, 1.0)},
+    ).tensor
     layers = torch.stack([isotropic_voigt(1.0, 0.3), isotropic_voigt(10.0, 0.3)])
     exact = laminate_elasticity(layers, torch.tensor([0.6, 0.4]), normal_axis=1)
     assert float((C - exact).abs().max()) < 1e-10
@@ -55,7 +59,11 @@ def test_laminate_elasticity_is_exact():
 def test_homogeneous_cell_returns_the_material():
     mesh = Mesh.gen_rectangle(0.3)
     cell = PeriodicCell(mesh)
-    C = effective_tensor(cell, LinearElasticity.from_mesh(mesh, nu=0.25, plane="strain"), element_data={"E": torch.full((mesh.n_cells,), 3.0)}).tensor
+    C = effective_tensor(
+        cell,
+        LinearElasticity.from_mesh(mesh, nu=0.25, plane="strain"),
+        element_data={"E": torch.full((mesh.n_cells,), 3.0)},
+    ).tensor
     assert float((C - isotropic_voigt(3.0, 0.25)).abs().max()) < 1e-12
     assert abs(float(poisson_ratio(C)) - 0.25 / 0.75) < 1e-12  # plane strain: nu / (1 - nu)
 
@@ -74,7 +82,10 @@ def test_random_two_phase_conductivity_lies_within_hashin_shtrikman(seed):
     assert float(torch.linalg.inv(K - k1 * eye).trace()) <= 2 / (f2 * (k2 - k1)) + (1 - f2) / (f2 * k1)
     assert float(torch.linalg.inv(k2 * eye - K).trace()) <= 2 / ((1 - f2) * (k2 - k1)) - f2 / ((1 - f2) * k2)
     eigenvalues = torch.linalg.eigvalsh(K)
-    assert 1.0 / ((1 - f2) / k1 + f2 / k2) < float(eigenvalues.min()) and float(eigenvalues.max()) < (1 - f2) * k1 + f2 * k2
+    assert (
+        1.0 / ((1 - f2) / k1 + f2 / k2) < float(eigenvalues.min())
+        and float(eigenvalues.max()) < (1 - f2) * k1 + f2 * k2
+    )
     assert lower < float(eigenvalues.mean()) < upper
 
 
@@ -82,7 +93,9 @@ def checkerboard(n, k1=1.0, k2=10.0):
     mesh = Mesh.gen_grid((n, n), element_type="quad")
     c = centroids(mesh)
     kappa = torch.where((c[:, 0] < 0.5) ^ (c[:, 1] < 0.5), k2, k1)
-    return float(effective_tensor(PeriodicCell(mesh), Diffusion.from_mesh(mesh), element_data={"kappa": kappa}).tensor[0, 0])
+    return float(
+        effective_tensor(PeriodicCell(mesh), Diffusion.from_mesh(mesh), element_data={"kappa": kappa}).tensor[0, 0]
+    )
 
 
 def aitken(a, b, c):

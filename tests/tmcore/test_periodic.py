@@ -9,7 +9,9 @@ from tmcore.forms import Diffusion, LinearElasticity
 from tmcore.methods.periodic import PeriodicCell
 
 
-@pytest.mark.parametrize("shape, element_type, classes", [((4, 3), "quad", 12), ((4, 3), "triangle", 12), ((2, 3, 2), "tetra", 12)])
+@pytest.mark.parametrize(
+    "shape, element_type, classes", [((4, 3), "quad", 12), ((4, 3), "triangle", 12), ((2, 3, 2), "tetra", 12)]
+)
 def test_grid_nodes_pair_across_every_face(shape, element_type, classes):
     mesh = Mesh.gen_grid(shape, element_type=element_type)
     cell = PeriodicCell(mesh)
@@ -42,7 +44,8 @@ def test_a_mesh_that_is_not_periodic_is_refused_with_the_place(case):
         points = mesh.points.clone()
         points[10, 1] += 1e-3  # the node (0, 0.5) of the face x = 0 moves up
         mesh = Mesh(points, {"quad": mesh.elements})
-        match = r"not periodic along x: 1 of the nodes on the face x = 0 have no partner on x = 1 .*first at \[0\.\s+0\.501\]"
+        match = r"not periodic along x: 1 of the nodes on the face x = 0 have no partner on x = 1 "
+        match += r".*first at \[0\.\s+0\.501\]"
     with pytest.raises(MeshError, match=match):
         PeriodicCell(mesh)
 
@@ -62,7 +65,9 @@ def test_periodic_matrix_is_the_identification_of_the_full_one(vector):
     periodic = cell.scatter(form.local(element_data=data), components).to_dense()
     assert torch.allclose(periodic, P.T @ K @ P, atol=1e-12)
     v = torch.randn(size)
-    assert torch.allclose(cell.expand(v, components), P @ v) and torch.allclose(cell.reduce(K @ P @ v, components), P.T @ K @ P @ v)
+    assert torch.allclose(cell.expand(v, components), P @ v) and torch.allclose(
+        cell.reduce(K @ P @ v, components), P.T @ K @ P @ v
+    )
 
 
 def test_bad_arguments_are_named():

@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from tmcore.core.assembly import ElementAssembler
-from tmcore.core.linalg.sparse import SparseMatrix
 from tmcore.core.condense import Condenser
 from tmcore.methods.periodic import PeriodicCell
 

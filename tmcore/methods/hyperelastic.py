@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -168,7 +168,8 @@ class _StoredEnergy(Functional):
 
 def default_nonlinear_quadrature(mesh: Mesh) -> int:
     """The quadrature degree shared by residual and tangent (they must agree for Newton to be
-    quadratic and the adjoint exact): 2 p on boxes (2 x 2 Gauss on bilinear quads), 2 (p - 1) on simplices, at least 1."""
+    quadratic and the adjoint exact): 2 p on boxes (2 x 2 Gauss on bilinear quads), 2 (p - 1) on
+    simplices, at least 1."""
     p = mesh.element.order
     return 2 * p if mesh.element.tensor_product else max(2 * (p - 1), 1)
 
@@ -224,7 +225,9 @@ class _Equilibrium(torch.autograd.Function):
             state = u.detach().index_copy(0, fixed, g_) if fixed.numel() else u.detach()
             residual = (problem._internal(state, params_) - f_)[free]
             grads = torch.autograd.grad(residual, (params_, g_, f_), grad_outputs=-lam, allow_unused=True)
-        grad_params, grad_g, grad_f = (torch.zeros_like(t) if gr is None else gr for gr, t in zip(grads, (params, g, f)))
+        grad_params, grad_g, grad_f = (
+            torch.zeros_like(t) if gr is None else gr for gr, t in zip(grads, (params, g, f))
+        )
         grad_g = grad_g + grad_u[fixed]  # u = g at the fixed dofs
         return None, None, None, grad_params, grad_g, grad_f
 
@@ -317,7 +320,9 @@ class Hyperelasticity(nn.Module):
                 value = torch.tensor(float(value), dtype=self.mesh.dtype, device=self.mesh.device)
             if not isinstance(value, Tensor) or not value.is_floating_point() or value.shape not in ((), (m,)):
                 got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"material[{name!r}] must be a number or a floating-point ({m},) tensor per cell, got {got}")
+                raise ValueError(
+                    f"material[{name!r}] must be a number or a floating-point ({m},) tensor per cell, got {got}"
+                )
             columns.append(value.expand(m))
         self._names = names
         return torch.stack(columns, dim=-1)
@@ -354,7 +359,9 @@ class Hyperelasticity(nn.Module):
 
     def stored_energy(self, u: Tensor, material: Mapping[str, Tensor | float]) -> Tensor:
         """int W(F) dX, 0-d, at the displacement u (n dim,)."""
-        return self._forms()[2](point_data={"w": u.reshape(-1, self.mesh.dim)}, element_data={"params": self.pack(material)})
+        return self._forms()[2](
+            point_data={"w": u.reshape(-1, self.mesh.dim)}, element_data={"params": self.pack(material)}
+        )
 
     def _factor_free(self, u: Tensor, params: Tensor):
         """(the factorisation of J_ff, the full tangent J) at u."""
@@ -451,7 +458,9 @@ class Hyperelasticity(nn.Module):
         stored = self._forms()[2](point_data={"w": u.reshape(-1, self.mesh.dim)}, element_data={"params": params})
         return float(stored) - float(f @ u)
 
-    def _increment(self, start: Tensor, previous: tuple[Tensor, Tensor], params: Tensor, g: Tensor, f: Tensor) -> Tensor:
+    def _increment(
+        self, start: Tensor, previous: tuple[Tensor, Tensor], params: Tensor, g: Tensor, f: Tensor
+    ) -> Tensor:
         """Equilibrium at the load (g, f), from the converged state ``start`` at the load ``previous``;
         a failed attempt halves the remaining load step (cut-back), at most ``max_cutbacks`` times."""
         record = NewtonRecord(len(self.records))
@@ -490,16 +499,26 @@ class Hyperelasticity(nn.Module):
                 raise ValueError(f"{name} must be a floating-point tensor of shape {lead + (width,)}, got {got}")
         return g, f
 
-    def solve(self, material: Mapping[str, Tensor | float], g: Tensor | None = None, f: Tensor | None = None,
-              u0: Tensor | None = None) -> Tensor:
+    def solve(
+        self,
+        material: Mapping[str, Tensor | float],
+        g: Tensor | None = None,
+        f: Tensor | None = None,
+        u0: Tensor | None = None,
+    ) -> Tensor:
         """The equilibrium u (n dim,) at prescribed values g (n_fixed,) (dofs in ``fixed_index``
         order, default 0) and load f (n dim,) (default 0), from u0 (default 0) in one increment
         (cut back if needed); differentiable in the material, g and f."""
         states = self.load_path(material, None if g is None else g[None], None if f is None else f[None], u0)
         return states[0]
 
-    def load_path(self, material: Mapping[str, Tensor | float], dirichlet: Tensor | None = None,
-                  loads: Tensor | None = None, u0: Tensor | None = None) -> Tensor:
+    def load_path(
+        self,
+        material: Mapping[str, Tensor | float],
+        dirichlet: Tensor | None = None,
+        loads: Tensor | None = None,
+        u0: Tensor | None = None,
+    ) -> Tensor:
         """The states (N, n dim) of N increments: increment k prescribes dirichlet[k] (n_fixed,)
         at the fixed dofs and applies the dead load loads[k] (n dim,); either may be None (zero).
 

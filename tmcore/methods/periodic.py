@@ -98,7 +98,9 @@ class PeriodicCell:
         lo = points.min(axis=0) if lower is None else np.asarray(lower, dtype=np.float64)
         hi = points.max(axis=0) if upper is None else np.asarray(upper, dtype=np.float64)
         if lo.shape != (dim,) or hi.shape != (dim,) or not np.all(hi > lo):
-            raise ValueError(f"lower and upper must be {dim} coordinates with upper > lower, got {lo.tolist()}, {hi.tolist()}")
+            raise ValueError(
+                f"lower and upper must be {dim} coordinates with upper > lower, got {lo.tolist()}, {hi.tolist()}"
+            )
         tol = 1e-8 * float((hi - lo).max()) if tol is None else float(tol)
         if not (np.isfinite(tol) and tol > 0):
             raise ValueError(f"tol must be a positive number, got {tol!r}")
@@ -126,7 +128,10 @@ class PeriodicCell:
         others = [a for a in range(self.dim) if a != axis]
         name = _AXES[axis]
         if on_low.size == 0 or on_high.size == 0:
-            raise MeshError(f"the mesh is not periodic along {name}: no nodes on the face {name} = {lo[axis]:g} or {name} = {hi[axis]:g}")
+            raise MeshError(
+                f"the mesh is not periodic along {name}: no nodes on the face {name} = {lo[axis]:g} "
+                f"or {name} = {hi[axis]:g}"
+            )
         tree = cKDTree(points[on_high][:, others])
         distance, index = tree.query(points[on_low][:, others], distance_upper_bound=self.tol)
         unmatched_low = on_low[~np.isfinite(distance)]
@@ -137,7 +142,8 @@ class PeriodicCell:
         if unmatched_low.size or unmatched_high.size:
             side, nodes, where = (
                 (f"{name} = {lo[axis]:g}", unmatched_low, f"{name} = {hi[axis]:g}")
-                if unmatched_low.size else (f"{name} = {hi[axis]:g}", unmatched_high, f"{name} = {lo[axis]:g}")
+                if unmatched_low.size
+                else (f"{name} = {hi[axis]:g}", unmatched_high, f"{name} = {lo[axis]:g}")
             )
             first = np.array2string(points[nodes[0]], precision=6)
             raise MeshError(
@@ -174,7 +180,9 @@ class PeriodicCell:
             raise ValueError(f"components must be None (scalar) or the dimension {self.dim}, got {components!r}")
         scatter = self._scatter.get(components)
         if scatter is None:
-            scatter = self._scatter[components] = (_ScalarScatter if components is None else _VectorScatter).from_mesh(self.topology)
+            scatter = self._scatter[components] = (_ScalarScatter if components is None else _VectorScatter).from_mesh(
+                self.topology
+            )
         return scatter.scatter(local)
 
     def element_dofs(self, components: int | None = None) -> tuple[Tensor, Tensor]:
@@ -185,4 +193,5 @@ class PeriodicCell:
         return dof_connectivity(conn, components), dof_connectivity(self.classes[conn], components)
 
     def __repr__(self) -> str:
-        return f"PeriodicCell(n={self.mesh.n_points}, classes={self.n_classes}, box={self.lower.tolist()}..{self.upper.tolist()})"
+        box = f"{self.lower.tolist()}..{self.upper.tolist()}"
+        return f"PeriodicCell(n={self.mesh.n_points}, classes={self.n_classes}, box={box})"
