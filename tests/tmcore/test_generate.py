@@ -266,3 +266,23 @@ def test_rectangle_refine_option_matches_explicit_refinement():
     assert torch.equal(direct.points, explicit.points) and torch.equal(direct.elements, explicit.elements)
     with pytest.raises(ValueError, match="refine"):
         Mesh.gen_rectangle(chara_length=0.3, element_type="quad", refine=1)
+
+
+@pytest.mark.parametrize(
+    "make, estimate",
+    [
+        (lambda: rectangle(0.02), lambda g: g.estimate_nodes(2, 1.0, 4.0, 0.02)),
+        (lambda: rectangle(0.05, order=2), lambda g: g.estimate_nodes(2, 1.0, 4.0, 0.05, order=2)),
+        (lambda: rectangle(0.1, refine=2), lambda g: g.estimate_nodes(2, 1.0, 4.0, 0.1, refine=2)),
+        (lambda: Mesh.gen_circle(0.05), lambda g: g.estimate_nodes(2, math.pi, 2 * math.pi, 0.05)),
+        (lambda: Mesh.gen_L(0.05), lambda g: g.estimate_nodes(2, 3.0, 8.0, 0.05)),
+        (lambda: box(0.1), lambda g: g.estimate_nodes(3, 1.0, 6.0, 0.1)),
+        (lambda: box(0.2, order=2), lambda g: g.estimate_nodes(3, 1.0, 6.0, 0.2, order=2)),
+    ],
+    ids=["rectangle", "rectangle-p2", "rectangle-refine2", "circle", "l-shape", "box", "box-p2"],
+)
+def test_node_estimates_are_within_a_factor_one_and_a_half(make, estimate):
+    from tmcore.core.mesh import generate
+
+    ratio = make().n_points / estimate(generate)
+    assert 1 / 1.5 < ratio < 1.5
