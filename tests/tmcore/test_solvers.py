@@ -222,6 +222,9 @@ def test_cholmod_reuses_its_symbolic_analysis(system):
 
 def test_auto_choice_by_size_sparsity_and_symmetry(system, monkeypatch):
     K, _ = system
+    # SPD with a narrow band after RCM: the banded Cholesky
+    assert solvers.choose_backend(K.pattern, K.values) == "banded"
+    monkeypatch.setattr(solvers, "BANDED_WORK_LIMIT", 0)
     direct = "cholmod" if solvers.cholmod_available() else "splu"
     assert solvers.choose_backend(K.pattern, K.values) == direct
     # above the direct limit: AMG for an SPD matrix, SuperLU for a nonsymmetric one
@@ -236,9 +239,12 @@ def test_auto_choice_by_size_sparsity_and_symmetry(system, monkeypatch):
     Kc_, _ = Condenser(cube.boundary_mask)(Diffusion.from_mesh(cube)(scalar_data={"kappa": 1.0}), torch.ones(cube.n_points))
     assert Kc_.pattern.shape[0] > solvers.DIRECT_LIMIT_3D
     assert solvers.choose_backend(Kc_.pattern, Kc_.values) == "amg"
-    # below it SuperLU's symmetric mode (faster than CHOLMOD on small 3-D systems here)
+    # below it the banded Cholesky while the band is narrow, else SuperLU's symmetric mode (faster
+    # than CHOLMOD on small 3-D systems here)
     small = Mesh.gen_grid((6, 6, 6))
     Ks_, _ = Condenser(small.boundary_mask)(Diffusion.from_mesh(small)(scalar_data={"kappa": 1.0}), torch.ones(small.n_points))
+    assert solvers.choose_backend(Ks_.pattern, Ks_.values) == "banded"
+    monkeypatch.setattr(solvers, "BANDED_WORK_LIMIT", 0)
     assert solvers.choose_backend(Ks_.pattern, Ks_.values) == "splu"
 
 
@@ -257,11 +263,13 @@ def test_second_derivatives_through_a_solve_are_exact():
     assert torch.autograd.gradgradcheck(solve, (values, rhs))
 
 
-def test_auto_falls_back_to_a_direct_solver_when_amg_fails():
-    """2-D elasticity (18 non-zeros per row) looks 3-D to 'auto', which tries AMG; RS-AMG breaks down on it."""
+def test_auto_falls_back_to_a_direct_solver_when_amg_fails(monkeypatch):
+    """2-D elasticity (18 non-zeros per row) looks 3-D to 'auto', which tries AMG (once its band is
+    too wide for the banded Cholesky); RS-AMG breaks down on it."""
     from tmcore import dof_mask
     from tmcore.forms import LinearElasticity
 
+    monkeypatch.setattr(solvers, "BANDED_WORK_LIMIT", 0)
     mesh = Mesh.gen_grid((160, 16), upper=(10.0, 1.0), element_type="quad")
     K = LinearElasticity.from_mesh(mesh)(scalar_data={"E": 1.0})
     f = torch.zeros(2 * mesh.n_points)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from tmcore.core.checks import is_int, is_number, is_real
 from tmcore.core.condense import Condenser
 from tmcore.core.linalg.factored import factored_solve
 from tmcore.core.linalg.solvers import SolveOptions, factorize
@@ -137,13 +138,13 @@ class TimeStepper:
         M, K = _check_matrix("M", M), _check_matrix("K", K)
         if M.pattern != K.pattern:
             raise ValueError("M and K must share a sparsity pattern (assemble both on the same mesh)")
-        if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not math.isfinite(dt) or dt <= 0:
+        if not is_real(dt) or dt <= 0:
             raise ValueError(f"dt must be a positive finite number, got {dt!r}")
         if isinstance(scheme, str):
             if scheme not in SCHEMES:
                 raise ValueError(f"scheme must be one of {sorted(SCHEMES)} or a theta in (0, 1], got {scheme!r}")
             theta = SCHEMES[scheme]
-        elif isinstance(scheme, (int, float)) and not isinstance(scheme, bool) and 0.0 < scheme <= 1.0:
+        elif is_number(scheme) and 0.0 < scheme <= 1.0:
             theta = float(scheme)
         else:
             raise ValueError(f"scheme must be one of {sorted(SCHEMES)} or a theta in (0, 1], got {scheme!r}")
@@ -234,13 +235,13 @@ class TimeStepper:
         if not isinstance(u0, Tensor) or u0.shape != (self.n,) or not u0.is_floating_point():
             got = tuple(u0.shape) if isinstance(u0, Tensor) else type(u0).__name__
             raise ValueError(f"u0 must be a floating-point ({self.n},) tensor, got {got}")
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+        if not is_int(n_steps) or n_steps < 1:
             raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
         if objective is not None and not callable(objective):
             raise TypeError(f"objective must be None or a callable (step, t, u) -> scalar, got {type(objective).__name__}")
         keep = set()
         for s in save_steps:
-            if isinstance(s, bool) or not isinstance(s, int) or not -n_steps - 1 <= s <= n_steps:
+            if not is_int(s) or not -n_steps - 1 <= s <= n_steps:
                 raise ValueError(f"save_steps must hold ints in [-{n_steps + 1}, {n_steps}], got {s!r}")
             keep.add(s % (n_steps + 1))
         segment = _segment_length(checkpoint, n_steps)
@@ -302,7 +303,7 @@ def _segment_length(checkpoint: int | str | None, n_steps: int) -> int:
         return n_steps
     if checkpoint == "auto":
         return max(1, math.ceil(math.sqrt(n_steps)))
-    if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1:
+    if not is_int(checkpoint) or checkpoint < 1:
         raise ValueError(f"checkpoint must be None, 'auto' or a segment length >= 1, got {checkpoint!r}")
     return min(checkpoint, n_steps)
 

@@ -73,6 +73,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.linalg.lapack
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
@@ -84,13 +85,19 @@ from tmcore.core.linalg.factored import FactoredSolve
 from tmcore.core.linalg.pattern import SparsityPattern, batched_matvec
 
 logger = logging.getLogger(__name__)
-BACKENDS = ("auto", "splu", "cholmod", "amg", "torch-cg", "dense", "pardiso")
+BACKENDS = ("auto", "banded", "splu", "cholmod", "amg", "torch-cg", "dense", "pardiso")
 ITERATIVE = ("amg", "torch-cg")
 # Unknowns up to which "auto" uses a direct solver on the CPU / a dense LU on a GPU.
 DIRECT_LIMIT = 30_000
 CHOLMOD_LIMIT = 30_000
 DIRECT_LIMIT_3D = 4_000
 DENSE_LIMIT = 4096
+# "auto" uses the banded Cholesky for SPD systems whose band work n (b + 1)^2 (b: the bandwidth
+# after reverse Cuthill-McKee) is at most this: 2-D Poisson, 2-core machine, factor + solve,
+# banded against SuperLU: 0.17 vs 1.2 ms at 690 unknowns, 0.84 vs 12 ms at 1775, 47 vs 106 ms at 8013
+BANDED_WORK_LIMIT = 5e7
+# Patterns with more unknowns than this are not ordered for the banded solver (RCM costs O(nnz)).
+BANDED_ORDER_LIMIT = 200_000
 DEFAULT_RTOL = 1e-10
 # A pivot smaller than this times the largest one marks the matrix singular to working precision.
 PIVOT_RATIO_TOL = 1e3 * np.finfo(np.float64).eps
@@ -218,6 +225,76 @@ class _SuperLU(Factorization):
         b = _to_numpy(rhs)
         trans = "T" if transpose else "N"
         return _from_numpy(np.stack([lu.solve(b[i], trans=trans) for i, lu in enumerate(self.lus)]), rhs)
+
+
+@dataclass(frozen=True)
+class _BandLayout:
+    """Where each upper-triangle entry of a symmetric pattern goes in LAPACK's upper band storage
+    after a reverse Cuthill-McKee ordering: ab[b + i - j, j] = A[p[i], p[j]] for i <= j."""
+
+    order: np.ndarray  # p: new index -> old
+    bandwidth: int
+    slots: np.ndarray  # pattern slots of the upper-triangle entries (in the new numbering)
+    flat: np.ndarray  # their flat positions in the (b + 1, n) band array
+
+
+def band_layout(pattern: SparsityPattern) -> _BandLayout:
+    """The RCM ordering and band layout of a symmetric pattern, computed once and cached on it."""
+    layout = pattern.solver_cache.get("band")
+    if layout is None:
+        from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+        n = pattern.shape[0]
+        rows, cols = pattern.rows.cpu().numpy(), pattern.cols.cpu().numpy()
+        graph = scipy.sparse.csr_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=pattern.shape)
+        order = np.asarray(reverse_cuthill_mckee(graph, symmetric_mode=True), dtype=np.int64)
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[order] = np.arange(n)
+        i, j = inverse[rows], inverse[cols]
+        upper = np.flatnonzero(i <= j)
+        bandwidth = int((j - i).max(initial=0))
+        flat = (bandwidth + i[upper] - j[upper]) * n + j[upper]
+        layout = pattern.solver_cache["band"] = _BandLayout(order, bandwidth, upper, flat)
+    return layout
+
+
+class _Banded(Factorization):
+    """LAPACK's banded Cholesky (dpbtrf/dpbtrs) on a reverse Cuthill-McKee ordering computed once per
+    pattern: for SPD systems of small bandwidth b it costs n (b + 1)^2 / 2 flops and little else,
+    the fastest direct solver for the few-thousand-unknown systems of a typical 2-D design loop."""
+
+    backend = "banded"
+
+    def __init__(self, pattern: SparsityPattern, data: np.ndarray):
+        super().__init__(pattern, data.shape[0])
+        if "band" in pattern.solver_cache:
+            stats.reuses += 1
+        else:
+            stats.analyses += 1
+        layout = self.layout = band_layout(pattern)
+        n = pattern.shape[0]
+        stats.factorizations += self.batch
+        self.factors = []
+        for i, values in enumerate(data):
+            band = np.zeros((layout.bandwidth + 1, n))
+            band.flat[layout.flat] = values[layout.slots]
+            factor, info = scipy.linalg.lapack.dpbtrf(band, lower=0, overwrite_ab=1)
+            if info != 0:
+                raise SingularMatrixError(
+                    f"{_member(i, self.batch)}the matrix is singular or not positive definite (banded Cholesky: "
+                    f"leading minor {info} of {n} is not positive); is a Dirichlet condition missing?"
+                )
+            _check_pivots(factor[layout.bandwidth] ** 2, "Cholesky", i, self.batch)
+            self.factors.append(factor)
+
+    def _solve(self, rhs, transpose):  # symmetric: A^T = A
+        b = _to_numpy(rhs)
+        order = self.layout.order
+        out = np.empty_like(b)
+        for i, factor in enumerate(self.factors):
+            x, info = scipy.linalg.lapack.dpbtrs(factor, b[i][order], lower=0)
+            out[i][order] = x
+        return _from_numpy(out, rhs)
 
 
 class _Cholmod(Factorization):
@@ -532,7 +609,7 @@ def choose_backend(
             "backend='pardiso' needs the MKL runtime (pip install mkl, or set $TMCORE_MKL_RT to libmkl_rt)"
         )
     symmetric = bool(_symmetric(pattern, values[None])[0]) if symmetric is None else symmetric
-    if backend in ("cholmod", "torch-cg", "pardiso") and not symmetric:
+    if backend in ("banded", "cholmod", "torch-cg", "pardiso") and not symmetric:
         raise ValueError(f"backend={backend!r} solves symmetric matrices only; this one is not symmetric (use 'splu')")
     if backend != "auto":
         return backend
@@ -542,6 +619,10 @@ def choose_backend(
         return "dense" if n <= DENSE_LIMIT or not spd_like else "torch-cg"
     if not spd_like:
         return "splu"
+    if n <= BANDED_ORDER_LIMIT:
+        bandwidth = band_layout(pattern).bandwidth
+        if n * (bandwidth + 1) ** 2 <= BANDED_WORK_LIMIT:
+            return "banded"
     three_d_like = pattern.nnz > 10 * n
     if three_d_like and n <= DIRECT_LIMIT_3D:
         # SuperLU in symmetric mode beat CHOLMOD (with Debian's reference BLAS) on small 3-D
@@ -581,7 +662,7 @@ def factorize(pattern: SparsityPattern, values: Tensor, options: SolveOptions | 
     if (
         options.backend == "auto"
         and batch > 1
-        and backend in ("cholmod", "splu")
+        and backend in ("banded", "cholmod", "splu")
         and symmetric_all
         and positive[0]
         and pardiso_available()
@@ -601,6 +682,15 @@ def factorize(pattern: SparsityPattern, values: Tensor, options: SolveOptions | 
         return _Pardiso(pattern, data)
     if backend == "cholmod":
         return _Cholmod(pattern, data)
+    if backend == "banded":
+        try:
+            return _Banded(pattern, data)
+        except SingularMatrixError:
+            if options.backend != "auto":
+                raise
+            # symmetric with a positive diagonal, yet not positive definite: SuperLU factorises an
+            # indefinite matrix, and reports a singular one with its pivots
+            stats.by_backend["splu"] = stats.by_backend.get("splu", 0) + batch
     return _SuperLU(pattern, data, symmetric_all)
 
 
