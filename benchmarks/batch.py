@@ -134,13 +134,13 @@ def compare(setup: Setup, batches: list[int], repeats: int, sequential: str | No
 
 
 def _solver_stages(pattern, values: torch.Tensor, b: torch.Tensor, backend: str, out: dict[str, float]) -> torch.Tensor:
-    """The steps of solvers.solve / SparseSolve.forward for values (B, nnz), b (B, n), timed into ``out``."""
+    """The steps of solvers.solve / FactoredSolve.forward for values (B, nnz), b (B, n), timed into ``out``."""
     add = lambda key, seconds: out.__setitem__(key, out.get(key, 0.0) + seconds)  # noqa: E731
     start = time.perf_counter()
     torch.isfinite(values).all() and torch.isfinite(b).all()  # the input checks of solve()
     add("solver input checks", time.perf_counter() - start)
     start = time.perf_counter()
-    factors = solvers.factorize_batch(pattern, values, backend)
+    factors = solvers.factorize(pattern, values, backend)
     add("symmetry check, backend choice, numeric factorisation", time.perf_counter() - start)
     b3 = b.reshape(values.shape[0], -1, 1)
     start = time.perf_counter()
