@@ -42,7 +42,8 @@ from .runners import task_runner
 DEFAULT_OUT = Path("reports") / "mosaic"
 PROBLEMS = ("thermal-mesh", "structural-mesh")
 ENV_PYTHON = "TMCORE_MOSAIC_PYTHON"
-MOSAIC_VENV_PYTHON = Path(".venv-mosaic") / "bin" / "python"
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: integrations/ is importable from here
+MOSAIC_VENV_PYTHON = Path(".venv-mosaic") / "bin" / "python"  # relative to ROOT
 STAGE_TIMEOUT_S = 3600  # one problem's full run took ~15 min on 2 shared cores
 INTEGRATION = (
     "integrations.mosaic.solver",
@@ -65,7 +66,8 @@ def mosaic_python(python: str | None = None) -> str:
         return python
     if os.environ.get(ENV_PYTHON):
         return os.environ[ENV_PYTHON]
-    return str(MOSAIC_VENV_PYTHON.resolve()) if MOSAIC_VENV_PYTHON.exists() else sys.executable
+    venv = ROOT / MOSAIC_VENV_PYTHON  # not resolved: the venv's python is a symlink to the base interpreter
+    return str(venv) if venv.exists() else sys.executable
 
 
 @cached_task("mosaic_problem", sources=INTEGRATION, unkeyed=("python", "timeout_s"))
@@ -88,8 +90,7 @@ def mosaic_problem(
         command += ["--out", str(out), "--results", str(results)] + (["--quick"] if quick else [])
         command += ["--max-cost-n", str(max_cost_n)] if max_cost_n is not None else []
         command += ["--max-iters", str(max_iters)] if max_iters is not None else []
-        root = Path(__file__).resolve().parents[1]
-        done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
         # exit 1: a status cell is not ok, the report is there (the flow fails after publishing)
         if done.returncode not in (0, 1) or not (out / "mosaic.nc").is_file():
             raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-4000:]}")

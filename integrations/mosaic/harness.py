@@ -116,10 +116,13 @@ def limit_notes(problem: str, limits: Limits) -> list[str]:
     cfg = problem_config(problem)
     notes = []
     for key, experiment in cfg.experiments.items():
-        if limits.experiments is not None and key not in limits.experiments and not key.startswith("ics/"):
+        parameters = inspect.signature(experiment.fn).parameters
+        if key.startswith("ics/") or "_kw" not in parameters:  # IC pictures, not benchmark experiments
+            continue
+        if limits.experiments is not None and key not in limits.experiments:
             notes.append(f"{problem} {key}: not run")
             continue
-        for run in inspect.signature(experiment.fn).parameters["_kw"].default.get("runs", []):
+        for run in parameters["_kw"].default.get("runs", []):
             sweep, optim = run.get("sweep", {}), run.get("optim")
             if limits.max_cost_n is not None and "cost" in run and sweep.get("key") in ("nx", "N"):
                 cut = [v for v in sweep["values"] if v > limits.max_cost_n]

@@ -4,8 +4,9 @@
         [--max-cost-n N] [--max-iters N] [--no-endpoints] [--out DIR] [--results DIR]
 
 For each problem (thermal-mesh, structural-mesh): mosaic's suites in-process
-(:mod:`integrations.mosaic.harness`), the endpoint timings, then ``<out>/mosaic.md``,
-``<out>/mosaic.nc`` and mosaic's plots under ``<out>/<problem>/``. ``--quick``: the cost
+(:mod:`integrations.mosaic.harness`) and the endpoint timings; then, for every problem with
+results in ``--results``, ``<out>/mosaic.md``, ``<out>/mosaic.nc`` and mosaic's plots under
+``<out>/<problem>/`` (so ``--suites cost`` after a run of the other suites completes it). ``--quick``: the cost
 sweeps up to N = 64 (thermal) / 8 (structural) and at most 100 optimisation iterations (a
 few minutes); otherwise mosaic's own sizes. Defaults: ``--out reports/mosaic/<full|quick>``,
 ``--results data/artifacts/mosaic/<full|quick>`` (mosaic's raw result tree, git-ignored).
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import logging
 import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from flows.artifacts import atomic_write_text
 
 from . import harness, report
 
@@ -39,6 +43,14 @@ FULL = {
 ENDPOINT_MAX_N = 512  # the endpoint timings (outside the harness) stop here: 4 calls x 4 rounds per size
 
 
+def _merge_json(path: Path, update: Mapping) -> dict:
+    """The JSON object at ``path`` updated with ``update`` (written back atomically)."""
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current.update(update)
+    atomic_write_text(path, json.dumps(current, indent=1, sort_keys=True) + "\n")
+    return current
+
+
 def run(
     problems: Sequence[str],
     limits: Mapping[str, harness.Limits],
@@ -48,24 +60,42 @@ def run(
     suites: Sequence[str] = harness.SUITES,
     endpoints: bool = True,
 ):
-    """Run, summarise and write the report; the report Dataset."""
+    """Run ``suites`` of ``problems``, then write the report of every problem in ``results``; the report Dataset.
+
+    A run replaces the results of the suites it runs and keeps the others, so a long
+    benchmark can be run in parts (``--suites cost`` after the rest). Beside mosaic's files,
+    ``<results>/<problem>/`` keeps tmcore's own records: ``tmcore_wall_seconds.json`` (per
+    experiment), ``tmcore_endpoints.json`` (endpoint timings per N) and ``tmcore_notes.json``
+    (what the limits left out, per suite).
+    """
     import torch
 
-    summaries, statuses, timings, seconds, notes = {}, {}, {}, {}, []
     for problem in problems:
-        for suite in suites:  # mosaic merges with earlier results otherwise; other suites' results stay
-            shutil.rmtree(Path(results) / problem / suite, ignore_errors=True)
+        folder = Path(results) / problem
+        for suite in suites:  # mosaic merges with earlier results otherwise
+            shutil.rmtree(folder / suite, ignore_errors=True)
         start = time.perf_counter()
-        seconds[problem] = harness.run_problem(problem, results, limits[problem], suites)
+        _merge_json(folder / "tmcore_wall_seconds.json", harness.run_problem(problem, results, limits[problem], suites))
+        notes = harness.limit_notes(problem, limits[problem])
+        by_suite = {suite: [n for n in notes if f" {suite}/" in n] for suite in suites}
         if endpoints and "cost" in suites:
             cap = min(limits[problem].max_cost_n or ENDPOINT_MAX_N, ENDPOINT_MAX_N)
-            timings[problem] = harness.endpoint_timings(problem, max_n=cap)
+            _merge_json(folder / "tmcore_endpoints.json", {"timings": harness.endpoint_timings(problem, max_n=cap)})
+            by_suite["cost"].append(
+                f"{problem} endpoint timings: up to N = {cap} (larger sizes: mosaic's cost suite only)"
+            )
+        _merge_json(folder / "tmcore_notes.json", by_suite)
         logger.info("%s: %.0f s", problem, time.perf_counter() - start)
+    present = [p for p in harness.PROBLEMS if (Path(results) / p).is_dir()]
+    summaries, statuses, timings, seconds, notes = {}, {}, {}, {}, []
+    for problem in present:
+        folder = Path(results) / problem
         summaries[problem] = report.summarize(results, problem)
         statuses[problem] = report.status_cells(harness.status_of(problem, results))
-        notes += harness.limit_notes(problem, limits[problem])
-    if endpoints and "cost" in suites:
-        notes.append(f"endpoint timings up to N = {ENDPOINT_MAX_N} (larger sizes: mosaic's cost suite only)")
+        seconds[problem] = _merge_json(folder / "tmcore_wall_seconds.json", {})
+        recorded = _merge_json(folder / "tmcore_endpoints.json", {}).get("timings", {})
+        timings[problem] = {int(n): t for n, t in recorded.items()}
+        notes += [n for lines in _merge_json(folder / "tmcore_notes.json", {}).values() for n in lines]
     attrs = {
         "mode": mode,
         "date": _dt.datetime.now(_dt.timezone.utc).date().isoformat(),
@@ -75,7 +105,7 @@ def run(
         "tesseract_core_version": _version("tesseract-core"),
     }
     dataset = report.report_dataset(summaries, statuses, timings, seconds, attrs)
-    plots = report.copy_plots(results, out, problems)
+    plots = report.copy_plots(results, out, present)
     netcdf, text = report.write_report(out, dataset, plots)
     logger.info("report: %s (+ %s, %d plots)", text, netcdf.name, len(plots))
     return dataset

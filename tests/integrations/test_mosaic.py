@@ -150,3 +150,28 @@ def test_padded_inputs_give_padded_gradients_and_bad_requests_are_refused(struct
     assert (vjp["rho"][n_cells:] == 0).all() and (vjp["rho"][:n_cells] != 0).all()
     with pytest.raises(Exception, match="vjp_outputs"):
         structural.vector_jacobian_product(inputs, {"rho"}, {"stress"}, {"stress": np.float32(1.0)})
+
+
+@pytest.mark.parametrize(
+    "problem, physics, index",
+    [
+        ("thermal-mesh", {"nx": 16, "ny": 8, "nz": 1, "Lx": 2.0, "Ly": 1.0, "Q_total": 1.0, "rho_0": 0.2}, 2),
+        ("structural-mesh", {"nx": 8, "ny": 2, "nz": 4, "F_total": 1.0, "corner_load": False, "rho_0": 0.9}, 4),
+    ],
+)
+def test_inputs_built_by_the_adapter_reproduce_mosaics_checked_in_reference(
+    problem, physics, index, thermal, structural
+):
+    """mosaic's forward/agreement reference (a float32 trimmed mean over its solvers) at one sweep
+    point, from inputs made by mosaic's make_inputs through the adapter (structural: a traction)."""
+    from mosaic.benchmarks.core.reference import load_reference
+
+    from integrations.mosaic.harness import SOLVER, problem_config
+
+    cfg = problem_config(problem)
+    inputs = cfg.make_inputs(SOLVER, cfg.make_ic["uniform"](L=cfg.domain_extent, seed=0, **physics), **physics)
+    if problem == "structural-mesh":  # a traction F / (Ly Lz) on the loaded face, as mosaic's FEM solvers get
+        assert np.asarray(inputs["boundary_conditions"]["neumann"]["values"]).tolist() == [[0.0, 0.0, -1.0]]
+    tesseract = thermal if problem == "thermal-mesh" else structural
+    value = tesseract.apply(inputs)[cfg.output_key]
+    assert float(value) == pytest.approx(float(load_reference(problem, "forward/agreement", index)), rel=2e-7)
