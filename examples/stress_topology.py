@@ -1,12 +1,12 @@
 """Minimum volume under a von Mises limit: the L-bracket of Le et al. 2010 (Struct Multidisc Optim 41:605).
 
-    python examples/stress_topology.py [n] [--limit S] [--steps N] [--png PATH]
+    python examples/stress_topology.py [n] [--limit S] [--steps N] [--radius R] [--x0 X] [--png PATH]
 
 The L-bracket (tmcore.topology.stress.l_bracket): [0, 1]^2 without its upper-right 0.6 x 0.6
 block, n x n grid cells (6400 quads for n = 100), top edge clamped, a unit downward force spread
 over the top tenth of the right arm's end. qp-relaxed centroid von Mises stress (q = 0.5),
 p-norm aggregation (P = 8) with Le's adaptive scaling, SIMP p = 3, density (cone) filter of
-radius ``--radius`` cells, MMA (move 0.1) from a uniform x = 0.5, for ``--steps`` steps.
+radius ``--radius`` cells, MMA (move 0.1) from the full design x = 1 (``--x0``), for ``--steps`` steps.
 
 Prints the final volume fraction, the largest von Mises stress over cells with rho > 0.5 (no
 aggregation) over the limit, relaxed (rho^q sigma_vm, the measure the constraint holds) and of
@@ -64,7 +64,7 @@ class Run:
         return float(distance.min()) * self.n
 
 
-def run(n: int = 100, limit: float = 50.0, steps: int = 300, radius: float = 2.0, move: float = 0.1, x0: float = 0.5) -> Run:
+def run(n: int = 100, limit: float = 65.0, steps: int = 300, radius: float = 2.0, move: float = 0.1, x0: float = 1.0) -> Run:
     """Optimise the L-bracket of n x n grid cells; ``radius`` of the cone filter in cells."""
     arm = 0.4
     problem = l_bracket(n, arm=arm)
@@ -93,12 +93,13 @@ def picture(values: Tensor, run: Run):
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("n", nargs="?", type=int, default=100)
-    parser.add_argument("--limit", type=float, default=50.0)
+    parser.add_argument("--limit", type=float, default=65.0)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--radius", type=float, default=2.0)
+    parser.add_argument("--x0", type=float, default=1.0)
     parser.add_argument("--png")
     options = parser.parse_args(argv)
-    result = run(options.n, options.limit, options.steps, options.radius)
+    result = run(options.n, options.limit, options.steps, options.radius, x0=options.x0)
     relaxed, solid = result.max_stress()
     print(
         f"L-bracket n = {options.n} ({result.design.problem.mesh.n_cells} cells), limit {options.limit:g}, "
