@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from tmcore.core.linalg.pattern import SparsityPattern
+from tmcore.core.threads import threads_for
 
 __all__ = ["Factor", "FactoredSolve", "factored_solve"]
 
@@ -71,7 +72,8 @@ class FactoredSolve(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             rows, cols = ctx.factor.pattern.rows, ctx.factor.pattern.cols
             left, right = (x, lam) if ctx.transpose else (lam, x)
-            grad_values = -(left[:, rows, :] * right[:, cols, :]).sum(-1).to(values.dtype)
+            with threads_for(rows.numel() * x.shape[0] * x.shape[2]):
+                grad_values = -(left[:, rows, :] * right[:, cols, :]).sum(-1).to(values.dtype)
         return grad_values, lam, None, None
 
 

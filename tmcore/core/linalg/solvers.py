@@ -84,6 +84,7 @@ from tmcore.core.errors import SingularMatrixError, SolverError
 from tmcore.core.linalg import pardiso
 from tmcore.core.linalg.factored import FactoredSolve
 from tmcore.core.linalg.pattern import SparsityPattern, batched_matvec
+from tmcore.core.threads import threads_for
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "banded", "splu", "cholmod", "amg", "torch-cg", "dense", "pardiso")
@@ -819,6 +820,13 @@ def solve(
         raise SolverError("b contains NaN or inf")
     values, b3, out_shape = _normalise_rhs(pattern, matrix.values, b)
     options = SolveOptions(backend=backend, method=method, rtol=rtol, maxiter=maxiter, check=check)
+    with threads_for(values.numel()):
+        return _solve(pattern, values, b3, options).to(b.dtype).reshape(out_shape)
+
+
+def _solve(pattern: SparsityPattern, values: Tensor, b3: Tensor, options: SolveOptions) -> Tensor:
+    """u (B, n, k) of values (B, nnz) and b3 (B, n, k), checked: the work of :func:`solve` after its argument checks."""
+    backend, rtol, check = options.backend, options.rtol, options.check
     # the CPU backends solve in float64: check the residual before rounding to b's dtype
     # (a float32 solution of a well-posed system rounds to a residual of ~eps32 * cond(A))
     rhs = b3.to(torch.float64) if values.device.type == "cpu" else b3
@@ -837,7 +845,7 @@ def solve(
     if check:
         tolerance = max(RESIDUAL_TOL, 100 * rtol) if factor.iterative else RESIDUAL_TOL
         _check_residual(values, pattern, rhs, u, tolerance)
-    return u.to(b.dtype).reshape(out_shape)
+    return u
 
 
 __all__ = [
