@@ -129,10 +129,11 @@ _lock = threading.Lock()
 def apply(problem: Problem, inputs: Any) -> dict[str, np.float32]:
     """The outputs {name: float32 scalar}; the forward is kept for one VJP at the same inputs."""
     inputs = _as_dict(inputs)
+    with _lock:
+        _last_forward.clear()  # the kept factorisation goes before a new one is made: one alive at a time
     leaves = _leaves(problem, inputs, requires_grad=True)
     outputs = problem.evaluate(inputs, leaves)
     with _lock:
-        _last_forward.clear()
         _last_forward.update(key=_key(problem, inputs), leaves=leaves, outputs=outputs)
     return {name: np.float32(outputs[name].detach().item()) for name in problem.outputs}
 
