@@ -5,11 +5,12 @@ on the unit square (gmsh, chara_length 0.04, 790 nodes), u = 0 on the boundary, 
 u_obs = u(kappa_true) with kappa_true = 1 + 0.6 sin(2 pi x) cos(2 pi y). Instead of one
 parameter per node, kappa(x) = 1 + tanh(net(x)) with a 2-32-32-1 tanh network (1185 weights)
 whose last layer starts at zero, so training starts from kappa = 1 like the chapter's theta = 0;
-Adam (learning rate 2e-2, cosine decay) trains the weights on sum (u - u_obs)^2. The gradient reaches every weight through
-one adjoint solve per step (checked against finite differences).
+Adam (learning rate 2e-2, cosine decay) trains the weights on sum (u - u_obs)^2. The gradient reaches every
+weight through one adjoint solve per step (checked against finite differences).
 
 Run: python examples/neural_coefficient.py [steps]   (default 1500)
 """
+
 import sys
 
 import torch
@@ -60,7 +61,10 @@ kappa_error = (kappa - problem.kappa_true).abs()
 kappa_max_error = float(kappa_error.max())
 kappa_mean_error = float(kappa_error.mean())
 print(f"gradient check (weights): median {check.median_digits:.1f}, worst {float(check.digits.min()):.1f} digits")
-print(f"nodes {mesh.n_points}, weights {weights.numel()}, steps {STEPS}: loss {losses[0]:.3e} -> {losses[-1]:.3e}, "
-      f"rel max error of u {u_rel_max_error:.2e}, |kappa - kappa_true| mean {kappa_start_error:.4f} -> {kappa_mean_error:.4f}, "
-      f"max {kappa_max_error:.3f}, "
-      f"median {1e3 * sorted(times)[len(times) // 2]:.1f} ms/step")
+print(
+    f"nodes {mesh.n_points}, weights {weights.numel()}, steps {STEPS}: loss {losses[0]:.3e} -> {losses[-1]:.3e}, "
+    f"rel max error of u {u_rel_max_error:.2e}, |kappa - kappa_true| mean {kappa_start_error:.4f} -> "
+    f"{kappa_mean_error:.4f}, "
+    f"max {kappa_max_error:.3f}, "
+    f"median {1e3 * sorted(times)[len(times) // 2]:.1f} ms/step"
+)

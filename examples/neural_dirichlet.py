@@ -9,6 +9,7 @@ lifted right-hand side b_f - K_fd g and ``recover`` carry the gradient back to t
 
 Run: python examples/neural_dirichlet.py [steps]   (default 800)
 """
+
 import sys
 
 import torch
@@ -73,6 +74,9 @@ with torch.no_grad():
 g_max_error = float((g - g_true).abs().max())
 u_rel_max_error = float((u - u_obs).abs().max() / u_obs.abs().max())
 print(f"gradient check (weights): median {check.median_digits:.1f}, worst {float(check.digits.min()):.1f} digits")
-print(f"nodes {mesh.n_points} ({int(mask.sum())} on the boundary), steps {STEPS}: loss {losses[0]:.3e} -> {losses[-1]:.3e}, "
-      f"max |g - g_true| {g_max_error:.3e}, rel max error of u {u_rel_max_error:.2e}, "
-      f"median {1e3 * sorted(times)[len(times) // 2]:.1f} ms/step")
+print(
+    f"nodes {mesh.n_points} ({int(mask.sum())} on the boundary), steps {STEPS}: loss {losses[0]:.3e} -> "
+    f"{losses[-1]:.3e}, "
+    f"max |g - g_true| {g_max_error:.3e}, rel max error of u {u_rel_max_error:.2e}, "
+    f"median {1e3 * sorted(times)[len(times) // 2]:.1f} ms/step"
+)

@@ -12,6 +12,7 @@ the weights on the misfit summed over the loads, each relative to its own |u_obs
 
 Run: python examples/neural_element.py [steps]   (default 1000)
 """
+
 import sys
 
 import torch
@@ -44,8 +45,12 @@ class Source(NodeAssembler):
 stiffness = ModifiedLaplace.from_mesh(mesh)
 x = mesh.points.double()
 centres = torch.tensor([[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]], dtype=torch.float64)
-f = torch.cat([torch.ones(1, mesh.n_points, dtype=torch.float64),
-               10.0 * torch.exp(-((x[None] - centres[:, None]) ** 2).sum(-1) / (2 * 0.1**2))])  # (5, n): five loads
+f = torch.cat(
+    [
+        torch.ones(1, mesh.n_points, dtype=torch.float64),
+        10.0 * torch.exp(-((x[None] - centres[:, None]) ** 2).sum(-1) / (2 * 0.1**2)),
+    ]
+)  # (5, n): five loads
 b = Source.from_mesh(mesh)(point_data={"f": f}).double()  # a batch of load vectors (5, n)
 
 
@@ -56,7 +61,9 @@ def fem_solve(alpha: torch.Tensor) -> torch.Tensor:
     return cond.recover(solve_columns(K_, b_))
 
 
-alpha_true = 1.0 - 0.6 * torch.exp(-((centroids - torch.tensor([0.65, 0.4], dtype=torch.float64)) ** 2).sum(1) / (2 * 0.12**2))
+alpha_true = 1.0 - 0.6 * torch.exp(
+    -((centroids - torch.tensor([0.65, 0.4], dtype=torch.float64)) ** 2).sum(1) / (2 * 0.12**2)
+)
 with torch.no_grad():
     u_obs = fem_solve(alpha_true)
 scale = (u_obs**2).sum(1)
@@ -91,7 +98,11 @@ with torch.no_grad():
 alpha_error = (alpha - alpha_true).abs()
 weakest = int(alpha.argmin())
 print(f"gradient check (weights): median {check.median_digits:.1f}, worst {float(check.digits.min()):.1f} digits")
-print(f"cells {mesh.n_cells}, 5 loads, steps {STEPS}: loss {losses[0]:.3e} -> {losses[-1]:.3e}, "
-      f"|alpha - alpha_true| mean {alpha_start_error:.4f} -> {float(alpha_error.mean()):.4f}, max {float(alpha_error.max()):.3f}, "
-      f"weakest cell at ({float(centroids[weakest, 0]):.2f}, {float(centroids[weakest, 1]):.2f}) with alpha {float(alpha[weakest]):.2f} "
-      f"(truth: (0.65, 0.40), 0.40), median {1e3 * sorted(times)[len(times) // 2]:.1f} ms/step")
+print(
+    f"cells {mesh.n_cells}, 5 loads, steps {STEPS}: loss {losses[0]:.3e} -> {losses[-1]:.3e}, "
+    f"|alpha - alpha_true| mean {alpha_start_error:.4f} -> {float(alpha_error.mean()):.4f}, max "
+    f"{float(alpha_error.max()):.3f}, "
+    f"weakest cell at ({float(centroids[weakest, 0]):.2f}, {float(centroids[weakest, 1]):.2f}) with alpha "
+    f"{float(alpha[weakest]):.2f} "
+    f"(truth: (0.65, 0.40), 0.40), median {1e3 * sorted(times)[len(times) // 2]:.1f} ms/step"
+)

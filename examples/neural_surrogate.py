@@ -12,6 +12,7 @@ Run: python -m flows.datagen --out data/operator.nc     (1024 samples, 16 x 16 g
      python examples/neural_surrogate.py data/operator.nc [steps]   (default 2000)
 Without a file it generates the same kind of data in-process (tmcore.methods.batch.diffusion_samples).
 """
+
 import sys
 import time
 
@@ -67,7 +68,9 @@ def decode(coefficients, mean, basis, scale):
 a_train, a_test = encode(x_train, x_mean, x_basis, x_scale), encode(x_test, x_mean, x_basis, x_scale)
 c_train = encode(y_train, y_mean, y_basis, y_scale)
 
-net = nn.Sequential(nn.Linear(a_train.shape[1], 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, c_train.shape[1])).double()
+net = nn.Sequential(
+    nn.Linear(a_train.shape[1], 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, c_train.shape[1])
+).double()
 optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
 scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=STEPS, eta_min=1e-5)
 losses = []
@@ -90,9 +93,21 @@ def relative_error(prediction: torch.Tensor) -> float:
 with torch.no_grad():
     mlp_error = relative_error(decode(net(a_test), y_mean, y_basis, y_scale))
 linear_map = torch.linalg.lstsq(torch.cat([a_train, torch.ones(n_train, 1, dtype=a_train.dtype)], 1), c_train).solution
-linear_error = relative_error(decode(torch.cat([a_test, torch.ones(a_test.shape[0], 1, dtype=a_test.dtype)], 1) @ linear_map, y_mean, y_basis, y_scale))
+linear_error = relative_error(
+    decode(
+        torch.cat([a_test, torch.ones(a_test.shape[0], 1, dtype=a_test.dtype)], 1) @ linear_map,
+        y_mean,
+        y_basis,
+        y_scale,
+    )
+)
 mean_error = relative_error(y_mean.expand_as(y_test))
 print(f"data: {n_samples} samples x {kappa.shape[1]} nodes, {source}; train {n_train}, test {n_samples - n_train}")
-print(f"PCA-Net ({x_basis.shape[1]} -> {y_basis.shape[1]} coefficients), {STEPS} Adam steps in {seconds:.1f} s: "
-      f"training loss {losses[0]:.3e} -> {losses[-1]:.3e}")
-print(f"relative L2 test error: PCA-Net {mlp_error:.4f}, linear on the same coefficients {linear_error:.4f}, training mean {mean_error:.4f}")
+print(
+    f"PCA-Net ({x_basis.shape[1]} -> {y_basis.shape[1]} coefficients), {STEPS} Adam steps in {seconds:.1f} s: "
+    f"training loss {losses[0]:.3e} -> {losses[-1]:.3e}"
+)
+print(
+    f"relative L2 test error: PCA-Net {mlp_error:.4f}, linear on the same coefficients {linear_error:.4f}, "
+    f"training mean {mean_error:.4f}"
+)

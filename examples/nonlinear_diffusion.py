@@ -6,6 +6,7 @@ Solves on the unit square with u = 0 on the boundary, then differentiates a misf
 w.r.t. the coefficient field c with one adjoint solve (not through the Newton
 iterations) and checks it against finite differences.
 """
+
 import sys
 
 import torch
@@ -30,5 +31,7 @@ def loss(c):
 
 c0 = 1.0 + 0.5 * x
 check = finite_difference_check(loss, c0, n_probes=5)
-print(f"{mesh.n_points} nodes: Newton took {problem.stats.last_iterations} iterations; "
-      f"gradient vs finite differences: median {check.median_digits:.1f}, worst {float(check.digits.min()):.1f} digits")
+print(
+    f"{mesh.n_points} nodes: Newton took {problem.stats.last_iterations} iterations; "
+    f"gradient vs finite differences: median {check.median_digits:.1f}, worst {float(check.digits.min()):.1f} digits"
+)

@@ -7,6 +7,7 @@ heat-conduction plate (40 x 40, 0.4), SIMP p = 3 and a density filter of radius 
 elements, solved with the Optimality Criteria update until no density moves by more
 than 0.01. Prints the iterations, the final compliance and the time per iteration.
 """
+
 import sys
 
 import torch
@@ -14,7 +15,11 @@ import torch
 from tmcore.studies import compliance_topology
 from tmcore.topology import cantilever, heat_conduction, mbb_beam
 
-PROBLEMS = {"mbb": (mbb_beam, (60, 20), 0.5), "cantilever": (cantilever, (80, 50), 0.4), "heat": (heat_conduction, (40, 40), 0.4)}
+PROBLEMS = {
+    "mbb": (mbb_beam, (60, 20), 0.5),
+    "cantilever": (cantilever, (80, 50), 0.4),
+    "heat": (heat_conduction, (40, 40), 0.4),
+}
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 png = sys.argv[sys.argv.index("--png") + 1] if "--png" in sys.argv else None
@@ -28,8 +33,10 @@ if len(args) >= 3:
 torch.set_default_dtype(torch.float64)
 problem = build(*shape)
 result = compliance_topology(problem, vf=vf, penal=3.0, radius=1.5)
-print(f"{name} {shape[0]}x{shape[1]}: {result.iterations} iterations, compliance {result.final_compliance:.4f}, "
-      f"volume {float(result.rho.mean()):.4f}, {1e3 * result.seconds_per_iteration:.1f} ms per iteration")
+print(
+    f"{name} {shape[0]}x{shape[1]}: {result.iterations} iterations, compliance {result.final_compliance:.4f}, "
+    f"volume {float(result.rho.mean()):.4f}, {1e3 * result.seconds_per_iteration:.1f} ms per iteration"
+)
 
 if png:
     import matplotlib

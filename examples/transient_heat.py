@@ -8,6 +8,7 @@ temperature at t = 0.05 alone, Adam fits a per-cell log-conductivity. Each Adam 
 one Crank-Nicolson run (one factorisation, checkpointed) and one backward pass with one
 adjoint solve per time step.
 """
+
 import sys
 import time
 
@@ -59,5 +60,7 @@ for step in range(STEPS):
     optimizer.step()
     seconds.append(time.perf_counter() - start)
     losses.append(float(loss.detach()))
-print(f"loss {losses[0]:.3e} -> {losses[-1]:.3e} in {STEPS} Adam steps of {N_TIME} time steps; "
-      f"{sorted(seconds)[len(seconds) // 2]:.3f} s per step")
+print(
+    f"loss {losses[0]:.3e} -> {losses[-1]:.3e} in {STEPS} Adam steps of {N_TIME} time steps; "
+    f"{sorted(seconds)[len(seconds) // 2]:.3f} s per step"
+)

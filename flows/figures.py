@@ -34,7 +34,9 @@ def png_bytes(fig: Figure) -> bytes:
 def triangulation(mesh) -> Triangulation:
     """A matplotlib triangulation of a mesh dataset of 2-D triangles."""
     if mesh.attrs.get("cell_type") != "triangle" or mesh.sizes.get("dim") != 2:
-        raise ValueError(f"figures need a 2-D triangle mesh, got {mesh.attrs.get('cell_type')!r} in {mesh.sizes.get('dim')}-D")
+        raise ValueError(
+            f"figures need a 2-D triangle mesh, got {mesh.attrs.get('cell_type')!r} in {mesh.sizes.get('dim')}-D"
+        )
     points = mesh["points"].values
     return Triangulation(points[:, 0], points[:, 1], mesh["cells"].values)
 
@@ -99,13 +101,17 @@ def topology_figure(mesh, history) -> Figure:
     return fig
 
 
-def render_all(identification_mesh, identification_history, identification_fields, topology_mesh, topology_history) -> dict[str, bytes]:
+def render_all(
+    identification_mesh, identification_history, identification_fields, topology_mesh, topology_history
+) -> dict[str, bytes]:
     """The three PNGs by file name."""
     with matplotlib.style.context("default"):
         return {
             "param_id_loss.png": png_bytes(identification_loss_figure(identification_history)),
             "param_id_fields.png": png_bytes(
-                identification_fields_figure(identification_mesh, identification_fields, identification_history.sizes["step"])
+                identification_fields_figure(
+                    identification_mesh, identification_fields, identification_history.sizes["step"]
+                )
             ),
             "topology_thermal.png": png_bytes(topology_figure(topology_mesh, topology_history)),
         }

@@ -32,11 +32,51 @@ from .artifacts import default_root
 STORE_ENTRIES = frozenset({"objects", "index", "results", "checkpoints", "quarantine"})
 # System directories: never a store, nor anything under the ones in SYSTEM_TREES.
 SYSTEM_DIRS = frozenset(
-    {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt", "/opt", "/proc",
-     "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/tmp", "/Users", "/System", "/Library",
-     "/private", "/private/tmp", "/Applications"}
+    {
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/media",
+        "/mnt",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+        "/var/tmp",
+        "/Users",
+        "/System",
+        "/Library",
+        "/private",
+        "/private/tmp",
+        "/Applications",
+    }
 )
-SYSTEM_TREES = ("/proc", "/sys", "/dev", "/etc", "/usr", "/boot", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/System")
+SYSTEM_TREES = (
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc",
+    "/usr",
+    "/boot",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/System",
+)
 
 
 class PreflightError(ValueError):
@@ -78,7 +118,9 @@ def check_store(root: str | os.PathLike | None) -> Path:
     text = path.as_posix()
     home = _resolved("~").as_posix()
     if text in SYSTEM_DIRS or text == home or any(text == t or text.startswith(t + "/") for t in SYSTEM_TREES):
-        raise PreflightError(f"store {path} is a system directory; pass --store a folder of its own (e.g. data/artifacts)")
+        raise PreflightError(
+            f"store {path} is a system directory; pass --store a folder of its own (e.g. data/artifacts)"
+        )
     if path.is_dir():
         try:
             entries = set(os.listdir(path))
@@ -116,8 +158,11 @@ def check_prefect_home(home: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def check(store: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-          outputs: Iterable[tuple[str, str | os.PathLike]] = ()) -> None:
+def check(
+    store: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    outputs: Iterable[tuple[str, str | os.PathLike]] = (),
+) -> None:
     """Every check of the module docstring; the first failure raises PreflightError."""
     check_store(store)
     if out is not None:

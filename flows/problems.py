@@ -41,7 +41,9 @@ class Problem:
 
 def _assemble_sine(mesh: Mesh) -> System:
     K = Laplace.from_mesh(mesh)().double()
-    b = manufactured.SineSource.from_mesh(mesh, quadrature_order=manufactured.quadrature_order(mesh))().to(torch.float64)
+    b = manufactured.SineSource.from_mesh(mesh, quadrature_order=manufactured.quadrature_order(mesh))().to(
+        torch.float64
+    )
     mask = mesh.boundary_mask
     return System(K, b, mask, torch.zeros(mesh.n_points, dtype=torch.float64, device=b.device))
 

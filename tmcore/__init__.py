@@ -18,9 +18,9 @@ from tmcore.core.assembly import (
 )
 from tmcore.core.condense import Condenser
 from tmcore.core.errors import AssemblyError, MeshError, SingularMatrixError, SolverError
-from tmcore.core.mesh import Mesh
 from tmcore.core.linalg import solvers
 from tmcore.core.linalg.sparse import SparseMatrix
+from tmcore.core.mesh import Mesh
 
 __version__ = "0.1.0"
 

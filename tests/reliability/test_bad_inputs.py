@@ -46,7 +46,9 @@ def test_points_of_integer_or_complex_dtype():
 def test_data_on_another_device(mesh):
     """A tensor on another device is named with both devices ('meta' stands in for a GPU here)."""
     kappa = torch.ones(mesh.n_points, dtype=F64, device="meta")
-    with pytest.raises(AssemblyError, match=r"point_data\['kappa'\] is on meta but the mesh is on cpu; move one with \.to\(\)"):
+    with pytest.raises(
+        AssemblyError, match=r"point_data\['kappa'\] is on meta but the mesh is on cpu; move one with \.to\(\)"
+    ):
         Diffusion.from_mesh(mesh)(point_data={"kappa": kappa})
 
 
@@ -96,7 +98,9 @@ def test_complex_right_hand_side(mesh):
 
 
 def test_condenser_mask_of_wrong_shape(mesh):
-    with pytest.raises(ValueError, match=r"mask must be an \(n,\) bool tensor, got dtype torch.bool and shape \(25, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"mask must be an \(n,\) bool tensor, got dtype torch.bool and shape \(25, 1\)"
+    ):
         Condenser(mesh.boundary_mask[:, None])
     with pytest.raises(TypeError, match="mask must be a torch.Tensor of dtype bool, got list"):
         Condenser(mesh.boundary_mask.tolist())

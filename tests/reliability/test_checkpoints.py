@@ -38,8 +38,14 @@ def _interrupted(study, mesh, store, steps, every, crash_after, **options):
             raise Crash(step)
 
     with pytest.raises(Crash):
-        study(mesh, steps=steps, checkpoint_every=every, checkpoint=lambda s: states.append(_through_the_store(store, s)),
-              callback=callback, **options)
+        study(
+            mesh,
+            steps=steps,
+            checkpoint_every=every,
+            checkpoint=lambda s: states.append(_through_the_store(store, s)),
+            callback=callback,
+            **options,
+        )
     return states
 
 
@@ -64,8 +70,11 @@ def test_identification_resumes_bitwise_from_every_checkpoint(mesh, store):
         _assert_bitwise(resumed, whole, IDENT_FIELDS)
 
 
-@pytest.mark.parametrize("options", [{}, {"filter": "density"}, {"filter": "sensitivity", "volume_weighting": "measure"}],
-                         ids=["plain", "density-filter", "sensitivity-filter"])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"filter": "density"}, {"filter": "sensitivity", "volume_weighting": "measure"}],
+    ids=["plain", "density-filter", "sensitivity-filter"],
+)
 def test_topology_resumes_bitwise(mesh, store, options):
     steps = 6
     whole = thermal_topology(mesh, steps=steps, snapshot_steps=(0, 2, 5), **options)
@@ -78,10 +87,25 @@ def test_topology_resumes_bitwise(mesh, store, options):
 
 def test_a_state_round_trips_through_netcdf_exactly(mesh):
     optimizer_state = {
-        "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(5, dtype=torch.float64), "flag": torch.tensor([True, False])}},
-        "param_groups": [{"lr": 0.1 + 2e-17, "betas": (0.9, 0.999), "eps": 1e-8, "foreach": None, "maximize": False, "params": [0]}],
+        "state": {
+            0: {
+                "step": torch.tensor(3.0),
+                "exp_avg": torch.randn(5, dtype=torch.float64),
+                "flag": torch.tensor([True, False]),
+            }
+        },
+        "param_groups": [
+            {"lr": 0.1 + 2e-17, "betas": (0.9, 0.999), "eps": 1e-8, "foreach": None, "maximize": False, "params": [0]}
+        ],
     }
-    state = {"step": 7, "name": "x", "nan": float("nan"), "ints": torch.arange(4), "optimizer": optimizer_state, "empty": {}}
+    state = {
+        "step": 7,
+        "name": "x",
+        "nan": float("nan"),
+        "ints": torch.arange(4),
+        "optimizer": optimizer_state,
+        "empty": {},
+    }
     back = state_from_dataset(state_to_dataset(state))
     assert back["step"] == 7 and back["name"] == "x" and back["nan"] != back["nan"] and back["empty"] == {}
     group = back["optimizer"]["param_groups"][0]
@@ -109,9 +133,13 @@ def test_a_checkpoint_from_another_run_is_refused(mesh):
     states = []
     coefficient_identification(mesh, steps=3, checkpoint_every=1, checkpoint=states.append)
     state = states[-1]
-    with pytest.raises(ValueError, match=r"resume_from was made with other parameters \(lr: checkpoint 0.03, now 0.1\)"):
+    with pytest.raises(
+        ValueError, match=r"resume_from was made with other parameters \(lr: checkpoint 0.03, now 0.1\)"
+    ):
         coefficient_identification(mesh, steps=3, lr=0.1, resume_from=state)
-    with pytest.raises(ValueError, match=r"resume_from is a checkpoint of 'coefficient_identification', not of 'thermal_topology'"):
+    with pytest.raises(
+        ValueError, match=r"resume_from is a checkpoint of 'coefficient_identification', not of 'thermal_topology'"
+    ):
         thermal_topology(mesh, steps=3, resume_from=state)
     with pytest.raises(ValueError, match=r"resume_from holds step 2, outside 0..steps \(1\)"):
         coefficient_identification(mesh, steps=1, resume_from=state)
@@ -122,7 +150,9 @@ def test_a_checkpoint_from_another_run_is_refused(mesh):
     broken["theta"][0] = float("nan")
     with pytest.raises(ValueError, match=r"resume_from\['theta'\] contains NaN or inf"):
         coefficient_identification(mesh, steps=3, resume_from=broken)
-    with pytest.raises(ValueError, match=r"resume_from is not a checkpoint of coefficient_identification: it lacks \['optimizer'\]"):
+    with pytest.raises(
+        ValueError, match=r"resume_from is not a checkpoint of coefficient_identification: it lacks \['optimizer'\]"
+    ):
         coefficient_identification(mesh, steps=3, resume_from={k: v for k, v in state.items() if k != "optimizer"})
 
 

@@ -44,8 +44,11 @@ def u_max(mesh: Mesh) -> float:
 
 def test_a_crack_of_coincident_nodes_is_refused_naming_the_nodes_and_the_file(tmp_path):
     points, cells, copies = cracked_grid()
-    with pytest.raises(MeshError, match=r"check 'coincident nodes' failed: 9 nodes lie within .* e\.g\. nodes \d+ and \d+ "
-                                        r"at \(0\.5, 0\) and \(0\.5, 0\).*coincident='merge'.*coincident='allow'"):
+    with pytest.raises(
+        MeshError,
+        match=r"check 'coincident nodes' failed: 9 nodes lie within .* e\.g\. nodes \d+ and \d+ "
+        r"at \(0\.5, 0\) and \(0\.5, 0\).*coincident='merge'.*coincident='allow'",
+    ):
         Mesh(points, cells)
     path = tmp_path / "crack.vtu"
     Mesh(points, cells, coincident="allow").write(path)
@@ -72,15 +75,20 @@ def test_two_overlapping_copies_of_a_mesh_are_refused():
     with pytest.raises(MeshError, match=r"check 'overlapping cells' failed: 25 nodes coincide .* overlapping copies"):
         Mesh(torch.cat([grid.points, grid.points]), torch.cat([grid.elements, grid.elements + n]))
     other_diagonal = Mesh.gen_grid((4, 4), element_type="quad").elements[:, [0, 1, 3, 1, 2, 3]].reshape(-1, 3)
-    with pytest.raises(MeshError, match=r"check 'overlapping cells' failed: \d+\+? facets are shared by more than two cells"):
+    with pytest.raises(
+        MeshError, match=r"check 'overlapping cells' failed: \d+\+? facets are shared by more than two cells"
+    ):
         Mesh(grid.points, torch.cat([grid.elements, other_diagonal]))
 
 
 def test_unused_duplicate_nodes_are_refused_at_load_not_at_the_solve(tmp_path):
     grid = Mesh.gen_grid((4, 4))
     points = torch.cat([grid.points, grid.points[[6, 7]]])
-    with pytest.raises(MeshError, match=r"check 'unused nodes' failed: 2 of 27 nodes belong to no cell, e\.g\. nodes "
-                                        r"\[25, 26\] at \(0\.25, 0\.25\) and \(0\.5, 0\.25\).*unused='drop'"):
+    with pytest.raises(
+        MeshError,
+        match=r"check 'unused nodes' failed: 2 of 27 nodes belong to no cell, e\.g\. nodes "
+        r"\[25, 26\] at \(0\.25, 0\.25\) and \(0\.5, 0\.25\).*unused='drop'",
+    ):
         Mesh(points, grid.elements)
     dropped = Mesh(points, grid.elements, unused="drop")
     assert torch.equal(dropped.points, grid.points)
@@ -98,8 +106,11 @@ def test_unused_duplicate_nodes_are_refused_at_load_not_at_the_solve(tmp_path):
 )
 def test_runaway_mesh_requests_are_refused_before_gmsh_starts(call, estimate):
     start = time.perf_counter()
-    with pytest.raises(MeshError, match=rf"would make about {estimate} nodes, above the limit of 2e\+06.*max_nodes=\d+ "
-                                        r"\(or \$TMCORE_MAX_MESH_NODES=\d+\)"):
+    with pytest.raises(
+        MeshError,
+        match=rf"would make about {estimate} nodes, above the limit of 2e\+06.*max_nodes=\d+ "
+        r"\(or \$TMCORE_MAX_MESH_NODES=\d+\)",
+    ):
         call()
     assert time.perf_counter() - start < 1.0
 
@@ -118,9 +129,25 @@ def test_a_gmsh_process_that_dies_becomes_a_mesh_error_with_its_reason():
     assert generate._child_reason(3, b'{"error": "Exception with no message (gmsh logged nothing)"}\n') == (
         "Exception with no message (gmsh logged nothing)"
     )
-    with pytest.raises(MeshError, match=r"gmsh failed meshing a rectangle of about 100 nodes: Exception: Could not set option 'Mesh.NoSuchOption'"):
-        generate._in_child({"kind": "rectangle", "h": 0.1, "left": 0.0, "right": 1.0, "bottom": 0.0, "top": 1.0,
-                            "options": {"Mesh.NoSuchOption": 1}}, 100)
+    with pytest.raises(
+        MeshError,
+        match=(
+            r"gmsh failed meshing a rectangle of about 100 nodes: Exception: Could not set option "
+            r"'Mesh.NoSuchOption'"
+        ),
+    ):
+        generate._in_child(
+            {
+                "kind": "rectangle",
+                "h": 0.1,
+                "left": 0.0,
+                "right": 1.0,
+                "bottom": 0.0,
+                "top": 1.0,
+                "options": {"Mesh.NoSuchOption": 1},
+            },
+            100,
+        )
 
 
 @pytest.mark.slow  # about a minute: gmsh meshes until the limit stops it
@@ -137,7 +164,9 @@ def test_a_gmsh_process_out_of_memory_becomes_a_mesh_error():
         "    print(type(e).__name__, e)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert out.stdout.startswith("MeshError gmsh failed meshing a rectangle of about 1.2e+06 nodes: "), out.stdout + out.stderr
+    assert out.stdout.startswith("MeshError gmsh failed meshing a rectangle of about 1.2e+06 nodes: "), (
+        out.stdout + out.stderr
+    )
 
 
 def test_ctrl_c_stops_a_large_mesh_within_a_second():
@@ -150,8 +179,14 @@ def test_ctrl_c_stops_a_large_mesh_within_a_second():
         "    print('interrupted', flush=True)\n"
         "    os._exit(130)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             cwd=ROOT, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
         assert child.stdout.readline().strip() == "ready"
         time.sleep(3.0)  # gmsh is meshing (about 5e5 nodes: a minute or more)
@@ -167,4 +202,6 @@ def test_ctrl_c_stops_a_large_mesh_within_a_second():
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
     assert line == "interrupted" and elapsed < 1.0
-    assert subprocess.run(["pgrep", "-g", str(child.pid)], capture_output=True, text=True).stdout.split() == []  # gmsh gone too
+    assert (
+        subprocess.run(["pgrep", "-g", str(child.pid)], capture_output=True, text=True).stdout.split() == []
+    )  # gmsh gone too

@@ -30,7 +30,10 @@ from tmcore.forms import Diffusion, Source
 TMCORE = str(Path(tmcore.__file__).resolve().parent)
 OURS = (MeshError, AssemblyError, SolverError)
 PROPERTY = settings(
-    max_examples=300, deadline=timedelta(seconds=5), derandomize=True, database=None,
+    max_examples=300,
+    deadline=timedelta(seconds=5),
+    derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -104,7 +107,9 @@ def raw_meshes(draw):
     m = draw(st.integers(0, 5))
     cells = draw(st.lists(st.lists(st.integers(-2, n + 1), min_size=width, max_size=width), min_size=m, max_size=m))
     points = torch.tensor(points, dtype=torch.float64).reshape(n, dim)
-    cells = torch.tensor(cells, dtype=draw(st.sampled_from([torch.int64, torch.int32, torch.float64]))).reshape(m, width)
+    cells = torch.tensor(cells, dtype=draw(st.sampled_from([torch.int64, torch.int32, torch.float64]))).reshape(
+        m, width
+    )
     event(f"raw mesh: {cell_type} in {dim}-D")
     return points, {cell_type: cells}, None
 
@@ -171,7 +176,9 @@ def test_hostile_meshes_give_finite_results_or_documented_errors(problem):
     check(*problem)
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning:scipy")  # SciPy's CG dividing by zero on an indefinite matrix; tmcore then raises
+@pytest.mark.filterwarnings(
+    "ignore::RuntimeWarning:scipy"
+)  # SciPy's CG dividing by zero on an indefinite matrix; tmcore then raises
 @PROPERTY
 @given(problems(grid_meshes()))
 def test_hostile_data_on_valid_meshes_gives_finite_results_or_documented_errors(problem):
@@ -179,8 +186,13 @@ def test_hostile_data_on_valid_meshes_gives_finite_results_or_documented_errors(
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning:meshio")  # meshio's own overflow while sniffing a damaged .stl
-@settings(max_examples=60, deadline=timedelta(seconds=5), derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=timedelta(seconds=5),
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     suffix=st.sampled_from([".msh", ".vtu", ".vtk", ".xdmf", ".obj", ".stl"]),
     cut=st.floats(0.0, 1.0),

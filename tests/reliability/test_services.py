@@ -33,7 +33,9 @@ PROBE = textwrap.dedent(
 def test_defaults_in_a_clean_environment_are_local_and_untracked():
     """A fresh process with no Prefect or tracking variables, started where `make` runs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DO_NOT_TRACK"}
-    output = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    output = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert output.returncode == 0, output.stderr[-3000:]
     settings = json.loads(output.stdout.strip().splitlines()[-1])
     assert settings["do_not_track"] == "1"
@@ -76,7 +78,13 @@ def test_every_cached_stage_persists_json_results_never_pickles():
 
     stages = [value for value in vars(tasks).values() if hasattr(getattr(value, "fn", None), "__stage__")]
     assert {task.name for task in stages} >= {
-        "generate_mesh", "assemble", "solve", "identify_coefficient", "optimise_topology", "gradient_check", "render_figures",
+        "generate_mesh",
+        "assemble",
+        "solve",
+        "identify_coefficient",
+        "optimise_topology",
+        "gradient_check",
+        "render_figures",
     }
     for task in stages:
         assert task.result_serializer == "json", task.name

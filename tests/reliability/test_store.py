@@ -123,12 +123,24 @@ def test_a_checkpoint_holding_a_pickle_is_ignored(store, tmp_path):
 
 
 def _record(serializer: dict, result: str) -> bytes:
-    metadata = {"storage_key": None, "expiration": None, "serializer": serializer, "prefect_version": "3", "storage_block_id": None}
+    metadata = {
+        "storage_key": None,
+        "expiration": None,
+        "serializer": serializer,
+        "prefect_version": "3",
+        "storage_block_id": None,
+    }
     return json.dumps({"metadata": metadata, "result": result}).encode()
 
 
-JSON = {"type": "json", "jsonlib": "json", "object_encoder": "prefect.serializers.prefect_json_object_encoder",
-        "object_decoder": "prefect.serializers.prefect_json_object_decoder", "dumps_kwargs": {}, "loads_kwargs": {}}
+JSON = {
+    "type": "json",
+    "jsonlib": "json",
+    "object_encoder": "prefect.serializers.prefect_json_object_encoder",
+    "object_decoder": "prefect.serializers.prefect_json_object_decoder",
+    "dumps_kwargs": {},
+    "loads_kwargs": {},
+}
 RESULT = {"kind": "mesh", "path": "objects/ab/x.nc", "sha256": "ab", "content": "cd"}
 
 
@@ -142,14 +154,29 @@ RESULT = {"kind": "mesh", "path": "objects/ab/x.nc", "sha256": "ab", "content": 
         (_record({**JSON, "object_decoder": "os.system"}, json.dumps(RESULT)), "object decoder is 'os.system'"),
         (_record({**JSON, "loads_kwargs": {"cls": "x"}}, json.dumps(RESULT)), "load options"),
         (_record(JSON, json.dumps({"__class__": "subprocess.Popen", "data": ["touch", "x"]})), "__class__"),
-        (_record(JSON, json.dumps({"x": [{"__exc_type__": "builtins.SystemExit", "message": "1"}]})), "__class__/__exc_type__"),
+        (
+            _record(JSON, json.dumps({"x": [{"__exc_type__": "builtins.SystemExit", "message": "1"}]})),
+            "__class__/__exc_type__",
+        ),
         (_record(JSON, json.dumps({**RESULT, "content": "other"})), "differs from the index entry"),
         (_record(JSON, json.dumps(RESULT))[:40], "not a JSON document"),
         (json.dumps({"data": "gAR9lC4=", "serializer": {"type": "pickle"}}).encode(), "current layout"),
         (b"\x80\x04\x95", "not a JSON document"),
     ],
-    ids=["json", "pickle", "compressed-pickle", "jsonlib", "decoder", "loads-kwargs", "class", "exc-type", "tampered", "truncated",
-         "legacy-blob", "raw-pickle"],
+    ids=[
+        "json",
+        "pickle",
+        "compressed-pickle",
+        "jsonlib",
+        "decoder",
+        "loads-kwargs",
+        "class",
+        "exc-type",
+        "tampered",
+        "truncated",
+        "legacy-blob",
+        "raw-pickle",
+    ],
 )
 def test_result_records_are_checked_as_plain_json(tmp_path, data, reason):
     path = tmp_path / "record"
@@ -177,7 +204,9 @@ def test_cache_key_moves_a_poisoned_record_aside_and_starts_a_new_generation(sto
     assert cache_key(stage, parameters) == key  # a sound record: the hit stands
 
     marker = tmp_path / "executed"
-    poisoned = _record({"type": "pickle", "picklelib": "pickle"}, base64.b64encode(pickle.dumps(_Payload(marker))).decode())
+    poisoned = _record(
+        {"type": "pickle", "picklelib": "pickle"}, base64.b64encode(pickle.dumps(_Payload(marker))).decode()
+    )
     (store.results / key).write_bytes(poisoned)
     with caplog.at_level("WARNING", logger="flows.caching"):
         renewed = cache_key(stage, parameters)
@@ -230,8 +259,12 @@ def test_two_processes_writing_the_same_object_at_once_leave_one_valid_file(stor
     relative = f"objects/{sha[:2]}/{sha}.png"
     go = tmp_path / "go"
     processes = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(store.root), str(go), "25", relative, sha], cwd=ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(store.root), str(go), "25", relative, sha],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         for _ in range(2)
     ]
     go.write_text("go")

@@ -3,7 +3,6 @@ next run or stop it with one message; the quarantine log says what failed; prefl
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import subprocess
@@ -72,8 +71,11 @@ def test_a_corrupt_object_that_cannot_be_moved_gives_one_message_saying_what_to_
     if not _immutable(path):
         pytest.skip("chattr +i is not available here (needs root and a filesystem that supports it)")
     try:
-        with pytest.raises(ArtifactError, match=r"failed its sha256 check but cannot be moved to .*quarantine.*"
-                                                r"delete it by hand \(if it is immutable: chattr -i"):
+        with pytest.raises(
+            ArtifactError,
+            match=r"failed its sha256 check but cannot be moved to .*quarantine.*"
+            r"delete it by hand \(if it is immutable: chattr -i",
+        ):
             store.verify(ref)
         stage, parameters, key = _recorded(store, ref)
         with caplog.at_level(logging.WARNING):
@@ -108,7 +110,9 @@ def test_a_system_directory_is_never_a_store(root):
 def test_a_non_empty_folder_that_is_not_a_store_is_refused(tmp_path, store):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("x")
-    with pytest.raises(preflight.PreflightError, match=r"non-empty folder that is not an artifact store \(it holds thesis.tex\)"):
+    with pytest.raises(
+        preflight.PreflightError, match=r"non-empty folder that is not an artifact store \(it holds thesis.tex\)"
+    ):
         preflight.check_store(tmp_path / "mine")
     store.put_dataset(xr.Dataset({"u": ("node", np.arange(3.0))}), "fields")
     assert preflight.check_store(store.root) == store.root  # an existing store is fine, and so is a new folder
@@ -118,7 +122,9 @@ def test_a_non_empty_folder_that_is_not_a_store_is_refused(tmp_path, store):
 def test_unwritable_out_and_prefect_home_are_named(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    with pytest.raises(preflight.PreflightError, match=rf"--out {blocker}/figs cannot be created: {blocker} is not a directory"):
+    with pytest.raises(
+        preflight.PreflightError, match=rf"--out {blocker}/figs cannot be created: {blocker} is not a directory"
+    ):
         preflight.check(store=tmp_path / "s", out=blocker / "figs")
     monkeypatch.setenv("PREFECT_HOME", str(blocker / "prefect"))
     with pytest.raises(preflight.PreflightError, match=rf"PREFECT_HOME {blocker}/prefect cannot be created"):
@@ -129,8 +135,13 @@ def test_unwritable_out_and_prefect_home_are_named(tmp_path, monkeypatch):
 def test_the_commands_fail_fast_with_one_line(module):
     start = time.perf_counter()
     # /proc: a system tree where nothing can be written even if a command ignored the check
-    out = subprocess.run([sys.executable, "-m", module, "--store", "/proc/tmcore-store"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", module, "--store", "/proc/tmcore-store"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "error: store /proc/tmcore-store is a system directory; pass --store a folder of its own (e.g. data/artifacts)"

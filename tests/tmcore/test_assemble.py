@@ -201,8 +201,14 @@ def test_library_forms_match_hand_written_integrands():
 
     mesh = Mesh.gen_grid((3, 3))
     kappa = 1.0 + mesh.points[:, 0]
-    assert torch.equal(Diffusion.from_mesh(mesh)(point_data={"kappa": kappa}).values, Diffusion.from_mesh(mesh)(point_data={"kappa": kappa}).values)
-    assert torch.equal(LibraryMass.from_mesh(mesh)(point_data={"rho": kappa}).values, Mass.from_mesh(mesh)(point_data={"rho": kappa}).values)
+    assert torch.equal(
+        Diffusion.from_mesh(mesh)(point_data={"kappa": kappa}).values,
+        Diffusion.from_mesh(mesh)(point_data={"kappa": kappa}).values,
+    )
+    assert torch.equal(
+        LibraryMass.from_mesh(mesh)(point_data={"rho": kappa}).values,
+        Mass.from_mesh(mesh)(point_data={"rho": kappa}).values,
+    )
     assert abs(float(LibrarySource.from_mesh(mesh)(scalar_data={"f": 1.0}).sum()) - 1.0) < 1e-14
 
 
@@ -219,7 +225,9 @@ def test_blocks_of_cells_give_the_one_block_result_and_gradients(monkeypatch, ba
 
     mesh = Mesh.gen_grid((5, 5))
     shape = (3, mesh.n_points) if batched else (mesh.n_points,)
-    kappa = (1.0 + torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+    kappa = (1.0 + torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))).requires_grad_(
+        True
+    )
     mu = torch.rand(mesh.n_cells, dtype=torch.float64) + 1
 
     def everything():

@@ -4,16 +4,24 @@ import pytest
 import torch
 
 from tmcore import Condenser, Mesh, SparseMatrix, solvers
-from tmcore.methods.batch import DiffusionMap, diffusion_samples, in_batches, random_fields, solve_columns
 from tmcore.core.errors import SingularMatrixError, SolverError
-from tmcore.methods.gradcheck import finite_difference_check
 from tmcore.core.linalg.sparse import SparsityPattern
-
 from tmcore.forms import Diffusion, Source
+from tmcore.methods.batch import DiffusionMap, diffusion_samples, in_batches, random_fields, solve_columns
+from tmcore.methods.gradcheck import finite_difference_check
 
 CHOLMOD = pytest.mark.skipif(not solvers.cholmod_available(), reason="scikit-sparse not installed")
-PARDISO = pytest.mark.skipif(not solvers.pardiso_available(), reason="the MKL runtime (pip install mkl) is not installed")
-BACKENDS = ["splu", "dense", "torch-cg", "amg", pytest.param("cholmod", marks=CHOLMOD), pytest.param("pardiso", marks=PARDISO)]
+PARDISO = pytest.mark.skipif(
+    not solvers.pardiso_available(), reason="the MKL runtime (pip install mkl) is not installed"
+)
+BACKENDS = [
+    "splu",
+    "dense",
+    "torch-cg",
+    "amg",
+    pytest.param("cholmod", marks=CHOLMOD),
+    pytest.param("pardiso", marks=PARDISO),
+]
 TIGHT = {"amg": {"rtol": 1e-13}, "torch-cg": {"rtol": 1e-13}}
 
 
@@ -111,9 +119,13 @@ def _batch_loss(mesh, which: str):
         return lambda k: (forward(k) * weights).sum(), kappa0
     if which == "cell kappa":
         forward = DiffusionMap(mesh, where="cell")
-        return lambda k: (forward(k) * weights).sum(), torch.exp(0.4 * torch.randn(3, mesh.n_cells, generator=torch.Generator().manual_seed(0)))
+        return lambda k: (forward(k) * weights).sum(), torch.exp(
+            0.4 * torch.randn(3, mesh.n_cells, generator=torch.Generator().manual_seed(0))
+        )
     if which == "dirichlet":
-        return lambda g: (DiffusionMap(mesh, dirichlet_value=g)(kappa0) ** 2 * weights).sum(), torch.rand(3, boundary, generator=torch.Generator().manual_seed(0))
+        return lambda g: (DiffusionMap(mesh, dirichlet_value=g)(kappa0) ** 2 * weights).sum(), torch.rand(
+            3, boundary, generator=torch.Generator().manual_seed(0)
+        )
     if which == "source":
         laplace, cond = Diffusion.from_mesh(mesh), Condenser(mesh.boundary_mask)
         source = Source.from_mesh(mesh)
@@ -235,7 +247,9 @@ def test_pardiso_reports_an_indefinite_matrix_and_solves_one_matrix_like_superlu
     with pytest.raises(SingularMatrixError, match="not positive definite"):
         SparseMatrix.from_pattern(K_.pattern, indefinite).solve(b_, backend="pardiso")
     with pytest.raises(ValueError, match="symmetric"):
-        SparseMatrix.from_pattern(K_.pattern, K_.values[0] * (1 + 1e-3 * torch.rand(K_.pattern.nnz))).solve(b_, backend="pardiso")
+        SparseMatrix.from_pattern(K_.pattern, K_.values[0] * (1 + 1e-3 * torch.rand(K_.pattern.nnz))).solve(
+            b_, backend="pardiso"
+        )
 
 
 def test_the_batched_guide_runs_and_prints_what_it_shows():

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from tmcore import Condenser, Mesh
-
 from tmcore.forms import Diffusion, Source
 
 

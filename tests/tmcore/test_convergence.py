@@ -59,7 +59,9 @@ def test_patch_test_reproduces_a_linear_solution(name):
     neumann = torch.cat([mesh.facet_set(side) for side in upper_sides])
     kappa = 2.5
     K = Diffusion.from_mesh(mesh)(scalar_data={"kappa": kappa})
-    b = Flux.from_mesh(mesh, facets=neumann)(scalar_data={"kappa": kappa}, element_data={"c": c.expand(mesh.n_cells, -1)})
+    b = Flux.from_mesh(mesh, facets=neumann)(
+        scalar_data={"kappa": kappa}, element_data={"c": c.expand(mesh.n_cells, -1)}
+    )
     cond = Condenser(mask, dirichlet_value=exact)
     K_, b_ = cond(K, b)
     u = cond.recover(K_.solve(b_))
@@ -103,7 +105,9 @@ def rates(rows):
     ]
 
 
-@pytest.mark.parametrize("element_type, order, dim, sizes, l2_rate, h1_rate, tol", MMS_CASES, ids=[f"{c[0]}-P{c[1]}" for c in MMS_CASES])
+@pytest.mark.parametrize(
+    "element_type, order, dim, sizes, l2_rate, h1_rate, tol", MMS_CASES, ids=[f"{c[0]}-P{c[1]}" for c in MMS_CASES]
+)
 def test_manufactured_solution_converges_at_the_element_rate(element_type, order, dim, sizes, l2_rate, h1_rate, tol):
     rows = convergence_table(element_type, order, dim, sizes)
     observed_l2, observed_h1 = rates(rows)[-1]

@@ -8,15 +8,13 @@ import torch
 
 from tmcore import Condenser, Functional, Mesh
 from tmcore.core.assembly import VectorElementAssembler, VectorNodeAssembler, dof_connectivity, dof_mask
-from tmcore.forms import BodyForce, LinearElasticity, Traction, lame_parameters, strain_energy, stress
+from tmcore.core.errors import AssemblyError
+from tmcore.forms import BodyForce, Diffusion, LinearElasticity, Traction, lame_parameters, strain_energy, stress
+from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 from tmcore.studies import compliance_topology
 from tmcore.topology import ConeFilter, cantilever, heat_conduction, mbb_beam, point_load
-from tmcore.core.errors import AssemblyError
-from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 
 from . import topopt_reference as reference
-from tmcore.forms import Diffusion
-
 
 # -- vector assembly ----------------------------------------------------------------------------
 
@@ -35,7 +33,10 @@ def test_stiffness_matches_scikit_fem_on_triangles_and_tetrahedra():
     skfem = pytest.importorskip("skfem")
     from skfem.models.elasticity import linear_elasticity
 
-    for mesh, plane in ((Mesh.gen_grid((5, 4), element_type="triangle"), "strain"), (Mesh.gen_grid((3, 2, 2), element_type="tetra"), None)):
+    for mesh, plane in (
+        (Mesh.gen_grid((5, 4), element_type="triangle"), "strain"),
+        (Mesh.gen_grid((3, 2, 2), element_type="tetra"), None),
+    ):
         E, nu = 2.5, 0.3
         lam, mu = lame_parameters(E, nu, plane)
         ours = LinearElasticity.from_mesh(mesh, nu=nu, plane=plane)(scalar_data={"E": E}).to_scipy().toarray()
@@ -216,7 +217,10 @@ def _compare(problem, nelx, nely, vf, max_iterations=1000):
 def test_mbb_beam_matches_the_reference_within_one_percent():
     ours, ref, rho = _compare(mbb_beam(60, 20), 60, 20, 0.5)
     assert ours.converged
-    assert abs(ours.final_compliance - ref.compliance[-1]) <= 0.01 * ref.compliance[-1], (ours.final_compliance, ref.compliance[-1])
+    assert abs(ours.final_compliance - ref.compliance[-1]) <= 0.01 * ref.compliance[-1], (
+        ours.final_compliance,
+        ref.compliance[-1],
+    )
     assert np.abs(rho - ref.x_phys).mean() < 0.01
     assert abs(float(ours.rho.mean()) - 0.5) < 1e-10
     assert ours.compliance[0] == pytest.approx(ref.compliance[0], rel=1e-10)  # the same first analysis
@@ -239,7 +243,9 @@ def test_heat_conduction_variant_matches_the_reference_within_one_percent():
 
 
 @pytest.mark.slow(reason="full-size runs: MBB 150x50, cantilever 80x50, heat 40x40 to convergence (minutes)")
-@pytest.mark.parametrize("name, nelx, nely, vf", [("mbb", 150, 50, 0.5), ("cantilever", 80, 50, 0.4), ("heat", 40, 40, 0.4)])
+@pytest.mark.parametrize(
+    "name, nelx, nely, vf", [("mbb", 150, 50, 0.5), ("cantilever", 80, 50, 0.4), ("heat", 40, 40, 0.4)]
+)
 def test_full_size_benchmarks_match_the_reference(name, nelx, nely, vf):
     build = {"mbb": mbb_beam, "cantilever": cantilever, "heat": heat_conduction}[name]
     ours, ref, rho = _compare(build(nelx, nely), nelx, nely, vf)
@@ -274,7 +280,9 @@ def test_local_element_matrices_scatter_to_the_assembled_matrix():
     assert local.shape == (mesh.n_cells, 8, 8)
     assert torch.allclose(assembler.scatter(local).values, assembler(element_data={"E": E}).values, rtol=1e-14)
     scalar = Diffusion.from_mesh(mesh)
-    assert torch.allclose(scalar.scatter(scalar.local(scalar_data={"kappa": 2.0})).values, scalar(scalar_data={"kappa": 2.0}).values)
+    assert torch.allclose(
+        scalar.scatter(scalar.local(scalar_data={"kappa": 2.0})).values, scalar(scalar_data={"kappa": 2.0}).values
+    )
     with pytest.raises(AssemblyError, match=r"local must have shape \(m, K, K\) or \(B, m, K, K\) with m=6, K=8"):
         assembler.scatter(torch.zeros(6, 4, 4))
 

@@ -124,9 +124,7 @@ def test_gradients_match_finite_differences(element):
         step = torch.zeros(element.dim, dtype=F64)
         step[d] = h
         columns.append((element.basis(xi + step) - element.basis(xi - step)) / (2 * h))
-    torch.testing.assert_close(
-        element.basis_gradients(xi), torch.stack(columns, -1), atol=1e-7, rtol=0
-    )
+    torch.testing.assert_close(element.basis_gradients(xi), torch.stack(columns, -1), atol=1e-7, rtol=0)
 
 
 def test_gradients_match_autograd(element):

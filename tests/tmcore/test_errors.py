@@ -24,8 +24,8 @@ from tmcore import (
     SolverError,
     SparseMatrix,
 )
-from tmcore.topology.optimizers import OCOptimizer
 from tmcore.forms import Diffusion, Laplace, Source
+from tmcore.topology.optimizers import OCOptimizer
 
 F64 = torch.float64
 NAN, INF = float("nan"), float("inf")
@@ -165,7 +165,9 @@ def test_unknown_integrand_argument_is_named(mesh):
 
 
 def test_unknown_integrand_argument_without_any_data(mesh):
-    with pytest.raises(AssemblyError, match=r"asks for 'f', which is neither a reserved argument \(gradv, v, x\).*given: none"):
+    with pytest.raises(
+        AssemblyError, match=r"asks for 'f', which is neither a reserved argument \(gradv, v, x\).*given: none"
+    ):
         Source.from_mesh(mesh)()
 
 
@@ -173,7 +175,9 @@ def test_unknown_integrand_argument_without_any_data(mesh):
 def test_data_of_wrong_length(mesh, kind, delta):
     length = (mesh.n_points if kind == "point_data" else mesh.n_cells) + delta
     per = r"node \(25\)" if kind == "point_data" else r"cell \(32\)"
-    with pytest.raises(AssemblyError, match=rf"{kind}\['kappa'\] must have one value per {per}.*got shape \({length},\)"):
+    with pytest.raises(
+        AssemblyError, match=rf"{kind}\['kappa'\] must have one value per {per}.*got shape \({length},\)"
+    ):
         Diffusion.from_mesh(mesh)(**{kind: {"kappa": ones(length)}})
 
 
@@ -216,7 +220,13 @@ def test_data_key_clashing_with_a_reserved_name(mesh):
     ids=["bilinear", "linear"],
 )
 def test_integrand_returning_a_vector(mesh, cls, per):
-    with pytest.raises(AssemblyError, match=rf"{cls.__name__}\.forward must return one scalar per quadrature point and {per}.*extra trailing shape \(2,\)"):
+    with pytest.raises(
+        AssemblyError,
+        match=(
+            rf"{cls.__name__}\.forward must return one scalar per quadrature point and {per}.*extra "
+            rf"trailing shape \(2,\)"
+        ),
+    ):
         cls.from_mesh(mesh)()
 
 
@@ -335,7 +345,9 @@ def test_non_finite_right_hand_side(system, bad):
 @pytest.mark.parametrize("length", [8, 10])
 def test_right_hand_side_of_wrong_length(system, length):
     K_, _ = system
-    with pytest.raises(ValueError, match=rf"b must have shape \(9,\) or \(9, k\) for a 9 x 9 matrix, got \({length},\)"):
+    with pytest.raises(
+        ValueError, match=rf"b must have shape \(9,\) or \(9, k\) for a 9 x 9 matrix, got \({length},\)"
+    ):
         K_.solve(ones(length))
 
 
@@ -426,11 +438,16 @@ def test_condenser_mask_fixing_every_node():
 @pytest.mark.parametrize("length", [5, 15, 17, 24])
 def test_condenser_dirichlet_value_of_wrong_length(mesh, length):
     # 16 boundary nodes of 25: (16,) and (25,) are accepted, anything else is not
-    with pytest.raises(ValueError, match=rf"dirichlet_value must be a scalar, \(16,\) values .* full \(25,\) vector.*got shape \({length},\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"dirichlet_value must be a scalar, \(16,\) values .* full \(25,\) vector.*got shape \({length},\)",
+    ):
         Condenser(mesh.boundary_mask, ones(length))
 
 
-@pytest.mark.parametrize("value", [NAN, torch.full((16,), NAN, dtype=F64), torch.tensor(INF, dtype=F64)], ids=["float", "tensor", "inf"])
+@pytest.mark.parametrize(
+    "value", [NAN, torch.full((16,), NAN, dtype=F64), torch.tensor(INF, dtype=F64)], ids=["float", "tensor", "inf"]
+)
 def test_condenser_non_finite_dirichlet_value(mesh, value):
     with pytest.raises(ValueError, match="dirichlet_value contains NaN or inf"):
         Condenser(mesh.boundary_mask, value)

@@ -5,6 +5,7 @@ import torch
 
 from tmcore import Functional, Mesh, NodeAssembler, solvers
 from tmcore.core.linalg.factored import factored_solve
+from tmcore.studies import thermal_topology
 from tmcore.topology.filters import (
     HelmholtzFilter,
     cell_neighbours,
@@ -12,7 +13,6 @@ from tmcore.topology.filters import (
     default_filter_radius,
     sensitivity_filter,
 )
-from tmcore.studies import thermal_topology
 
 F64 = torch.float64
 
@@ -91,7 +91,9 @@ def test_filter_maps_agree_with_the_assemblers():
         def forward(self, phi):
             return phi
 
-    assert torch.allclose(filt.to_nodes(rho), CellLoad.from_mesh(mesh)(element_data={"rho": rho}), rtol=1e-13, atol=1e-16)
+    assert torch.allclose(
+        filt.to_nodes(rho), CellLoad.from_mesh(mesh)(element_data={"rho": rho}), rtol=1e-13, atol=1e-16
+    )
     phi = filt.nodal(rho)
     cell_means = Integral.from_mesh(mesh)(point_data={"phi": phi}, per_cell=True) / mesh.cell_measures()
     assert torch.allclose(filt.to_cells(phi), cell_means, rtol=1e-12)
@@ -161,10 +163,26 @@ def test_prefactored_solve_matches_the_solver():
         (lambda m: HelmholtzFilter(m, 0.1)([0.5] * 50), TypeError, "rho must be a torch.Tensor"),
         (lambda m: HelmholtzFilter(m, 0.1)(torch.ones(50, dtype=torch.long)), TypeError, "floating-point"),
         (lambda m: HelmholtzFilter(m, 0.1)(torch.full((50,), float("nan"))), ValueError, "NaN or inf"),
-        (lambda m: sensitivity_filter(HelmholtzFilter(m, 0.1), torch.ones(50), torch.ones(4)), ValueError, r"grad must have one value per cell \(50,\)"),
-        (lambda m: sensitivity_filter(HelmholtzFilter(m, 0.1), torch.ones(4), torch.ones(50)), ValueError, "rho must have the shape of grad"),
-        (lambda m: sensitivity_filter(HelmholtzFilter(m, 0.1), torch.ones(50), torch.ones(50), rho_floor=0.0), ValueError, "rho_floor"),
-        (lambda m: sensitivity_filter(None, torch.ones(50), torch.ones(50)), TypeError, "filt must be a HelmholtzFilter"),
+        (
+            lambda m: sensitivity_filter(HelmholtzFilter(m, 0.1), torch.ones(50), torch.ones(4)),
+            ValueError,
+            r"grad must have one value per cell \(50,\)",
+        ),
+        (
+            lambda m: sensitivity_filter(HelmholtzFilter(m, 0.1), torch.ones(4), torch.ones(50)),
+            ValueError,
+            "rho must have the shape of grad",
+        ),
+        (
+            lambda m: sensitivity_filter(HelmholtzFilter(m, 0.1), torch.ones(50), torch.ones(50), rho_floor=0.0),
+            ValueError,
+            "rho_floor",
+        ),
+        (
+            lambda m: sensitivity_filter(None, torch.ones(50), torch.ones(50)),
+            TypeError,
+            "filt must be a HelmholtzFilter",
+        ),
         (lambda m: checkerboard_indicator(m, torch.ones(4)), ValueError, "pairs index cell"),
     ],
 )

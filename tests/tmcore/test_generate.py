@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from tmcore.core.mesh import Mesh
-from tmcore.core.mesh import generate
+from tmcore.core.mesh import Mesh, generate
 from tmcore.core.mesh.generate import box, circle, elevate_order, grid, l_shape, orient_cells, rectangle
 
 
@@ -107,7 +106,9 @@ def test_rectangle_and_box_facet_sets_lie_on_their_sides():
     sides = {"left": (0, 0), "right": (0, 1), "front": (1, 0), "back": (1, 2), "bottom": (2, 0), "top": (2, 3)}
     assert set(mesh.facet_sets.keys()) == set(sides)
     for name, (axis, value) in sides.items():
-        assert torch.allclose(mesh.points[mesh.facet_set(name)][..., axis], torch.tensor(float(value), dtype=torch.float64))
+        assert torch.allclose(
+            mesh.points[mesh.facet_set(name)][..., axis], torch.tensor(float(value), dtype=torch.float64)
+        )
 
 
 def test_circle_and_l_shape_boundaries():
@@ -122,7 +123,9 @@ def test_circle_and_l_shape_boundaries():
     assert not ((mesh.points[:, 0] > 1e-12) & (mesh.points[:, 1] > 1e-12)).any()
 
 
-@pytest.mark.parametrize("make", [lambda: rectangle(0.3, order=2), lambda: box(0.6, order=2)], ids=["triangle6", "tetra10"])
+@pytest.mark.parametrize(
+    "make", [lambda: rectangle(0.3, order=2), lambda: box(0.6, order=2)], ids=["triangle6", "tetra10"]
+)
 def test_gmsh_p2_midside_nodes_at_midpoints(make):
     mesh = make()
     element = mesh.element

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from tmcore import Condenser, Mesh, SparseMatrix
-from tmcore.methods.gradcheck import finite_difference_check, taylor_test
-
 from tmcore.forms import Diffusion, Source
+from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,9 @@ def test_gradient_matches_central_differences(mesh, case):
 def test_taylor_remainder_falls_at_second_order(mesh, case):
     loss, x = _loss_factories(mesh)[case]
     scale = 0.1 if case in ("point kappa", "cell kappa", "matrix values") else 1.0
-    direction = scale * (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(5)) - 1) * x.abs().clamp_min(1e-2)
+    direction = (
+        scale * (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(5)) - 1) * x.abs().clamp_min(1e-2)
+    )
     result = taylor_test(loss, x, direction=direction, eps0=0.05)
     assert result.min_rate >= 1.9, result.table()
 

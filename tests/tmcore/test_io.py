@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tmcore.core.errors import MeshError
-from tmcore.core.mesh.io import mesh_from_meshio, mesh_to_meshio, read_mesh, write_mesh
 from tmcore.core.mesh import Mesh
 from tmcore.core.mesh.generate import box, grid, rectangle
+from tmcore.core.mesh.io import mesh_from_meshio, mesh_to_meshio, read_mesh, write_mesh
 
 MESHES = {
     "triangle6": lambda: rectangle(0.3, order=2),
@@ -57,7 +57,11 @@ def test_round_trip_with_data(tmp_path, kind, fmt):
 def test_ascii_msh_round_trip(tmp_path, file_format):
     mesh = rectangle(0.3)
     write_mesh(mesh, tmp_path / "a.msh", file_format=file_format, binary=False)
-    assert (tmp_path / "a.msh").read_bytes().startswith(b"$MeshFormat\n" + (b"2.2 0" if file_format == "gmsh22" else b"4.1 0"))
+    assert (
+        (tmp_path / "a.msh")
+        .read_bytes()
+        .startswith(b"$MeshFormat\n" + (b"2.2 0" if file_format == "gmsh22" else b"4.1 0"))
+    )
     back = read_mesh(tmp_path / "a.msh")
     assert torch.equal(back.points, mesh.points) and torch.equal(back.elements, mesh.elements)
     with pytest.raises(MeshError, match="ASCII"):
@@ -68,7 +72,12 @@ def test_ascii_msh_round_trip(tmp_path, file_format):
 def test_mesh_data_round_trip_and_methods(tmp_path):
     mesh = grid((3, 3))
     point_data = {"t": torch.arange(mesh.n_points)}
-    mesh = Mesh(mesh.points, mesh.cells.to_dict(), point_data=point_data, cell_data={"k": torch.ones(mesh.n_cells, dtype=torch.int32)})
+    mesh = Mesh(
+        mesh.points,
+        mesh.cells.to_dict(),
+        point_data=point_data,
+        cell_data={"k": torch.ones(mesh.n_cells, dtype=torch.int32)},
+    )
     mesh.write(tmp_path / "g.vtu", point_data={"extra": torch.ones(mesh.n_points, requires_grad=True)})
     back = Mesh.read(tmp_path / "g.vtu")
     assert torch.equal(back.point_data["t"], torch.arange(mesh.n_points))
@@ -164,7 +173,9 @@ def test_garbage_file_raises_mesh_error_with_path(tmp_path, name, capfd):
     assert capfd.readouterr() == ("", "")  # meshio's readers are not allowed to print
 
 
-@pytest.mark.parametrize("name,kwargs", [("t.msh", {}), ("t.msh", {"file_format": "gmsh22"}), ("t.vtu", {}), ("t.vtk", {})])
+@pytest.mark.parametrize(
+    "name,kwargs", [("t.msh", {}), ("t.msh", {"file_format": "gmsh22"}), ("t.vtu", {}), ("t.vtk", {})]
+)
 def test_truncated_file_raises_mesh_error_with_path(tmp_path, name, kwargs):
     path = tmp_path / name
     mesh = rectangle(0.2)

@@ -5,10 +5,9 @@ import torch
 
 from tmcore import Condenser, Mesh, solvers
 from tmcore.core.errors import SolverError
+from tmcore.forms import Diffusion, Source
 from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 from tmcore.methods.nonlinear import NonlinearDiffusion
-
-from tmcore.forms import Diffusion, Source
 
 
 def kappa_quadratic(u, c):
@@ -54,7 +53,9 @@ def test_newton_converges_quadratically_to_the_kirchhoff_solution():
         fine = Mesh.gen_grid((n, n), upper=(2.0, 1.0), element_type="triangle")
         exact = inverse_G(fine.points[:, 0])
         problem = NonlinearDiffusion(fine, kappa_quadratic)
-        u = problem(torch.ones(fine.n_points, dtype=torch.float64), torch.zeros(fine.n_points, dtype=torch.float64), g=exact)
+        u = problem(
+            torch.ones(fine.n_points, dtype=torch.float64), torch.zeros(fine.n_points, dtype=torch.float64), g=exact
+        )
         errors.append(float((u - exact).abs().max()))
         assert problem.stats.last_iterations <= 7
         assert problem.stats.last_residual < 1e-10 * 10

@@ -97,7 +97,9 @@ def test_oc_holds_the_volume_for_twenty_steps(weighted, move_limit):
     for _ in range(20):
         previous = rho.detach().clone()
         # a compliance-like sensitivity: strongly varying, a few exact zeros
-        rho.grad = -(torch.rand(m, generator=generator, dtype=F64) ** 6) * (torch.rand(m, generator=generator, dtype=F64) > 0.05)
+        rho.grad = -(torch.rand(m, generator=generator, dtype=F64) ** 6) * (
+            torch.rand(m, generator=generator, dtype=F64) > 0.05
+        )
         optimizer.step()
         assert abs(OCOptimizer.volume(rho, weights) - 0.3) <= 1e-10
         assert abs(optimizer.state[rho]["volume"] - 0.3) <= 1e-10

@@ -7,12 +7,10 @@ import torch
 
 from tmcore import Condenser, Functional, Mesh
 from tmcore.core.assembly import dof_mask
-from tmcore.forms import LinearElasticity
-from tmcore.topology import point_load
+from tmcore.forms import Diffusion, LinearElasticity, Source
 from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 from tmcore.methods.shape import Fin, interior_mask, optimise_fin, with_points
-
-from tmcore.forms import Diffusion, Source
+from tmcore.topology import point_load
 
 
 def _jiggled(mesh: Mesh, amount: float = 0.15) -> Mesh:
@@ -54,7 +52,12 @@ def _elastic_compliance(mesh: Mesh):
 
 @pytest.mark.parametrize(
     "cell, energy",
-    [("triangle", _poisson_compliance), ("quad", _poisson_compliance), ("quad", _elastic_compliance), ("triangle", _elastic_compliance)],
+    [
+        ("triangle", _poisson_compliance),
+        ("quad", _poisson_compliance),
+        ("quad", _elastic_compliance),
+        ("triangle", _elastic_compliance),
+    ],
 )
 def test_gradient_wrt_interior_nodes_passes_fd_and_taylor(cell, energy):
     mesh = _jiggled(Mesh.gen_grid((6, 5), upper=(1.2, 1.0), element_type=cell))
@@ -80,7 +83,9 @@ def test_points_leaf_requiring_grad_and_area_is_stationary_in_interior_nodes():
     assert float(area.detach()) == pytest.approx(1.0)
     assert grad[inner].abs().max() < 1e-14  # moving an interior node keeps the domain
     right = mesh.nodes_of("right") & ~mesh.nodes_of("top") & ~mesh.nodes_of("bottom")
-    assert torch.allclose(grad[right, 0], torch.full((int(right.sum()),), 0.25, dtype=torch.float64))  # d area / d x of a right-edge node: its edge length
+    assert torch.allclose(
+        grad[right, 0], torch.full((int(right.sum()),), 0.25, dtype=torch.float64)
+    )  # d area / d x of a right-edge node: its edge length
     mesh.points.requires_grad_(False)
 
 

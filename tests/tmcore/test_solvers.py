@@ -7,10 +7,9 @@ import scipy.sparse.linalg
 import torch
 
 from tmcore import Condenser, Mesh, SparseMatrix
-from tmcore.core.linalg.sparse import SparsityPattern
-from tmcore.core.linalg import solvers
 from tmcore.core.errors import SingularMatrixError, SolverError
-
+from tmcore.core.linalg import solvers
+from tmcore.core.linalg.sparse import SparsityPattern
 from tmcore.forms import Diffusion, Source
 
 
@@ -141,7 +140,9 @@ BACKENDS = [
     "dense",
     "amg",
     "torch-cg",
-    pytest.param("cholmod", marks=pytest.mark.skipif(not solvers.cholmod_available(), reason="scikit-sparse not installed")),
+    pytest.param(
+        "cholmod", marks=pytest.mark.skipif(not solvers.cholmod_available(), reason="scikit-sparse not installed")
+    ),
 ]
 TIGHT = {"amg": {"rtol": 1e-13}, "torch-cg": {"rtol": 1e-13}}
 
@@ -236,13 +237,17 @@ def test_auto_choice_by_size_sparsity_and_symmetry(system, monkeypatch):
     monkeypatch.undo()
     # 3-D sparsity: factorisations fill in early, AMG takes over at DIRECT_LIMIT_3D unknowns
     cube = Mesh.gen_grid((20, 20, 20))
-    Kc_, _ = Condenser(cube.boundary_mask)(Diffusion.from_mesh(cube)(scalar_data={"kappa": 1.0}), torch.ones(cube.n_points))
+    Kc_, _ = Condenser(cube.boundary_mask)(
+        Diffusion.from_mesh(cube)(scalar_data={"kappa": 1.0}), torch.ones(cube.n_points)
+    )
     assert Kc_.pattern.shape[0] > solvers.DIRECT_LIMIT_3D
     assert solvers.choose_backend(Kc_.pattern, Kc_.values) == "amg"
     # below it the banded Cholesky while the band is narrow, else SuperLU's symmetric mode (faster
     # than CHOLMOD on small 3-D systems here)
     small = Mesh.gen_grid((6, 6, 6))
-    Ks_, _ = Condenser(small.boundary_mask)(Diffusion.from_mesh(small)(scalar_data={"kappa": 1.0}), torch.ones(small.n_points))
+    Ks_, _ = Condenser(small.boundary_mask)(
+        Diffusion.from_mesh(small)(scalar_data={"kappa": 1.0}), torch.ones(small.n_points)
+    )
     assert solvers.choose_backend(Ks_.pattern, Ks_.values) == "banded"
     monkeypatch.setattr(solvers, "BANDED_WORK_LIMIT", 0)
     assert solvers.choose_backend(Ks_.pattern, Ks_.values) == "splu"
@@ -251,7 +256,9 @@ def test_auto_choice_by_size_sparsity_and_symmetry(system, monkeypatch):
 def test_second_derivatives_through_a_solve_are_exact():
     """gradgradcheck: Hessian-vector products through solve (create_graph=True) against finite differences."""
     mesh = Mesh.gen_grid((3, 3))
-    K_, b_ = Condenser(mesh.boundary_mask)(Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0}), torch.ones(mesh.n_points))
+    K_, b_ = Condenser(mesh.boundary_mask)(
+        Diffusion.from_mesh(mesh)(scalar_data={"kappa": 1.0}), torch.ones(mesh.n_points)
+    )
     pattern = K_.pattern
 
     def solve(values, rhs):
@@ -280,6 +287,8 @@ def test_auto_falls_back_to_a_direct_solver_when_amg_fails(monkeypatch):
         K_.solve(f_, backend="amg")  # asked for explicitly: the failure is reported
     solvers.stats.reset()
     u = K_.solve(f_)  # automatic: falls back to a direct factorisation
-    assert solvers.stats.by_backend.get("amg") == 1 and (solvers.stats.by_backend.get("splu") or solvers.stats.by_backend.get("cholmod"))
+    assert solvers.stats.by_backend.get("amg") == 1 and (
+        solvers.stats.by_backend.get("splu") or solvers.stats.by_backend.get("cholmod")
+    )
     reference = K_.solve(f_, backend="splu")
     assert float((u - reference).norm() / reference.norm()) < 1e-9

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tmcore import Mesh
-from tmcore.topology.filters import HelmholtzFilter
 from tmcore.methods.gradcheck import finite_difference_check
 from tmcore.studies import IdentificationProblem, IdentificationResult, coefficient_identification, thermal_topology
+from tmcore.topology.filters import HelmholtzFilter
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +24,18 @@ def topo_mesh() -> Mesh:
 @pytest.fixture(scope="module")
 def identification(id_mesh):
     calls = []
-    result = coefficient_identification(id_mesh, steps=50, callback=lambda step, loss: calls.append((step, loss)), snapshot_every=10)
+    result = coefficient_identification(
+        id_mesh, steps=50, callback=lambda step, loss: calls.append((step, loss)), snapshot_every=10
+    )
     return result, calls
 
 
 @pytest.fixture(scope="module")
 def topology(topo_mesh):
     calls = []
-    result = thermal_topology(topo_mesh, steps=10, snapshot_steps=(0, 5, -1), callback=lambda step, c: calls.append((step, c)))
+    result = thermal_topology(
+        topo_mesh, steps=10, snapshot_steps=(0, 5, -1), callback=lambda step, c: calls.append((step, c))
+    )
     return result, calls
 
 
@@ -128,8 +132,12 @@ def test_identification_kappa_error_report(identification, id_mesh):
         result.kappa_error_report(centre_radius=5.0)
     with pytest.raises(ValueError, match="centre_radius"):
         result.kappa_error_report(centre_radius=-1.0)
-    bare = IdentificationResult(**{name: getattr(result, name) for name in (
-        "loss", "misfit", "u_rel_max_error", "seconds_per_step", "kappa", "kappa_true", "u", "u_obs")})
+    bare = IdentificationResult(
+        **{
+            name: getattr(result, name)
+            for name in ("loss", "misfit", "u_rel_max_error", "seconds_per_step", "kappa", "kappa_true", "u", "u_obs")
+        }
+    )
     with pytest.raises(ValueError, match="no node coordinates"):
         bare.kappa_error_report()
 
@@ -237,8 +245,14 @@ def test_topology_reports_both_volumes(topology, topo_mesh):
 
 @pytest.mark.parametrize("volume_weighting", ["mean", "measure"])
 def test_topology_density_filter_on_the_unstructured_mesh(topo_mesh, volume_weighting):
-    result = thermal_topology(topo_mesh, steps=8, snapshot_steps=(0, -1), filter="density", filter_radius=0.03,
-                              volume_weighting=volume_weighting)
+    result = thermal_topology(
+        topo_mesh,
+        steps=8,
+        snapshot_steps=(0, -1),
+        filter="density",
+        filter_radius=0.03,
+        volume_weighting=volume_weighting,
+    )
     filt = HelmholtzFilter(topo_mesh, 0.03)
     assert torch.allclose(result.rho, filt(result.design), rtol=1e-12)
     assert torch.allclose(result.snapshots[0], torch.full_like(result.rho, 0.4), rtol=1e-12)

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from tmcore import ElementAssembler, Mesh, NodeAssembler, solvers
+from tmcore.forms import Diffusion
 from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 from tmcore.methods.transient import TimeStepper, crank_nicolson, implicit_euler, integrate
-
-from tmcore.forms import Diffusion
 
 SCHEMES = ["implicit-euler", "crank-nicolson"]
 
@@ -80,8 +79,19 @@ def _transient_loss(mesh, scheme, checkpoint=None, n_steps=12, g=None):
 
     def loss(kappa, u0):
         K = laplace(element_data={"kappa": kappa})
-        traj = integrate(M, K, u0, 0.02, n_steps, scheme=scheme, mask=mesh.boundary_mask, dirichlet_value=g, source=f,
-                         objective=lambda step, t, u: 0.02 * (u**2).sum(), checkpoint=checkpoint)
+        traj = integrate(
+            M,
+            K,
+            u0,
+            0.02,
+            n_steps,
+            scheme=scheme,
+            mask=mesh.boundary_mask,
+            dirichlet_value=g,
+            source=f,
+            objective=lambda step, t, u: 0.02 * (u**2).sum(),
+            checkpoint=checkpoint,
+        )
         return ((traj.final - target) ** 2).sum() + 0.1 * traj.objective
 
     return loss
@@ -100,7 +110,9 @@ def test_gradients_wrt_kappa_and_initial_state_pass_fd_and_taylor(small_mesh, sc
     kappa0 = 1.0 + torch.rand(small_mesh.n_cells, generator=gen, dtype=torch.float64)
     u00 = torch.rand(small_mesh.n_points, generator=gen, dtype=torch.float64)
     fd_k = finite_difference_check(lambda k: loss(k, u00), kappa0, n_probes=5)
-    fd_u = finite_difference_check(lambda u: loss(kappa0, u), u00, indices=torch.nonzero(~small_mesh.boundary_mask).flatten()[:5])
+    fd_u = finite_difference_check(
+        lambda u: loss(kappa0, u), u00, indices=torch.nonzero(~small_mesh.boundary_mask).flatten()[:5]
+    )
     assert fd_k.median_digits > 8, fd_k.table()
     assert fd_u.median_digits > 8, fd_u.table()
     assert taylor_test(lambda k: loss(k, u00), kappa0, eps0=0.1).min_rate > 1.9
@@ -144,7 +156,11 @@ def test_one_adjoint_solve_per_step_and_recomputation_counted(small_mesh):
         K = Diffusion.from_mesh(small_mesh)(element_data={"kappa": kappa})
         stepper = TimeStepper(M, K, 0.01, "implicit-euler", mask=small_mesh.boundary_mask)
         stepper.run(u0, 30, checkpoint=checkpoint).final.sum().backward()
-        assert (stepper.counters.factorizations, stepper.counters.adjoint_solves, stepper.counters.forward_solves) == (1, 30, forward)
+        assert (stepper.counters.factorizations, stepper.counters.adjoint_solves, stepper.counters.forward_solves) == (
+            1,
+            30,
+            forward,
+        )
         assert kappa.grad is not None and bool(torch.isfinite(kappa.grad).all())
 
 
@@ -196,7 +212,9 @@ def test_checkpointing_bounds_the_resident_memory():
     assert chunked["grad_norm"] == pytest.approx(full["grad_norm"], rel=1e-12)
 
 
-@pytest.mark.slow(reason="the issue's memory study: 1000 steps at 1e4 nodes, twice, in fresh processes (about a minute)")
+@pytest.mark.slow(
+    reason="the issue's memory study: 1000 steps at 1e4 nodes, twice, in fresh processes (about a minute)"
+)
 def test_thousand_steps_at_ten_thousand_nodes_fit_in_a_few_states():
     from benchmarks.transient_memory import measure_in_fresh_process
 

@@ -83,7 +83,9 @@ class Grid:
         """(nel, 4) local nodes in CORNERS order; element e = ex * nely + ey (ey from the top)."""
         ex, ey = np.meshgrid(np.arange(self.nelx), np.arange(self.nely), indexing="ij")
         ex, ey = ex.ravel(), ey.ravel()
-        return np.stack([self.node(ex, ey + 1), self.node(ex + 1, ey + 1), self.node(ex + 1, ey), self.node(ex, ey)], axis=1)
+        return np.stack(
+            [self.node(ex, ey + 1), self.node(ex + 1, ey + 1), self.node(ex + 1, ey), self.node(ex, ey)], axis=1
+        )
 
     def centroids(self) -> np.ndarray:
         """(nel, 2) element centres in x right, y up coordinates."""
@@ -120,8 +122,18 @@ class ReferenceResult:
     centroids: np.ndarray
 
 
-def run(problem: str, nelx: int, nely: int, vf: float, penal: float = 3.0, rmin: float = 1.5,
-        move: float = 0.2, tol: float = 0.01, max_iterations: int = 1000, nu: float = 0.3) -> ReferenceResult:
+def run(
+    problem: str,
+    nelx: int,
+    nely: int,
+    vf: float,
+    penal: float = 3.0,
+    rmin: float = 1.5,
+    move: float = 0.2,
+    tol: float = 0.01,
+    max_iterations: int = 1000,
+    nu: float = 0.3,
+) -> ReferenceResult:
     """The published algorithm on "mbb", "cantilever" or "heat"."""
     grid = Grid(nelx, nely)
     enodes = grid.element_nodes()
@@ -176,7 +188,9 @@ def run(problem: str, nelx: int, nely: int, vf: float, penal: float = 3.0, rmin:
         l1, l2 = 0.0, 1e9
         while (l2 - l1) / (l1 + l2) > 1e-3:
             lmid = 0.5 * (l1 + l2)
-            x_new = np.maximum(0.0, np.maximum(x - move, np.minimum(1.0, np.minimum(x + move, x * np.sqrt(-dc / dv / lmid)))))
+            x_new = np.maximum(
+                0.0, np.maximum(x - move, np.minimum(1.0, np.minimum(x + move, x * np.sqrt(-dc / dv / lmid))))
+            )
             x_phys = (H @ x_new) / Hs
             if x_phys.sum() > vf * nel:
                 l1 = lmid

@@ -153,7 +153,9 @@ def _cell_geometry(points: Tensor, conn: Tensor, element: Element, degree: int) 
     return _Geometry(element.basis(xi), gradients, geo.physical_points(nodes, element, xi), det.abs() * w, None, conn)
 
 
-def _facet_geometry(points: Tensor, facets: Tensor, owners: Tensor, cells: Tensor, facet_type: str, degree: int) -> _Geometry:
+def _facet_geometry(
+    points: Tensor, facets: Tensor, owners: Tensor, cells: Tensor, facet_type: str, degree: int
+) -> _Geometry:
     element = get_element(facet_type)
     xi, w = quadrature(element.shape, degree, dtype=points.dtype, device=points.device)
     nodes = geo.cell_nodes(points, facets)
@@ -208,7 +210,9 @@ class _Assembler(nn.Module):
     @property
     def mesh(self) -> Mesh:
         if self._mesh is None:
-            raise RuntimeError(f"{type(self).__name__} is not bound to a mesh; create it with {type(self).__name__}.from_mesh(mesh)")
+            raise RuntimeError(
+                f"{type(self).__name__} is not bound to a mesh; create it with {type(self).__name__}.from_mesh(mesh)"
+            )
         return self._mesh
 
     @property
@@ -291,7 +295,9 @@ class _Assembler(nn.Module):
         data, batch, dtype = self._resolve(sources)
         return self._evaluate_blocks(self._arguments(data, geometry, dtype, gather), batch, dtype, geometry)
 
-    def _evaluate_blocks(self, args: dict, batch: int | None, dtype: torch.dtype, geometry: _Geometry) -> Iterator[tuple[slice, Tensor]]:
+    def _evaluate_blocks(
+        self, args: dict, batch: int | None, dtype: torch.dtype, geometry: _Geometry
+    ) -> Iterator[tuple[slice, Tensor]]:
         """The integrand over ``args`` (see :meth:`_arguments`), integrated cell by cell, in blocks of cells."""
         names = integrand_arguments(type(self).forward)
         components = self.n_components
@@ -299,21 +305,40 @@ class _Assembler(nn.Module):
         levels = ([BATCH] if batch is not None else []) + [CELL, POINT] + basis_levels
         m, q = geometry.weights.shape
         k = geometry.conn.shape[1]
-        sizes = {BATCH: batch, CELL: m, POINT: q, TEST: k, TRIAL: k, TEST_COMPONENT: components, TRIAL_COMPONENT: components}
+        sizes = {
+            BATCH: batch,
+            CELL: m,
+            POINT: q,
+            TEST: k,
+            TRIAL: k,
+            TEST_COMPONENT: components,
+            TRIAL_COMPONENT: components,
+        }
         weights = geometry.weights.to(dtype)
         per_cell = math.prod(sizes[level] for level in levels if level != CELL)
         step = max(m, 1) if geometry.weights.device.type != "cpu" else max(CHUNK_EVALUATIONS // per_cell, 1)
         for start in range(0, max(m, 1), step):
             cells = slice(start, min(start + step, m))
             chunk = {name: (_cell_slice(value, axes, cells), axes) for name, (value, axes) in args.items()}
-            values = _vmap_integrand(self.forward, names, chunk, levels, {**sizes, CELL: cells.stop - cells.start}, weights.device)
-            expected = ((batch,) if batch is not None else ()) + (cells.stop - cells.start, q) + tuple(sizes[level] for level in basis_levels)
+            values = _vmap_integrand(
+                self.forward, names, chunk, levels, {**sizes, CELL: cells.stop - cells.start}, weights.device
+            )
+            expected = (
+                ((batch,) if batch is not None else ())
+                + (cells.stop - cells.start, q)
+                + tuple(sizes[level] for level in basis_levels)
+            )
             if tuple(values.shape) != expected:
-                per = {0: "quadrature point", 1: "quadrature point and basis function", 2: "quadrature point and basis pair"}
+                per = {
+                    0: "quadrature point",
+                    1: "quadrature point and basis function",
+                    2: "quadrature point and basis pair",
+                }
                 raise AssemblyError(
                     f"{type(self).__name__}.forward must return one scalar per {per[len(self.basis_axes)]}; "
                     f"the assembled integrand has shape {tuple(values.shape)}, "
-                    f"expected {expected} (an extra trailing shape {tuple(values.shape[len(expected):])} means forward "
+                    f"expected {expected} (an extra trailing shape {tuple(values.shape[len(expected) :])} "
+                    "means forward "
                     "returned a non-scalar)"
                 )
             yield cells, _integrate(values, weights[cells], len(basis_levels))
@@ -334,8 +359,16 @@ class _Assembler(nn.Module):
             items.append((name, value))
         return tuple(sorted(items))
 
-    def _affine_values(self, data: dict, batch: int | None, dtype: torch.dtype, geometry: _Geometry, degree: int,
-                       index: Tensor, size: int) -> Tensor | None:
+    def _affine_values(
+        self,
+        data: dict,
+        batch: int | None,
+        dtype: torch.dtype,
+        geometry: _Geometry,
+        degree: int,
+        index: Tensor,
+        size: int,
+    ) -> Tensor | None:
         """The assembled values (B?, size) through the form's affine operator (:class:`_AffineForm`),
         or None when the form is not affine in its data or the operator does not apply.
 
@@ -352,7 +385,9 @@ class _Assembler(nn.Module):
         external = _external_state(type(self).forward)
         if external is None:
             return None
-        layout = tuple((name, kind, _field_shape(value, kind, batched)) for name, (value, kind, batched) in data.items())
+        layout = tuple(
+            (name, kind, _field_shape(value, kind, batched)) for name, (value, kind, batched) in data.items()
+        )
         key = (type(self), state, external, degree, self.n_components, dtype, layout, size)
         forms = _mesh_cache(mesh, "affine", mesh_key, dict)
         if key not in forms:
@@ -372,7 +407,9 @@ class _Assembler(nn.Module):
         return f"{bound}, arguments={integrand_arguments(type(self).forward)}{vector}"
 
 
-def _data_arguments(data: dict, geometry: _Geometry, dtype: torch.dtype, gather) -> dict[str, tuple[Tensor, tuple[str, ...]]]:
+def _data_arguments(
+    data: dict, geometry: _Geometry, dtype: torch.dtype, gather
+) -> dict[str, tuple[Tensor, tuple[str, ...]]]:
     """Each data argument at the quadrature points, with the axes it varies along."""
     basis = geometry.basis.to(dtype)
     args = {}
@@ -383,14 +420,20 @@ def _data_arguments(data: dict, geometry: _Geometry, dtype: torch.dtype, gather)
         if kind == "point_data":
             flat = gathered.reshape(*gathered.shape[: 3 if batched else 2], -1)
             interpolated = torch.einsum("qk,...mkf->...mqf", basis, flat)
-            args[name] = (interpolated.reshape(*interpolated.shape[:-1], *gathered.shape[(3 if batched else 2):]), lead + (CELL, POINT))
+            args[name] = (
+                interpolated.reshape(*interpolated.shape[:-1], *gathered.shape[(3 if batched else 2) :]),
+                lead + (CELL, POINT),
+            )
         elif kind == "point_gradient":
             if geometry.gradients is None:
                 raise AssemblyError(f"{name!r}: gradients of point data are not available on facets")
             if value.ndim == (2 if batched else 1):  # a scalar field: gradient (dim,)
-                args[name] = (torch.einsum("mqkd,...mk->...mqd", geometry.gradients.to(dtype), gathered), lead + (CELL, POINT))
+                args[name] = (
+                    torch.einsum("mqkd,...mk->...mqd", geometry.gradients.to(dtype), gathered),
+                    lead + (CELL, POINT),
+                )
             else:  # a field with values of shape F: gradient (*F, dim), e.g. (c, dim) for a displacement
-                field_shape = gathered.shape[(3 if batched else 2):]
+                field_shape = gathered.shape[(3 if batched else 2) :]
                 flat = gathered.reshape(*gathered.shape[: 3 if batched else 2], -1)
                 grad = torch.einsum("mqkd,...mkf->...mqfd", geometry.gradients.to(dtype), flat)
                 args[name] = (grad.reshape(*grad.shape[:-2], *field_shape, grad.shape[-1]), lead + (CELL, POINT))
@@ -401,7 +444,9 @@ def _data_arguments(data: dict, geometry: _Geometry, dtype: torch.dtype, gather)
     return args
 
 
-def _reserved_arguments(geometry: _Geometry, dtype: torch.dtype, components: int | None = None) -> dict[str, tuple[Tensor, tuple[str, ...]]]:
+def _reserved_arguments(
+    geometry: _Geometry, dtype: torch.dtype, components: int | None = None
+) -> dict[str, tuple[Tensor, tuple[str, ...]]]:
     """The reserved arguments this geometry provides, with the axes each varies along.
 
     For a vector form with c components the basis function (a, i) is N_a e_i: its value
@@ -418,7 +463,11 @@ def _reserved_arguments(geometry: _Geometry, dtype: torch.dtype, components: int
     else:
         eye = torch.eye(components, dtype=dtype, device=basis.device)
         values = basis[:, :, None, None] * eye  # (q, k, c, c): [q, a, i] = N_a e_i
-        reserved = {"u": (values, (POINT, TRIAL, TRIAL_COMPONENT)), "v": (values, (POINT, TEST, TEST_COMPONENT)), "x": coords}
+        reserved = {
+            "u": (values, (POINT, TRIAL, TRIAL_COMPONENT)),
+            "v": (values, (POINT, TEST, TEST_COMPONENT)),
+            "x": coords,
+        }
         if geometry.gradients is not None:
             # [m, q, a, i, r, s] = delta_ir dN_a/dx_s
             gradients = eye[:, :, None] * geometry.gradients.to(dtype)[:, :, :, None, None, :]
@@ -488,7 +537,14 @@ def _cell_slice(value: Tensor, axes: tuple[str, ...], cells: slice) -> Tensor:
     return value.narrow(axes.index(CELL), cells.start, cells.stop - cells.start)
 
 
-def _vmap_integrand(forward: Callable, names: tuple[str, ...], args: dict, levels: list[str], sizes: dict[str, int], device: torch.device) -> Tensor:
+def _vmap_integrand(
+    forward: Callable,
+    names: tuple[str, ...],
+    args: dict,
+    levels: list[str],
+    sizes: dict[str, int],
+    device: torch.device,
+) -> Tensor:
     """Evaluate ``forward`` over every combination of the axes in ``levels`` with nested vmaps.
 
     An empty carrier tensor spans every level, so an integrand that ignores some axis
@@ -573,8 +629,9 @@ class _AffineForm:
         return values if self.maps else values.clone()
 
     @staticmethod
-    def build(assembler: _Assembler, layout: tuple, geometry: _Geometry, dtype: torch.dtype, index: Tensor,
-              size: int) -> _AffineForm | None:
+    def build(
+        assembler: _Assembler, layout: tuple, geometry: _Geometry, dtype: torch.dtype, index: Tensor, size: int
+    ) -> _AffineForm | None:
         """The operator of ``assembler`` for data of ``layout``, or None when the form is not
         affine in that data (probed with random data) or the operator would be too large."""
         mesh = assembler.mesh
@@ -591,7 +648,10 @@ class _AffineForm:
         full = {"point_data": mesh.n_points, "element_data": m}
 
         def fields(fill) -> dict:
-            return {name: (fill((full[kind], *shape) if kind in full else shape), kind, False) for name, kind, shape in layout}
+            return {
+                name: (fill((full[kind], *shape) if kind in full else shape), kind, False)
+                for name, kind, shape in layout
+            }
 
         def local(args: dict) -> Tensor:
             blocks = assembler._evaluate_blocks(args, None, dtype, geometry)
@@ -651,7 +711,9 @@ class _AffineForm:
                         if kind == "point_data":  # d_q = sum_c N_c(x_q) d_c: spread over the cell's nodes
                             weights = geometry.basis[q].to(dtype)  # (k,)
                             rows.append(rows_local[:, :, None].expand(m, per_cell, k).reshape(-1))
-                            cols.append((geometry.conn[:, None, :].expand(m, per_cell, k) * width + component).reshape(-1))
+                            cols.append(
+                                (geometry.conn[:, None, :].expand(m, per_cell, k) * width + component).reshape(-1)
+                            )
                             values.append((response[:, :, None] * weights).reshape(-1))
                         elif kind == "element_data":
                             rows.append(rows_local.reshape(-1))
@@ -689,9 +751,13 @@ class ElementAssembler(_Assembler):
         with threads_for(slots.numel()):
             values = self._affine_values(data, batch, dtype, geometry, degree, slots, pattern.nnz)
             if values is None:
-                blocks = self._evaluate_blocks(self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry)
+                blocks = self._evaluate_blocks(
+                    self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry
+                )
                 per_cell = (geometry.conn.shape[1] * (components or 1)) ** 2
-                values = _sum_blocks(blocks, len(self._basis_levels(components)), pattern.nnz, _slices_of(slots, per_cell))
+                values = _sum_blocks(
+                    blocks, len(self._basis_levels(components)), pattern.nnz, _slices_of(slots, per_cell)
+                )
         return SparseMatrix.from_pattern(pattern, values)
 
     def local(self, point_data=None, element_data=None, scalar_data=None) -> Tensor:
@@ -710,9 +776,15 @@ class ElementAssembler(_Assembler):
         mesh = self.mesh
         pattern, slots = _cached_pattern(mesh, self.n_components)
         size = mesh.elements.shape[1] * (self.n_components or 1)
-        if not isinstance(local, Tensor) or local.ndim not in (3, 4) or tuple(local.shape[-3:]) != (mesh.n_cells, size, size):
+        if (
+            not isinstance(local, Tensor)
+            or local.ndim not in (3, 4)
+            or tuple(local.shape[-3:]) != (mesh.n_cells, size, size)
+        ):
             got = tuple(local.shape) if isinstance(local, Tensor) else type(local).__name__
-            raise AssemblyError(f"local must have shape (m, K, K) or (B, m, K, K) with m={mesh.n_cells}, K={size}; got {got}")
+            raise AssemblyError(
+                f"local must have shape (m, K, K) or (B, m, K, K) with m={mesh.n_cells}, K={size}; got {got}"
+            )
         values = _sum_blocks([(slice(0, mesh.n_cells), local)], 2, pattern.nnz, lambda cells: slots)
         return SparseMatrix.from_pattern(pattern, values)
 
@@ -737,7 +809,9 @@ class NodeAssembler(_Assembler):
         with threads_for(dofs.numel()):
             values = self._affine_values(data, batch, dtype, geometry, degree, dofs.reshape(-1), size)
             if values is None:
-                blocks = self._evaluate_blocks(self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry)
+                blocks = self._evaluate_blocks(
+                    self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry
+                )
                 values = _sum_blocks(blocks, len(self._basis_levels(components)), size, lambda cells: dofs[cells])
         return values
 
@@ -764,7 +838,8 @@ def _slices_of(index: Tensor, per_cell: int) -> Callable[[slice], Tensor]:
 
 
 def dof_connectivity(conn: Tensor, components: int) -> Tensor:
-    """Dofs (m, k * c) of cells (m, k) for c components per node, node-major: entry a * c + i is dof conn[:, a] * c + i."""
+    """Dofs (m, k * c) of cells (m, k) for c components per node, node-major: entry a * c + i is dof
+    conn[:, a] * c + i."""
     if not is_int(components) or components < 1:
         raise ValueError(f"components must be a positive int, got {components!r}")
     offsets = torch.arange(components, dtype=conn.dtype, device=conn.device)
@@ -779,7 +854,11 @@ def dof_mask(node_mask: Tensor, components: int, which: int | Sequence[int] | No
     edge only. Pass the result to :class:`~tmcore.core.condense.Condenser`.
     """
     if not isinstance(node_mask, Tensor) or node_mask.dtype != torch.bool or node_mask.ndim != 1:
-        got = f"dtype {node_mask.dtype} and shape {tuple(node_mask.shape)}" if isinstance(node_mask, Tensor) else type(node_mask).__name__
+        got = (
+            f"dtype {node_mask.dtype} and shape {tuple(node_mask.shape)}"
+            if isinstance(node_mask, Tensor)
+            else type(node_mask).__name__
+        )
         raise ValueError(f"node_mask must be an (n,) bool tensor, got {got}")
     if not is_int(components) or components < 1:
         raise ValueError(f"components must be a positive int, got {components!r}")
@@ -836,7 +915,10 @@ class FacetAssembler(_Assembler):
             centroid = mesh.points[boundary.facets].mean(dim=1)
             keep = torch.as_tensor(selector(centroid), device=mesh.device)
             if keep.dtype != torch.bool or keep.shape != (boundary.facets.shape[0],):
-                raise ValueError(f"the facet predicate must return an ({boundary.facets.shape[0]},) bool tensor, got {keep.dtype} {tuple(keep.shape)}")
+                raise ValueError(
+                    f"the facet predicate must return an ({boundary.facets.shape[0]},) bool tensor, got "
+                    f"{keep.dtype} {tuple(keep.shape)}"
+                )
             return boundary.facets[keep], boundary.owners[keep], boundary.facet_type
         if isinstance(selector, Tensor) and selector.dtype == torch.bool:
             if selector.shape != (mesh.n_points,):
@@ -848,7 +930,10 @@ class FacetAssembler(_Assembler):
             if facets.ndim != 2 or facets.shape[1] != boundary.facets.shape[1]:
                 raise ValueError(f"facets must have shape (nf, {boundary.facets.shape[1]}), got {tuple(facets.shape)}")
             return facets, facet_owners(mesh.elements, mesh.cell_type, facets), boundary.facet_type
-        raise TypeError(f"facets must be None, a name, a bool node mask, a predicate or an index tensor, got {type(selector).__name__}")
+        raise TypeError(
+            "facets must be None, a name, a bool node mask, a predicate or an index tensor, got "
+            f"{type(selector).__name__}"
+        )
 
     def __call__(self, point_data=None, element_data=None, scalar_data=None):
         mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)

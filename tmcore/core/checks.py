@@ -18,7 +18,17 @@ from tmcore.core.mesh import Mesh
 
 DTYPE = torch.float64
 
-__all__ = ["DTYPE", "check_callback", "check_choice", "check_count", "check_mesh", "check_real", "is_int", "is_number", "is_real"]
+__all__ = [
+    "DTYPE",
+    "check_callback",
+    "check_choice",
+    "check_count",
+    "check_mesh",
+    "check_real",
+    "is_int",
+    "is_number",
+    "is_real",
+]
 
 
 def check_mesh(mesh: Any) -> Mesh:
@@ -52,8 +62,15 @@ def is_real(value: Any) -> bool:
     return is_number(value) and math.isfinite(value)
 
 
-def check_real(name: str, value: Any, low: float | None = None, high: float | None = None,
-               low_open: bool = True, high_open: bool = True, what: str | None = None) -> float:
+def check_real(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = True,
+    high_open: bool = True,
+    what: str | None = None,
+) -> float:
     """A finite real number in the interval (low, high); either end may be closed or absent.
 
     ``what`` replaces the default description of the expected value in the message
@@ -69,7 +86,9 @@ def check_real(name: str, value: Any, low: float | None = None, high: float | No
     if below or above:
         left = "-inf" if low is None else f"{low:g}"
         right = "inf" if high is None else f"{high:g}"
-        interval = f"{'(' if low_open or low is None else '['}{left}, {right}{')' if high_open or high is None else ']'}"
+        interval = (
+            f"{'(' if low_open or low is None else '['}{left}, {right}{')' if high_open or high is None else ']'}"
+        )
         raise ValueError(f"{name} must lie in {interval}, got {value!r}")
     return value
 

@@ -55,7 +55,9 @@ def solve_columns(matrix: SparseMatrix, b: Tensor, **options) -> Tensor:
         raise ValueError(f"solve_columns needs one matrix (values (nnz,)), got a batch of {matrix.values.shape[0]}")
     n = matrix.pattern.shape[1]
     if not isinstance(b, Tensor) or b.ndim != 2 or b.shape[1] != n:
-        raise ValueError(f"b must have shape (B, {n}), got {tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__}")
+        raise ValueError(
+            f"b must have shape (B, {n}), got {tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__}"
+        )
     return matrix.solve(b.T, **options).T
 
 
@@ -96,7 +98,10 @@ class DiffusionMap(nn.Module):
         if is_number(f):
             f = torch.full((mesh.n_points,), float(f), dtype=dtype, device=mesh.device)
         if not isinstance(f, Tensor) or f.shape != (mesh.n_points,):
-            raise ValueError(f"f must be a float or one value per node ({mesh.n_points},), got {getattr(f, 'shape', type(f).__name__)}")
+            raise ValueError(
+                f"f must be a float or one value per node ({mesh.n_points},), "
+                f"got {getattr(f, 'shape', type(f).__name__)}"
+            )
         self.stiffness = Diffusion.from_mesh(mesh)
         self.load = Source.from_mesh(mesh)(point_data={"f": f.to(dtype)})
         self.condenser = Condenser(mesh.boundary_mask if mask is None else mask, dirichlet_value=dirichlet_value)
@@ -110,7 +115,10 @@ class DiffusionMap(nn.Module):
         """The stiffness matrix (n, n), or a batch (B, n, n), of kappa."""
         if not isinstance(kappa, Tensor) or kappa.ndim not in (1, 2) or kappa.shape[-1] != self.n_kappa:
             shape = tuple(kappa.shape) if isinstance(kappa, Tensor) else type(kappa).__name__
-            raise ValueError(f"kappa must have shape ({self.n_kappa},) or (B, {self.n_kappa}) (one value per {self.where}), got {shape}")
+            raise ValueError(
+                f"kappa must have shape ({self.n_kappa},) or (B, {self.n_kappa}) (one value per "
+                f"{self.where}), got {shape}"
+            )
         data = {"kappa": kappa}
         K = self.stiffness(**({"point_data": data} if self.where == "node" else {"element_data": data}))
         return K.double()
@@ -145,7 +153,9 @@ def random_fields(
         raise ValueError(f"points must be an (n, dim) tensor, got {getattr(points, 'shape', type(points).__name__)}")
     if isinstance(samples, bool) or (isinstance(samples, int) and samples < 0):
         raise ValueError(f"samples must be a count >= 0 or a sequence of indices, got {samples!r}")
-    indices = range(samples) if isinstance(samples, int) else [int(i) for i in torch.as_tensor(samples).reshape(-1).tolist()]
+    indices = (
+        range(samples) if isinstance(samples, int) else [int(i) for i in torch.as_tensor(samples).reshape(-1).tolist()]
+    )
     if any(i < 0 for i in indices):
         raise ValueError("sample indices must be >= 0")
     if not is_int(seed) or seed < 0:
@@ -171,7 +181,10 @@ def in_batches(fn: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int) 
     if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not isinstance(inputs, Tensor) or inputs.ndim < 1:
-        raise ValueError(f"inputs must be a tensor with a leading sample dimension, got {getattr(inputs, 'shape', type(inputs).__name__)}")
+        raise ValueError(
+            "inputs must be a tensor with a leading sample dimension, "
+            f"got {getattr(inputs, 'shape', type(inputs).__name__)}"
+        )
     return torch.cat([fn(inputs[start : start + batch_size]) for start in range(0, inputs.shape[0], batch_size)])
 
 

@@ -68,7 +68,14 @@ class FiniteDifferenceCheck:
     def table(self, label: str = "index") -> str:
         """A plain-text table: index, autograd, fd, |diff|, relative diff, digits."""
         lines = [f"{label:>8} {'autograd':>16} {'fd':>16} {'|diff|':>10} {'rel diff':>10} {'digits':>6}"]
-        for i, a, f, d, r, s in zip(self.indices.tolist(), self.autograd.tolist(), self.finite_difference.tolist(), self.abs_diff.tolist(), self.rel_diff.tolist(), self.digits.tolist()):
+        for i, a, f, d, r, s in zip(
+            self.indices.tolist(),
+            self.autograd.tolist(),
+            self.finite_difference.tolist(),
+            self.abs_diff.tolist(),
+            self.rel_diff.tolist(),
+            self.digits.tolist(),
+        ):
             lines.append(f"{i:>8d} {a:>16.9e} {f:>16.9e} {d:>10.2e} {r:>10.2e} {s:>6.1f}")
         lines.append(f"median significant digits: {self.median_digits:.1f}")
         return "\n".join(lines)

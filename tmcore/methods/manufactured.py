@@ -19,7 +19,16 @@ from tmcore.core.condense import Condenser
 from tmcore.core.mesh import Mesh
 from tmcore.forms import Laplace
 
-__all__ = ["H1Error", "L2Error", "SineSource", "errors", "quadrature_order", "sine_product", "sine_product_gradient", "solve"]
+__all__ = [
+    "H1Error",
+    "L2Error",
+    "SineSource",
+    "errors",
+    "quadrature_order",
+    "sine_product",
+    "sine_product_gradient",
+    "solve",
+]
 
 
 def sine_product(x: Tensor) -> Tensor:

@@ -25,7 +25,9 @@ from tmcore.core.checks import is_int
 __all__ = ["weights_function", "cell_centroids", "train", "TrainingHistory"]
 
 
-def weights_function(module: nn.Module, objective: Callable[[Callable[..., Tensor]], Tensor]) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+def weights_function(
+    module: nn.Module, objective: Callable[[Callable[..., Tensor]], Tensor]
+) -> tuple[Callable[[Tensor], Tensor], Tensor]:
     """(f, w0): f(w) is ``objective(net)`` with the module's parameters taken from the flat vector w.
 
     ``objective`` receives a callable that behaves like the module (``net(x)``) and returns
@@ -60,7 +62,9 @@ def weights_function(module: nn.Module, objective: Callable[[Callable[..., Tenso
 def cell_centroids(points: Tensor, cells: Tensor) -> Tensor:
     """Centroids (m, dim) of cells (m, k) with nodes ``points`` (n, dim): per-cell network inputs."""
     if points.ndim != 2 or cells.ndim != 2:
-        raise ValueError(f"points must be (n, dim) and cells (m, k), got {tuple(points.shape)} and {tuple(cells.shape)}")
+        raise ValueError(
+            f"points must be (n, dim) and cells (m, k), got {tuple(points.shape)} and {tuple(cells.shape)}"
+        )
     return points[cells].mean(dim=1)
 
 

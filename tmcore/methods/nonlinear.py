@@ -35,10 +35,10 @@ from torch import Tensor, nn
 from tmcore.core.assembly import ElementAssembler, NodeAssembler
 from tmcore.core.condense import Condenser
 from tmcore.core.errors import SolverError
-from tmcore.core.mesh import Mesh
 from tmcore.core.linalg.factored import factored_solve
 from tmcore.core.linalg.solvers import SolveOptions, factorize
 from tmcore.core.linalg.sparse import SparseMatrix
+from tmcore.core.mesh import Mesh
 
 __all__ = ["NewtonStats", "NonlinearDiffusion"]
 
@@ -219,6 +219,8 @@ class NonlinearDiffusion(nn.Module):
         if g.shape == (n,):
             g = g[self.dirichlet_index]
         if g.shape != (self.dirichlet_index.numel(),):
-            raise ValueError(f"g must be a float, ({n},) or ({self.dirichlet_index.numel()},) Dirichlet values, got {tuple(g.shape)}")
+            raise ValueError(
+                f"g must be a float, ({n},) or ({self.dirichlet_index.numel()},) Dirichlet values, got {tuple(g.shape)}"
+            )
         u0 = torch.zeros(n, dtype=c.dtype, device=c.device) if u0 is None else u0
         return _ImplicitSolve.apply(self, u0, c, f, g)

@@ -75,8 +75,14 @@ class Fin:
     differentiable in the shape parameters a (K,); ``points(a)`` gives the mesh nodes.
     """
 
-    def __init__(self, n_modes: int = 4, length: float = 2.0, h0: float = 0.5, shape: tuple[int, int] = (40, 10),
-                 element_type: str = "quad"):
+    def __init__(
+        self,
+        n_modes: int = 4,
+        length: float = 2.0,
+        h0: float = 0.5,
+        shape: tuple[int, int] = (40, 10),
+        element_type: str = "quad",
+    ):
         if not is_int(n_modes) or n_modes < 1:
             raise ValueError(f"n_modes must be an int >= 1, got {n_modes!r}")
         for name, value in (("length", length), ("h0", h0)):
@@ -143,8 +149,13 @@ class FinResult:
         return float(self.compliance[0] / self.compliance[-1])
 
 
-def optimise_fin(fin: Fin, steps: int = 20, max_step: float = 0.1, min_height: float = 0.1,
-                 callback: Callable[[int, float], object] | None = None) -> FinResult:
+def optimise_fin(
+    fin: Fin,
+    steps: int = 20,
+    max_step: float = 0.1,
+    min_height: float = 0.1,
+    callback: Callable[[int, float], object] | None = None,
+) -> FinResult:
     """Minimise the fin's compliance from a = 0 (a straight fin) by step-limited gradient descent.
 
     Each step moves a by at most ``max_step`` (Euclidean) along -dJ/da, halving the step

@@ -161,12 +161,16 @@ class TimeStepper:
             self.free_index = None
         self.step_values, self.step_pattern = A_free.values, A_free.pattern
         self.minus_lift = minus_lift  # -A_fd g: the Dirichlet values moved to the right-hand side
-        self.factor = factorize(self.step_pattern, self.step_values.detach().unsqueeze(0), SolveOptions(backend=backend))
+        self.factor = factorize(
+            self.step_pattern, self.step_values.detach().unsqueeze(0), SolveOptions(backend=backend)
+        )
 
     @property
     def counters(self) -> StepCounters:
         """The factorisation and the solves with it so far (the factorisation counts them)."""
-        return StepCounters(factorizations=1, forward_solves=self.factor.solves, adjoint_solves=self.factor.transposed_solves)
+        return StepCounters(
+            factorizations=1, forward_solves=self.factor.solves, adjoint_solves=self.factor.transposed_solves
+        )
 
     @property
     def scheme(self) -> str:
@@ -194,14 +198,19 @@ class TimeStepper:
         if source is None:
             return lambda n: None
         if callable(source):
+
             def load(n: int) -> Tensor:
                 f_new = _check_load(source((n + 1) * dt), self.n)
                 if theta == 1.0:
                     return dt * f_new
                 return dt * (theta * f_new + (1.0 - theta) * _check_load(source(n * dt), self.n))
+
             return load
         if not isinstance(source, Tensor) or not source.is_floating_point():
-            raise TypeError(f"source must be None, a callable t -> (n,) tensor, or a floating-point tensor, got {type(source).__name__}")
+            raise TypeError(
+                "source must be None, a callable t -> (n,) tensor, or a floating-point tensor, got "
+                f"{type(source).__name__}"
+            )
         if source.shape == (self.n,):
             constant = dt * source
             return lambda n: constant
@@ -209,7 +218,10 @@ class TimeStepper:
             if theta == 1.0:
                 return lambda n: dt * source[n + 1]
             return lambda n: dt * (theta * source[n + 1] + (1.0 - theta) * source[n])
-        raise ValueError(f"source must have shape ({self.n},) or (n_steps + 1, {self.n}) = ({n_steps + 1}, {self.n}), got {tuple(source.shape)}")
+        raise ValueError(
+            f"source must have shape ({self.n},) or (n_steps + 1, {self.n}) = ({n_steps + 1}, {self.n}), got "
+            f"{tuple(source.shape)}"
+        )
 
     def run(
         self,
@@ -238,7 +250,9 @@ class TimeStepper:
         if not is_int(n_steps) or n_steps < 1:
             raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
         if objective is not None and not callable(objective):
-            raise TypeError(f"objective must be None or a callable (step, t, u) -> scalar, got {type(objective).__name__}")
+            raise TypeError(
+                f"objective must be None or a callable (step, t, u) -> scalar, got {type(objective).__name__}"
+            )
         keep = set()
         for s in save_steps:
             if not is_int(s) or not -n_steps - 1 <= s <= n_steps:
@@ -288,7 +302,10 @@ class TimeStepper:
 
     def __repr__(self) -> str:
         dirichlet = self.n - (self.free_index.numel() if self.free_index is not None else self.n)
-        return f"TimeStepper(scheme={self.scheme}, dt={self.dt:g}, n={self.n}, dirichlet={dirichlet}, backend={self.factor.backend})"
+        return (
+            f"TimeStepper(scheme={self.scheme}, dt={self.dt:g}, n={self.n}, dirichlet={dirichlet}, "
+            f"backend={self.factor.backend})"
+        )
 
 
 def _check_load(value: Any, n: int) -> Tensor:

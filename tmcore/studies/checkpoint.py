@@ -67,7 +67,13 @@ def due(step: int, steps: int, checkpoint_every: int | None) -> bool:
 
 
 def check_resume(
-    state: Any, study: str, parameters: Mapping[str, Any], steps: int, iterate: str, length: int, history: tuple[str, ...]
+    state: Any,
+    study: str,
+    parameters: Mapping[str, Any],
+    steps: int,
+    iterate: str,
+    length: int,
+    history: tuple[str, ...],
 ) -> Mapping[str, Any]:
     """The state to resume ``study`` from, checked: its study, format, parameters, step,
     iterate (``length`` values) and histories; a ValueError naming ``resume_from`` otherwise."""
@@ -75,7 +81,9 @@ def check_resume(
         raise ValueError(f"resume_from must be a checkpoint state dict, got {type(state).__name__}")
     if "study" in state and state["study"] != study:
         raise ValueError(f"resume_from is a checkpoint of {state['study']!r}, not of {study!r}")
-    missing = sorted({"format", "study", "step", "parameters", iterate, "optimizer", "history", "snapshots"} - set(state))
+    missing = sorted(
+        {"format", "study", "step", "parameters", iterate, "optimizer", "history", "snapshots"} - set(state)
+    )
     if missing:
         raise ValueError(f"resume_from is not a checkpoint of {study}: it lacks {missing}")
     if state["format"] != FORMAT:
@@ -98,11 +106,15 @@ def check_resume(
         series = state["history"].get(name)
         if not isinstance(series, Tensor) or series.shape != (step,):
             shape = tuple(series.shape) if isinstance(series, Tensor) else type(series).__name__
-            raise ValueError(f"resume_from['history'][{name!r}] must have one value per completed step ({step},), got {shape}")
+            raise ValueError(
+                f"resume_from['history'][{name!r}] must have one value per completed step ({step},), got {shape}"
+            )
     return state
 
 
-def restore(state: Mapping[str, Any] | None, iterate: str, parameter: Tensor, optimizer: torch.optim.Optimizer) -> tuple[int, dict[int, Tensor]]:
+def restore(
+    state: Mapping[str, Any] | None, iterate: str, parameter: Tensor, optimizer: torch.optim.Optimizer
+) -> tuple[int, dict[int, Tensor]]:
     """Put a checked state's iterate into ``parameter`` and its optimiser state into
     ``optimizer``; returns the first step to run and the snapshots (0 and {} without a state)."""
     if state is None:
@@ -110,7 +122,9 @@ def restore(state: Mapping[str, Any] | None, iterate: str, parameter: Tensor, op
     with torch.no_grad():
         parameter.copy_(state[iterate].to(parameter))
     optimizer.load_state_dict(clone_state(state["optimizer"]))
-    snapshots = {int(k): v.to(device=parameter.device, dtype=parameter.dtype).clone() for k, v in state["snapshots"].items()}
+    snapshots = {
+        int(k): v.to(device=parameter.device, dtype=parameter.dtype).clone() for k, v in state["snapshots"].items()
+    }
     return state["step"], snapshots
 
 

@@ -60,7 +60,10 @@ def nodal_field(name: str, value: Any, mesh: Mesh, default: Callable[[Tensor], T
     if is_number(value):
         value = torch.full((mesh.n_points,), float(value), dtype=DTYPE, device=mesh.device)
     if not isinstance(value, Tensor) or not value.is_floating_point():
-        raise ValueError(f"{name} must be None, a float, a floating-point (n,) tensor or a callable of the points, got {type(value).__name__}")
+        raise ValueError(
+            f"{name} must be None, a float, a floating-point (n,) tensor or a callable of the points, got "
+            f"{type(value).__name__}"
+        )
     if value.shape != (mesh.n_points,):
         raise ValueError(f"{name} must have one value per node ({mesh.n_points}), got shape {tuple(value.shape)}")
     if not torch.isfinite(value).all():
@@ -211,7 +214,9 @@ class IdentificationResult:
         such places. ``centre_radius`` splits the nodes into near and away.
         """
         if self.points is None:
-            raise ValueError("this result carries no node coordinates (points=None): build it with coefficient_identification")
+            raise ValueError(
+                "this result carries no node coordinates (points=None): build it with coefficient_identification"
+            )
         centre_radius = check_real("centre_radius", centre_radius, low=0.0)
         threshold = check_real("threshold", threshold, low=0.0)
         points = self.points.to(self.kappa)
@@ -252,14 +257,21 @@ class IdentificationResult:
         try:
             import xarray as xr
         except ImportError as error:  # pragma: no cover - depends on the environment
-            raise ImportError("IdentificationResult.to_xarray needs xarray, which is not installed (pip install xarray)") from error
-        numpy = {name: getattr(self, name).detach().cpu().numpy() for name in
-                 ("loss", "misfit", "u_rel_max_error", "seconds_per_step", "kappa", "kappa_true", "u", "u_obs")}
+            raise ImportError(
+                "IdentificationResult.to_xarray needs xarray, which is not installed (pip install xarray)"
+            ) from error
+        numpy = {
+            name: getattr(self, name).detach().cpu().numpy()
+            for name in ("loss", "misfit", "u_rel_max_error", "seconds_per_step", "kappa", "kappa_true", "u", "u_obs")
+        }
         data = {name: (("step",), numpy[name]) for name in ("loss", "misfit", "u_rel_max_error", "seconds_per_step")}
         data.update({name: (("node",), numpy[name]) for name in ("kappa", "kappa_true", "u", "u_obs")})
         if self.snapshots:
             steps = sorted(self.snapshots)
-            data["kappa_snapshot"] = (("snapshot_step", "node"), torch.stack([self.snapshots[s] for s in steps]).cpu().numpy())
+            data["kappa_snapshot"] = (
+                ("snapshot_step", "node"),
+                torch.stack([self.snapshots[s] for s in steps]).cpu().numpy(),
+            )
             coords = {"snapshot_step": steps}
         else:
             coords = {}
@@ -317,7 +329,9 @@ def coefficient_identification(
     first, snapshots = restore(resume_from, "theta", theta, optimizer)
     if resume_from is not None:
         logger.info("coefficient identification: resuming at step %d of %d", first, steps)
-    logger.info("coefficient identification: %d nodes, %d steps, lr %g, smoothness %g", mesh.n_points, steps, lr, smoothness)
+    logger.info(
+        "coefficient identification: %d nodes, %d steps, lr %g, smoothness %g", mesh.n_points, steps, lr, smoothness
+    )
 
     losses, misfits, errors, seconds = (history[name] for name in HISTORY)
     for step in range(first, steps):
@@ -335,10 +349,20 @@ def coefficient_identification(
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"the identification loss became {losses[-1]} at step {step} (lr {lr} too large?)")
         if due(step, steps, checkpoint_every):
-            checkpoint(clone_state({
-                "format": FORMAT, "study": STUDY, "step": step + 1, "parameters": keyed, "theta": theta,
-                "optimizer": optimizer.state_dict(), "history": history_tensors(history), "snapshots": snapshots,
-            }))
+            checkpoint(
+                clone_state(
+                    {
+                        "format": FORMAT,
+                        "study": STUDY,
+                        "step": step + 1,
+                        "parameters": keyed,
+                        "theta": theta,
+                        "optimizer": optimizer.state_dict(),
+                        "history": history_tensors(history),
+                        "snapshots": snapshots,
+                    }
+                )
+            )
         if callback is not None:
             callback(step, losses[-1])
 
@@ -360,6 +384,9 @@ def coefficient_identification(
     )
     logger.info(
         "coefficient identification done: loss %.3e -> %.3e, rel max error of u %.2e, median %.1f ms/step",
-        losses[0], losses[-1], result.final_u_rel_max_error, 1e3 * result.median_seconds_per_step,
+        losses[0],
+        losses[-1],
+        result.final_u_rel_max_error,
+        1e3 * result.median_seconds_per_step,
     )
     return result

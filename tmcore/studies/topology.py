@@ -143,8 +143,15 @@ def thermal_topology(
         design_problem.density_filter = helmholtz
 
     keyed = {
-        "vf": vf, "p": p, "kmin": kmin, "sigma": sigma, "move_limit": move_limit, "filter": filter,
-        "filter_radius": radius, "volume_weighting": volume_weighting, "n_cells": mesh.n_cells,
+        "vf": vf,
+        "p": p,
+        "kmin": kmin,
+        "sigma": sigma,
+        "move_limit": move_limit,
+        "filter": filter,
+        "filter_radius": radius,
+        "volume_weighting": volume_weighting,
+        "n_cells": mesh.n_cells,
     }
     if resume_from is not None:
         check_resume(resume_from, STUDY, keyed, steps, "design", mesh.n_cells, HISTORY)
@@ -159,7 +166,14 @@ def thermal_topology(
         logger.info("thermal topology: resuming at step %d of %d", first, steps)
     logger.info(
         "thermal topology: %d cells, %d steps, vf %g, p %g, kmin %g, filter %s (r %s), volume %s",
-        mesh.n_cells, steps, vf, p, kmin, filter, "-" if radius is None else f"{radius:.4g}", volume_weighting,
+        mesh.n_cells,
+        steps,
+        vf,
+        p,
+        kmin,
+        filter,
+        "-" if radius is None else f"{radius:.4g}",
+        volume_weighting,
     )
 
     compliances, volumes, weighted, seconds = (history[name] for name in HISTORY)
@@ -173,10 +187,20 @@ def thermal_topology(
         compliances.append(record.objective)
         seconds.append(record.seconds)
         if due(record.step, steps, checkpoint_every):
-            checkpoint(clone_state({
-                "format": FORMAT, "study": STUDY, "step": record.step + 1, "parameters": keyed, "design": design,
-                "optimizer": optimizer.state_dict(), "history": history_tensors(history), "snapshots": snapshots,
-            }))
+            checkpoint(
+                clone_state(
+                    {
+                        "format": FORMAT,
+                        "study": STUDY,
+                        "step": record.step + 1,
+                        "parameters": keyed,
+                        "design": design,
+                        "optimizer": optimizer.state_dict(),
+                        "history": history_tensors(history),
+                        "snapshots": snapshots,
+                    }
+                )
+            )
         if callback is not None:
             callback(record.step, record.objective)
 
@@ -189,8 +213,15 @@ def thermal_topology(
         rho=final,
         snapshots=snapshots,
         parameters={
-            "vf": vf, "p": p, "kmin": kmin, "sigma": sigma, "steps": steps, "move_limit": move_limit,
-            "filter": filter, "filter_radius": radius, "volume_weighting": volume_weighting,
+            "vf": vf,
+            "p": p,
+            "kmin": kmin,
+            "sigma": sigma,
+            "steps": steps,
+            "move_limit": move_limit,
+            "filter": filter,
+            "filter_radius": radius,
+            "volume_weighting": volume_weighting,
         },
         weighted_volume=torch.tensor(weighted, dtype=DTYPE),
         design=design.detach().clone() if filter == "density" else None,
@@ -198,7 +229,11 @@ def thermal_topology(
     )
     logger.info(
         "thermal topology done: compliance %.4e -> %.4e, volume %.12f (measure-weighted %.12f), median %.1f ms/step",
-        compliances[0], compliances[-1], volumes[-1], weighted[-1], 1e3 * result.median_seconds_per_step,
+        compliances[0],
+        compliances[-1],
+        volumes[-1],
+        weighted[-1],
+        1e3 * result.median_seconds_per_step,
     )
     return result
 
@@ -235,7 +270,9 @@ def compliance_topology(
     cone = ConeFilter(mesh, radius)
     design_problem = DensityDesign(problem, penal=penal, density_filter=cone, backend=backend)
     x = torch.full((mesh.n_cells,), vf, dtype=DTYPE, device=mesh.device, requires_grad=True)
-    optimizer = OCOptimizer([x], vf=vf, move_limit=move, damping=0.5, rho_min=0.0, rho_max=1.0, volume_weights=cone.volume_weights)
+    optimizer = OCOptimizer(
+        [x], vf=vf, move_limit=move, damping=0.5, rho_min=0.0, rho_max=1.0, volume_weights=cone.volume_weights
+    )
     history: dict[str, list[float]] = {"compliance": [], "volume": [], "change": [], "seconds": []}
     converged = False
     for record in optimise(design_problem, x, optimizer, max_iterations, tol=tol):
@@ -249,7 +286,10 @@ def compliance_topology(
     if not converged:
         logger.warning(
             "compliance_topology: %s not converged after %d iterations (change %.3g > %g)",
-            problem.name, max_iterations, history["change"][-1], tol,
+            problem.name,
+            max_iterations,
+            history["change"][-1],
+            tol,
         )
     with torch.no_grad():
         rho = cone(x.detach())
@@ -261,6 +301,8 @@ def compliance_topology(
         change=torch.tensor(history["change"], dtype=DTYPE),
         design=x.detach().clone(),
         converged=converged,
-        parameters=dict(problem=problem.name, vf=vf, penal=penal, radius=float(radius), move=move, tol=tol, n_cells=mesh.n_cells),
+        parameters=dict(
+            problem=problem.name, vf=vf, penal=penal, radius=float(radius), move=move, tol=tol, n_cells=mesh.n_cells
+        ),
         study="compliance_topology",
     )

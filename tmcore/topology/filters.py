@@ -99,7 +99,9 @@ class HelmholtzFilter(nn.Module):
         self.register_buffer("values", matrix.values.detach().to(torch.float64))
         # T_local[e, k] = int_e N_k dx: the cell -> node load and the node -> cell mean
         element = mesh.element
-        xi, w = quadrature(element.shape, 2 * element.order + int(element.tensor_product), dtype=torch.float64, device=mesh.device)
+        xi, w = quadrature(
+            element.shape, 2 * element.order + int(element.tensor_product), dtype=torch.float64, device=mesh.device
+        )
         det = mesh.jacobian_determinants(xi.to(mesh.dtype)).to(torch.float64).abs()  # (m, q)
         cell_load = (det * w) @ element.basis(xi)  # (m, k)
         self.register_buffer("cell_load", cell_load)
@@ -147,7 +149,10 @@ class HelmholtzFilter(nn.Module):
         if not rho.is_floating_point():
             raise TypeError(f"rho must be a floating-point tensor, got {rho.dtype}")
         if rho.ndim not in (1, 2) or rho.shape[-1] != self.n_cells:
-            raise ValueError(f"rho must have one value per cell ({self.n_cells},) or (B, {self.n_cells}), got shape {tuple(rho.shape)}")
+            raise ValueError(
+                f"rho must have one value per cell ({self.n_cells},) or (B, {self.n_cells}), got shape "
+                f"{tuple(rho.shape)}"
+            )
         if rho.device != self.values.device:
             raise ValueError(f"rho is on {rho.device} but the filter is on {self.values.device}; move one with .to()")
         if not torch.isfinite(rho).all():

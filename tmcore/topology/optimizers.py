@@ -79,8 +79,14 @@ class OCOptimizer(torch.optim.Optimizer):
         if isinstance(params, Tensor):
             params = [params]
         defaults = dict(
-            vf=vf, move_limit=move_limit, damping=damping, rho_min=rho_min, rho_max=rho_max,
-            volume_weights=volume_weights, volume_tol=volume_tol, max_iterations=max_iterations,
+            vf=vf,
+            move_limit=move_limit,
+            damping=damping,
+            rho_min=rho_min,
+            rho_max=rho_max,
+            volume_weights=volume_weights,
+            volume_tol=volume_tol,
+            max_iterations=max_iterations,
         )
         super().__init__(params, defaults)
 
@@ -121,11 +127,16 @@ class OCOptimizer(torch.optim.Optimizer):
             if not rho.is_floating_point():
                 raise TypeError(f"densities must be a floating-point tensor, got {rho.dtype}")
             if weights is not None and weights.shape != rho.shape:
-                raise ValueError(f"volume_weights must have the shape of the densities {tuple(rho.shape)}, got {tuple(weights.shape)}")
+                raise ValueError(
+                    f"volume_weights must have the shape of the densities {tuple(rho.shape)}, got "
+                    f"{tuple(weights.shape)}"
+                )
             values = rho.detach()
             low, high = float(values.min()), float(values.max())
             if not bool(torch.isfinite(values).all()) or low < rho_min or high > rho_max:
-                raise ValueError(f"densities must lie in [rho_min, rho_max] = [{rho_min}, {rho_max}], got [{low:.3g}, {high:.3g}]")
+                raise ValueError(
+                    f"densities must lie in [rho_min, rho_max] = [{rho_min}, {rho_max}], got [{low:.3g}, {high:.3g}]"
+                )
 
     # -- the step ----------------------------------------------------------------------
 
@@ -147,7 +158,9 @@ class OCOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for rho in group["params"]:
                 if rho.grad is None:
-                    raise RuntimeError("OCOptimizer.step() found no gradient on the densities: call loss.backward() first")
+                    raise RuntimeError(
+                        "OCOptimizer.step() found no gradient on the densities: call loss.backward() first"
+                    )
                 self._update(rho, rho.grad, group)
         return loss
 
@@ -214,7 +227,11 @@ class OCOptimizer(torch.optim.Optimizer):
         if abs(volume - vf) > max(tol, 1e-10):
             logger.warning(
                 "OCOptimizer: volume %.12g misses vf=%.6g by %.2e this step (move limit %.3g, %d iterations)",
-                volume, vf, volume - vf, group["move_limit"], iterations,
+                volume,
+                vf,
+                volume - vf,
+                group["move_limit"],
+                iterations,
             )
         state = self.state[rho]
         state["step"] = state.get("step", 0) + 1

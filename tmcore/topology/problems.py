@@ -246,7 +246,15 @@ def heat_conduction(nelx: int = 40, nely: int = 40, heat: float = 0.01, kmin: fl
     fixed = _near(x, 0) & ((y - nely / 2).abs() <= nely / 20 + 1e-9)
     load = torch.full((mesh.n_points,), float(heat), dtype=mesh.dtype)
     return ComplianceProblem(
-        "heat", mesh, Diffusion.from_mesh(mesh), load, fixed, e_min=kmin, e0=1.0, shape=(nelx, nely), coefficient="kappa"
+        "heat",
+        mesh,
+        Diffusion.from_mesh(mesh),
+        load,
+        fixed,
+        e_min=kmin,
+        e0=1.0,
+        shape=(nelx, nely),
+        coefficient="kappa",
     )
 
 

@@ -154,10 +154,7 @@ class MultilinearElement(Element):
 
     def _basis_gradients(self, xi: Tensor) -> Tensor:
         f, slope = self._factors(xi)
-        columns = [
-            slope[:, d] * torch.cat([f[..., :d], f[..., d + 1 :]], dim=-1).prod(-1)
-            for d in range(self.dim)
-        ]
+        columns = [slope[:, d] * torch.cat([f[..., :d], f[..., d + 1 :]], dim=-1).prod(-1) for d in range(self.dim)]
         return torch.stack(columns, dim=-1)
 
 
@@ -180,8 +177,7 @@ def midside_facets(
     """
     midside = {frozenset(edge): n_vertices + i for i, edge in enumerate(edges)}
     return tuple(
-        facet + tuple(midside[frozenset((facet[a], facet[b]))] for a, b in facet_edges)
-        for facet in vertex_facets
+        facet + tuple(midside[frozenset((facet[a], facet[b]))] for a, b in facet_edges) for facet in vertex_facets
     )
 
 
@@ -193,8 +189,5 @@ def get_element(cell_type: str) -> Element:
     if not isinstance(cell_type, str):
         raise TypeError(f"cell_type must be a str, got {type(cell_type).__name__}")
     if cell_type not in _REGISTRY:
-        raise MeshError(
-            f"unsupported cell type {cell_type!r}; supported cell types: "
-            f"{', '.join(sorted(_REGISTRY))}"
-        )
+        raise MeshError(f"unsupported cell type {cell_type!r}; supported cell types: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[cell_type]()

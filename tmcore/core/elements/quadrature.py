@@ -19,9 +19,7 @@ from torch import Tensor
 _SHAPES = ("line", "triangle", "quad", "tetra", "hexahedron")
 
 
-def quadrature(
-    shape: str, degree: int, dtype: torch.dtype = torch.float64, device=None
-) -> tuple[Tensor, Tensor]:
+def quadrature(shape: str, degree: int, dtype: torch.dtype = torch.float64, device=None) -> tuple[Tensor, Tensor]:
     """A quadrature rule on the reference cell of ``shape``.
 
     Returns points ``(q, dim)`` inside the cell and positive weights ``(q,)`` that sum to

@@ -86,7 +86,7 @@ def _check_bounds(lower, upper, dim: int) -> tuple[list[float], list[float]]:
     for name, v in (("lower", lo), ("upper", hi)):
         if len(v) != dim or not all(math.isfinite(x) for x in v):
             raise ValueError(f"{name} must be {dim} finite numbers, got {v}")
-    if any(h <= l for l, h in zip(lo, hi)):
+    if any(high <= low for low, high in zip(lo, hi)):
         raise ValueError(f"upper must exceed lower in every coordinate, got lower={lo}, upper={hi}")
     return lo, hi
 
@@ -231,7 +231,10 @@ def _in_child(spec: dict, estimate: int) -> dict:
             child.wait()
             raise
         if child.returncode != 0:
-            raise MeshError(f"gmsh failed meshing a {spec['kind']} of about {estimate:.3g} nodes: {_child_reason(child.returncode, stderr)}")
+            raise MeshError(
+                f"gmsh failed meshing a {spec['kind']} of about {estimate:.3g} nodes: "
+                f"{_child_reason(child.returncode, stderr)}"
+            )
         with np.load(out_path) as data:
             return {key: data[key] for key in data.files}
 
@@ -255,7 +258,11 @@ def _mesh(call: str, spec: dict, estimate: int, refine: int = 0, check: bool = T
     points = torch.from_numpy(np.ascontiguousarray(arrays["points"]))
     cell_type = str(arrays["cell_type"])
     conn = torch.from_numpy(np.ascontiguousarray(arrays["cells"]))
-    facet_sets = {key[len("facet:"):]: torch.from_numpy(np.ascontiguousarray(v)) for key, v in arrays.items() if key.startswith("facet:")}
+    facet_sets = {
+        key[len("facet:") :]: torch.from_numpy(np.ascontiguousarray(v))
+        for key, v in arrays.items()
+        if key.startswith("facet:")
+    }
     return Mesh(points, {cell_type: orient_cells(points, conn, cell_type)}, facet_sets, check=check)
 
 
@@ -301,13 +308,24 @@ def rectangle(
     left, right, bottom, top = (float(v) for v in (left, right, bottom, top))
     for low, high, names in ((left, right, "left/right"), (bottom, top, "bottom/top")):
         if not (math.isfinite(low) and math.isfinite(high) and high > low):
-            raise ValueError(f"{names} must be finite with {names.split('/')[1]} > {names.split('/')[0]}, got {low}, {high}")
+            raise ValueError(
+                f"{names} must be finite with {names.split('/')[1]} > {names.split('/')[0]}, got {low}, {high}"
+            )
     options = _surface_options(element_type, order)
     width, height = right - left, top - bottom
     estimate = estimate_nodes(2, width * height, 2 * (width + height), h, order, refine)
     _check_size(_call("rectangle", chara_length=chara_length, order=order, refine=refine), estimate, max_nodes)
-    spec = {"kind": "rectangle", "h": h, "left": left, "right": right, "bottom": bottom, "top": top,
-            "element_type": element_type, "order": order, "options": options}
+    spec = {
+        "kind": "rectangle",
+        "h": h,
+        "left": left,
+        "right": right,
+        "bottom": bottom,
+        "top": top,
+        "element_type": element_type,
+        "order": order,
+        "options": options,
+    }
     mesh = _mesh("rectangle", spec, estimate, refine, check=refine == 0)
     for step in range(refine):
         mesh = refine_uniformly(mesh, check=step == refine - 1)
@@ -335,12 +353,21 @@ def circle(
     options = _surface_options(element_type, order)
     estimate = estimate_nodes(2, math.pi * r * r, 2 * math.pi * r, h, order)
     _check_size(_call("circle", chara_length=chara_length, radius=radius, order=order), estimate, max_nodes)
-    spec = {"kind": "circle", "h": h, "center": [cx, cy], "radius": r, "element_type": element_type,
-            "order": order, "options": options}
+    spec = {
+        "kind": "circle",
+        "h": h,
+        "center": [cx, cy],
+        "radius": r,
+        "element_type": element_type,
+        "order": order,
+        "options": options,
+    }
     return _mesh("circle", spec, estimate)
 
 
-def l_shape(chara_length: float = 0.1, element_type: str = "triangle", order: int = 1, max_nodes: int | None = None) -> Mesh:
+def l_shape(
+    chara_length: float = 0.1, element_type: str = "triangle", order: int = 1, max_nodes: int | None = None
+) -> Mesh:
     """Unstructured mesh of the L-shaped domain [-1, 1]^2 minus (0, 1] x (0, 1] (area 3,
     re-entrant corner at the origin); facet set "boundary". max_nodes: see :func:`rectangle`."""
     h = _check_length("chara_length", chara_length)

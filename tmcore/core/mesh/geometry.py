@@ -14,7 +14,8 @@ from tmcore.core.elements import Element
 
 
 def physical_points(nodes: Tensor, element: Element, xi: Tensor) -> Tensor:
-    """Physical coordinates (m, q, dim) of reference points xi (q, ref_dim) in cells with node coordinates (m, k, dim)."""
+    """Physical coordinates (m, q, dim) of reference points xi (q, ref_dim) in cells with node coordinates
+    (m, k, dim)."""
     return torch.einsum("qk,mkd->mqd", element.basis(xi), nodes)
 
 

@@ -57,7 +57,7 @@ def side_groups(gmsh, dim: int, lower, upper, names) -> None:
 
     names: per axis, the (min side, max side) names, e.g. (("left", "right"), ...).
     """
-    tol = 1e-5 * max(h - l for l, h in zip(lower, upper))  # OCC pads bounding boxes
+    tol = 1e-5 * max(high - low for low, high in zip(lower, upper))  # OCC pads bounding boxes
     groups: dict[str, list[int]] = {}
     for _, tag in gmsh.model.getEntities(dim - 1):
         box = gmsh.model.getBoundingBox(dim - 1, tag)
@@ -123,7 +123,9 @@ def mesh_arrays(gmsh, dim: int, order: int, cell_type: str) -> dict[str, np.ndar
 
     types = sorted(gmsh.model.mesh.getElementTypes(dim))
     if types != [GMSH_TYPE[cell_type]]:
-        raise GmshFailure(f"gmsh produced {dim}-D element types {types}, expected only {cell_type!r} ({GMSH_TYPE[cell_type]})")
+        raise GmshFailure(
+            f"gmsh produced {dim}-D element types {types}, expected only {cell_type!r} ({GMSH_TYPE[cell_type]})"
+        )
     cells = elements(cell_type)
     facets = {}
     for d, group in gmsh.model.getPhysicalGroups(dim - 1):

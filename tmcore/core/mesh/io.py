@@ -66,8 +66,9 @@ def _numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
-def mesh_from_meshio(m, orient: bool = False, check: bool = True, coincident: str = "error", unused: str = "error",
-                     rtol: float = RTOL) -> Mesh:
+def mesh_from_meshio(
+    m, orient: bool = False, check: bool = True, coincident: str = "error", unused: str = "error", rtol: float = RTOL
+) -> Mesh:
     """A Mesh from a ``meshio.Mesh``.
 
     The top-dimensional cells become the mesh (several top-dimensional cell types raise
@@ -129,8 +130,17 @@ def mesh_from_meshio(m, orient: bool = False, check: bool = True, coincident: st
     }
     if orient:
         cells = orient_cells(points, cells, cell_type)
-    return Mesh(points, {cell_type: cells}, facets, point_data, cell_data, check=check, coincident=coincident,
-                unused=unused, rtol=rtol)
+    return Mesh(
+        points,
+        {cell_type: cells},
+        facets,
+        point_data,
+        cell_data,
+        check=check,
+        coincident=coincident,
+        unused=unused,
+        rtol=rtol,
+    )
 
 
 def mesh_to_meshio(mesh: Mesh, point_data: Mapping[str, Any] | None = None, cell_data: Mapping[str, Any] | None = None):
@@ -171,8 +181,15 @@ def _formats(path: Path, file_format: str | None) -> list[str]:
     return sorted(formats, key=lambda f: f != "gmsh")
 
 
-def read_mesh(path, orient: bool = False, file_format: str | None = None, check: bool = True, coincident: str = "error",
-              unused: str = "error", rtol: float = RTOL) -> Mesh:
+def read_mesh(
+    path,
+    orient: bool = False,
+    file_format: str | None = None,
+    check: bool = True,
+    coincident: str = "error",
+    unused: str = "error",
+    rtol: float = RTOL,
+) -> Mesh:
     """Read a mesh file meshio understands (format from the extension unless file_format).
 
     Raises FileNotFoundError for a missing file and MeshError, naming the path, for a
@@ -235,7 +252,9 @@ def write_mesh(
     has_data = m.point_data or any(not k.startswith("gmsh:") for k in m.cell_data)
     if file_format in ("gmsh", "gmsh22") and kwargs.get("binary") is False and has_data:
         # meshio 5.3 writes numpy-2 scalar reprs ("np.float64(1.0)") into ASCII data blocks.
-        raise MeshError(f"cannot write {str(path)!r}: ASCII .msh with point/cell data is unreadable with meshio; use binary")
+        raise MeshError(
+            f"cannot write {str(path)!r}: ASCII .msh with point/cell data is unreadable with meshio; use binary"
+        )
     tmpdir = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         target = os.path.join(tmpdir, path.name)
@@ -301,7 +320,7 @@ def mesh_from_xarray(dataset, check: bool = True) -> Mesh:
     for name in dataset.data_vars:
         for prefix, target in ((_XR_FACETS, facets), (_XR_POINT, point_data), (_XR_CELL, cell_data)):
             if name.startswith(prefix):
-                target[name[len(prefix):]] = _tensor(dataset[name].values)
+                target[name[len(prefix) :]] = _tensor(dataset[name].values)
                 break
     return Mesh(
         _tensor(dataset["points"].values),

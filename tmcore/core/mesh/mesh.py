@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tmcore.core.buffers import BufferDict
 from tmcore.core.elements import Element, get_element
 from tmcore.core.errors import MeshError
-from tmcore.core.buffers import BufferDict
 from tmcore.core.mesh import geometry, topology, validate
 
 if TYPE_CHECKING:
@@ -154,7 +154,9 @@ class Mesh(nn.Module):
         _check_lengths("point_data", point_data, points.shape[0])
         _check_lengths("cell_data", cell_data, conn.shape[0])
         if coincident == "merge":
-            points, conn, facets, point_data = validate.merge_coincident(points, conn, cell_type, facets, point_data, rtol)
+            points, conn, facets, point_data = validate.merge_coincident(
+                points, conn, cell_type, facets, point_data, rtol
+            )
         if unused == "drop":
             points, conn, facets, point_data = validate.drop_unused(points, conn, facets, point_data)
         self.register_buffer("points", points)
@@ -164,8 +166,11 @@ class Mesh(nn.Module):
         self.cell_data = BufferDict(cell_data)
         self._topology_cache: dict[str, Any] = {}
         if check:
-            self.check(coincident="allow" if coincident == "allow" else "error",
-                       unused="allow" if unused == "allow" else "error", rtol=rtol)
+            self.check(
+                coincident="allow" if coincident == "allow" else "error",
+                unused="allow" if unused == "allow" else "error",
+                rtol=rtol,
+            )
 
     # -- basic properties -------------------------------------------------------------
 
@@ -280,7 +285,8 @@ class Mesh(nn.Module):
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
-        return f"n_points={self.n_points}, cells={{{self.cell_type!r}: {self.n_cells}}}, dim={self.dim}, dtype={self.dtype}"
+        cells = f"{{{self.cell_type!r}: {self.n_cells}}}"
+        return f"n_points={self.n_points}, cells={cells}, dim={self.dim}, dtype={self.dtype}"
 
     # -- generators -------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ def facet_owners(cells: Tensor, cell_type: str, facets: Tensor) -> Tensor:
     unique, inverse = _unique_rows(torch.cat([keys, query]), return_inverse=True)
     owner_of_key = torch.full((unique.shape[0],), -1, dtype=torch.long, device=cells.device)
     owner_of_key[inverse[: keys.shape[0]]] = owners
-    found = owner_of_key[inverse[keys.shape[0]:]]
+    found = owner_of_key[inverse[keys.shape[0] :]]
     if (found < 0).any():
         raise MeshError(f"{int((found < 0).sum())} facets are not facets of any cell of the mesh")
     return found

@@ -104,7 +104,7 @@ def _repeats(keys: np.ndarray, times: int) -> bool:
     if keys.size < times:
         return False
     ordered = np.sort(keys)
-    return bool((ordered[times - 1:] == ordered[: ordered.size - times + 1]).any())
+    return bool((ordered[times - 1 :] == ordered[: ordered.size - times + 1]).any())
 
 
 def _groups_of_repeats(rows: np.ndarray, times: int) -> list[np.ndarray]:
@@ -166,7 +166,9 @@ def _facet_keys(cells: np.ndarray, local: list, base: int) -> np.ndarray:
     keys = np.empty(len(local) * m, dtype=np.int64)
     for block in _blocks(m):
         for i, facet in enumerate(local):
-            keys[i * m + block.start: i * m + block.stop] = _keys(_sorted_columns([cells[block, v] for v in facet]), base)
+            keys[i * m + block.start : i * m + block.stop] = _keys(
+                _sorted_columns([cells[block, v] for v in facet]), base
+            )
     return keys
 
 
@@ -206,7 +208,7 @@ def coincident_pairs(points: np.ndarray, tol: float, spacing: float) -> np.ndarr
         margin = 2.0 * tol / size
         keys = np.empty(n, dtype=np.int64)
         border = np.empty(n, dtype=bool)
-        strides = [int(np.prod(counts[axis + 1:] + 1)) for axis in range(dim)]
+        strides = [int(np.prod(counts[axis + 1 :] + 1)) for axis in range(dim)]
         for block in _blocks(n):
             scaled = (points[block] - low) / size + 0.31830988618379067
             cell = np.floor(scaled)
@@ -241,8 +243,9 @@ def _representatives(n: int, pairs: np.ndarray) -> np.ndarray:
     return lowest[labels]
 
 
-def find_coincident(points: Tensor, conn: Tensor, element: Element, rtol: float = RTOL,
-                    spacing: float | None = None) -> tuple[np.ndarray, float]:
+def find_coincident(
+    points: Tensor, conn: Tensor, element: Element, rtol: float = RTOL, spacing: float | None = None
+) -> tuple[np.ndarray, float]:
     """The coincident node pairs (k, 2) of a mesh and the tolerance used (rtol x shortest edge)."""
     pts = _np_points(points)
     h = shortest_edge(points, conn, element) if spacing is None else spacing
@@ -252,8 +255,9 @@ def find_coincident(points: Tensor, conn: Tensor, element: Element, rtol: float 
 # -- the checks -------------------------------------------------------------------------------
 
 
-def check_mesh(points: Tensor, conn: Tensor, cell_type: str, coincident: str = "error", unused: str = "error",
-               rtol: float = RTOL) -> None:
+def check_mesh(
+    points: Tensor, conn: Tensor, cell_type: str, coincident: str = "error", unused: str = "error", rtol: float = RTOL
+) -> None:
     """Every check of the module docstring, in its order; MeshError naming the first that fails.
 
     ``coincident``/``unused`` "allow" skip those checks.
@@ -321,7 +325,9 @@ def _coords(points: Tensor, idx) -> str:
     return " and ".join("(" + ", ".join(f"{v:.6g}" for v in row) + ")" for row in rows)
 
 
-def _coincident_error(points: Tensor, conn: Tensor, element: Element, pairs: np.ndarray, tol: float, rtol: float) -> MeshError:
+def _coincident_error(
+    points: Tensor, conn: Tensor, element: Element, pairs: np.ndarray, tol: float, rtol: float
+) -> MeshError:
     n = points.shape[0]
     rep = _representatives(n, pairs)
     n_nodes = int((rep != np.arange(n)).sum())
@@ -348,8 +354,14 @@ def _coincident_error(points: Tensor, conn: Tensor, element: Element, pairs: np.
 # -- repairs ----------------------------------------------------------------------------------
 
 
-def _renumber(keep: np.ndarray, target: np.ndarray, points: Tensor, conn: Tensor, facet_sets: Mapping[str, Tensor],
-              point_data: Mapping[str, Tensor]):
+def _renumber(
+    keep: np.ndarray,
+    target: np.ndarray,
+    points: Tensor,
+    conn: Tensor,
+    facet_sets: Mapping[str, Tensor],
+    point_data: Mapping[str, Tensor],
+):
     """Nodes ``keep`` (bool, n) survive; node i is replaced by target[i] (a kept node)."""
     new_index = np.cumsum(keep) - 1
     mapping = torch.as_tensor(new_index[target], dtype=torch.long, device=conn.device)
@@ -362,8 +374,14 @@ def _renumber(keep: np.ndarray, target: np.ndarray, points: Tensor, conn: Tensor
     )
 
 
-def merge_coincident(points: Tensor, conn: Tensor, cell_type: str, facet_sets: Mapping[str, Tensor] | None = None,
-                     point_data: Mapping[str, Tensor] | None = None, rtol: float = RTOL):
+def merge_coincident(
+    points: Tensor,
+    conn: Tensor,
+    cell_type: str,
+    facet_sets: Mapping[str, Tensor] | None = None,
+    point_data: Mapping[str, Tensor] | None = None,
+    rtol: float = RTOL,
+):
     """Merge every group of coincident nodes into its lowest-numbered node.
 
     Returns (points (n', dim), conn (m, k), facet_sets, point_data) renumbered in the
@@ -376,8 +394,12 @@ def merge_coincident(points: Tensor, conn: Tensor, cell_type: str, facet_sets: M
     return _renumber(rep == np.arange(n), rep, points, conn, dict(facet_sets or {}), dict(point_data or {}))
 
 
-def drop_unused(points: Tensor, conn: Tensor, facet_sets: Mapping[str, Tensor] | None = None,
-                point_data: Mapping[str, Tensor] | None = None):
+def drop_unused(
+    points: Tensor,
+    conn: Tensor,
+    facet_sets: Mapping[str, Tensor] | None = None,
+    point_data: Mapping[str, Tensor] | None = None,
+):
     """Remove the nodes no cell uses; returns (points, conn, facet_sets, point_data) renumbered.
 
     A facet set that names a dropped node raises MeshError (its facets belong to no cell).
