@@ -25,6 +25,7 @@ from torch import Tensor
 from tmcore.core.assembly import Functional
 from tmcore.core.checks import DTYPE, check_callback, check_count, check_mesh, check_real, is_number
 from tmcore.core.condense import Condenser
+from tmcore.core.datasets import result_dataset
 from tmcore.core.mesh import Mesh
 from tmcore.forms import Diffusion, Source
 from tmcore.studies.checkpoint import (
@@ -253,29 +254,16 @@ class IdentificationResult:
         return float(self.seconds_per_step.median())
 
     def to_xarray(self):
-        """An ``xarray.Dataset`` with dimensions ``step`` and ``node`` (needs xarray)."""
-        try:
-            import xarray as xr
-        except ImportError as error:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "IdentificationResult.to_xarray needs xarray, which is not installed (pip install xarray)"
-            ) from error
-        numpy = {
-            name: getattr(self, name).detach().cpu().numpy()
-            for name in ("loss", "misfit", "u_rel_max_error", "seconds_per_step", "kappa", "kappa_true", "u", "u_obs")
-        }
-        data = {name: (("step",), numpy[name]) for name in ("loss", "misfit", "u_rel_max_error", "seconds_per_step")}
-        data.update({name: (("node",), numpy[name]) for name in ("kappa", "kappa_true", "u", "u_obs")})
-        if self.snapshots:
-            steps = sorted(self.snapshots)
-            data["kappa_snapshot"] = (
-                ("snapshot_step", "node"),
-                torch.stack([self.snapshots[s] for s in steps]).cpu().numpy(),
-            )
-            coords = {"snapshot_step": steps}
-        else:
-            coords = {}
-        return xr.Dataset(data, coords=coords, attrs={"study": "coefficient_identification", **self.parameters})
+        """An ``xarray.Dataset`` with dimensions ``step``, ``node`` and ``snapshot_step`` (needs xarray)."""
+        return result_dataset(
+            "IdentificationResult",
+            {name: getattr(self, name) for name in ("loss", "misfit", "u_rel_max_error", "seconds_per_step")},
+            {name: getattr(self, name) for name in ("kappa", "kappa_true", "u", "u_obs")},
+            "node",
+            self.snapshots,
+            "kappa_snapshot",
+            {"study": STUDY, **self.parameters},
+        )
 
 
 def coefficient_identification(

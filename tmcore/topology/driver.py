@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tmcore.core.datasets import result_dataset
 from tmcore.topology.problems import DesignProblem
 
 __all__ = ["StepRecord", "TopologyResult", "optimise"]
@@ -116,26 +117,13 @@ class TopologyResult:
 
     def to_xarray(self):
         """An ``xarray.Dataset`` with dimensions ``step``, ``cell`` and ``snapshot_step`` (needs xarray)."""
-        try:
-            import xarray as xr
-        except ImportError as error:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "TopologyResult.to_xarray needs xarray, which is not installed (pip install xarray)"
-            ) from error
-        names = ["compliance", "volume", "seconds_per_step", "weighted_volume", "change"]
-        data = {
-            name: (("step",), getattr(self, name).cpu().numpy()) for name in names if getattr(self, name) is not None
-        }
-        data["rho"] = (("cell",), self.rho.cpu().numpy())
-        if self.design is not None:
-            data["design"] = (("cell",), self.design.cpu().numpy())
-        coords = {}
-        if self.snapshots:
-            kept = sorted(self.snapshots)
-            data["rho_snapshot"] = (
-                ("snapshot_step", "cell"),
-                torch.stack([self.snapshots[s] for s in kept]).cpu().numpy(),
-            )
-            coords["snapshot_step"] = kept
-        attrs = {key: ("none" if value is None else value) for key, value in self.parameters.items()}
-        return xr.Dataset(data, coords=coords, attrs={"study": self.study, **attrs})
+        names = ("compliance", "volume", "seconds_per_step", "weighted_volume", "change")
+        return result_dataset(
+            "TopologyResult",
+            {name: getattr(self, name) for name in names},
+            {"rho": self.rho, "design": self.design},
+            "cell",
+            self.snapshots,
+            "rho_snapshot",
+            {"study": self.study, **self.parameters},
+        )

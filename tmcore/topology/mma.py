@@ -62,6 +62,7 @@ import torch
 from torch import Tensor
 
 from tmcore.core.checks import check_count, check_real
+from tmcore.topology.optimizers import CheckedOptimizer
 
 __all__ = ["MMA", "kkt_residual", "solve_dual"]
 
@@ -232,7 +233,7 @@ def _as_bound(name: str, value: Any, like: Tensor) -> Tensor:
     return bound.expand_as(like).reshape(-1)
 
 
-class MMA(torch.optim.Optimizer):
+class MMA(CheckedOptimizer):
     """Svanberg's Method of Moving Asymptotes for min f0(x) s.t. g(x) <= 0 (m,), lower <= x <= upper.
 
     Args:
@@ -307,15 +308,6 @@ class MMA(torch.optim.Optimizer):
             albefa=albefa,
         )
         super().__init__(params, defaults)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group of parameters (options default to the constructor's), checked like the constructor's."""
-        super().add_param_group(param_group)
-        try:
-            self._check_group(self.param_groups[-1])
-        except (TypeError, ValueError):
-            self.param_groups.pop()
-            raise
 
     @staticmethod
     def _check_group(group: dict[str, Any]) -> None:

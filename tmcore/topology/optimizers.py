@@ -34,12 +34,31 @@ from torch import Tensor
 
 from tmcore.core.checks import is_int, is_real
 
-__all__ = ["OCOptimizer"]
+__all__ = ["CheckedOptimizer", "OCOptimizer"]
 
 logger = logging.getLogger(__name__)
 
 
-class OCOptimizer(torch.optim.Optimizer):
+class CheckedOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` whose param groups are validated as they are added (the
+    constructor's and any later ``add_param_group``): a subclass writes ``_check_group(group)``,
+    which raises TypeError/ValueError naming the option; a rejected group is not kept."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (options default to the constructor's), checked like the constructor's."""
+        super().add_param_group(param_group)
+        try:
+            self._check_group(self.param_groups[-1])
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
+    @staticmethod
+    def _check_group(group: dict[str, Any]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class OCOptimizer(CheckedOptimizer):
     """Optimality Criteria optimiser for densities under a volume constraint.
 
     Args:
@@ -91,15 +110,6 @@ class OCOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     # -- groups ------------------------------------------------------------------------
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group of density tensors (options default to the constructor's); checked like the constructor's."""
-        super().add_param_group(param_group)
-        try:
-            self._check_group(self.param_groups[-1])
-        except (TypeError, ValueError):
-            self.param_groups.pop()
-            raise
 
     @staticmethod
     def _check_group(group: dict[str, Any]) -> None:
