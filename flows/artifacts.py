@@ -118,6 +118,18 @@ def content_hash(dataset) -> str:
     return digest.hexdigest()
 
 
+def content_identity(ref: Mapping[str, Any]) -> dict[str, str]:
+    """What an artifact reference means, whichever run wrote its file: ``{"kind", "content"}``.
+
+    The one place that says how a reference is recorded where bytes must repeat (cache keys,
+    a published file's list of its sources). Never the ``path`` or ``sha256``: those name
+    the file, whose bytes include the ``run_*`` attributes (a timestamp, a duration, the
+    host), so two cold runs that compute identical arrays name different files.
+    """
+    ref = _check_ref(ref)
+    return {"kind": str(ref["kind"]), "content": str(ref["content"])}
+
+
 def _canonical_attrs(attrs: Mapping[str, Any]) -> list:
     return [[str(k), _jsonable(v)] for k, v in sorted(attrs.items()) if not str(k).startswith(RUN_PREFIX)]
 
@@ -222,7 +234,7 @@ def provenance(
     attrs: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "parameters": json.dumps(dict(parameters or {}), sort_keys=True, default=str),
-        "inputs": json.dumps({k: v["content"] for k, v in (inputs or {}).items()}, sort_keys=True),
+        "inputs": json.dumps({k: content_identity(v)["content"] for k, v in (inputs or {}).items()}, sort_keys=True),
         "tmcore_version": tmcore.__version__,
         "torch_version": torch.__version__,
         "xarray_version": xarray.__version__,

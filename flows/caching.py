@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import SCHEMA_VERSION, ArtifactError, Store, hash_array, is_ref, iter_refs
+from .artifacts import SCHEMA_VERSION, ArtifactError, Store, content_identity, hash_array, is_ref, iter_refs
 
 logger = logging.getLogger(__name__)
 
@@ -130,13 +130,14 @@ def function_hash(fn: Callable) -> str:
 def canonical(value: Any) -> Any:
     """A JSON-able form of a parameter value that is equal exactly when the values are.
 
-    References become their content hash (not their path), tensors and arrays their
+    References become their :func:`~flows.artifacts.content_identity` (kind and content
+    hash, not their path), tensors and arrays their
     :func:`~flows.artifacts.hash_array`, floats their ``repr`` (so 0.1 and 0.1000001 differ
     and -0.0 is kept), tuples lists. Anything else raises TypeError: a parameter the key
     cannot see must not silently share a cache entry.
     """
     if is_ref(value):
-        return {"artifact": value["kind"], "content": value["content"]}
+        return content_identity(value)
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, np.integer)):

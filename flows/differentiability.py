@@ -52,7 +52,7 @@ import xarray as xr  # noqa: E402
 from prefect import flow, get_run_logger, tags, unmapped  # noqa: E402
 
 from . import tasks  # noqa: E402
-from .artifacts import Store, iter_refs  # noqa: E402
+from .artifacts import Store, content_identity, iter_refs  # noqa: E402
 from .caching import Bound  # noqa: E402
 from .parameters import Checkpoints, Exponent, LearningRate, MeshSize, NonNegative, Probes, Steps, VolumeFraction  # noqa: E402
 from .reports import (  # noqa: E402
@@ -96,12 +96,18 @@ CHAPTER = {
 
 
 def gradient_table(store: Store, checks: Sequence[dict]) -> xr.Dataset:
-    """One gradient-check table (dim probe) from the per-target tables."""
+    """One gradient-check table (dim probe) from the per-target tables.
+
+    Its attribute ``sources`` lists the per-target tables by
+    :func:`~flows.artifacts.content_identity` (kind and content hash), never by file path or
+    file sha256: those change with the tables' ``run_*`` attributes (time, duration, host),
+    and the published ``gradient_check.nc`` must repeat byte for byte across cold runs.
+    """
     parts = [store.open_dataset(ref, "gradcheck") for ref in checks]
     table = xr.concat(parts, dim="probe", combine_attrs="drop")
     table.attrs = {
         "title": "autograd vs five-point central differences",
-        "sources": json.dumps([{"path": ref["path"], "sha256": ref["sha256"]} for ref in checks]),
+        "sources": json.dumps([content_identity(ref) for ref in checks]),
         "median_digits": float(table["digits"].median()),
         "min_digits": float(table["digits"].min()),
     }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
+import xarray as xr
 
 from flows import differentiability
 from flows.artifacts import Store, iter_refs
@@ -95,6 +97,16 @@ def test_regeneration_from_an_empty_store_is_bitwise_identical(prefect_api, tmp_
                 assert x.tobytes() == y.tobytes(), f"{ref_a['kind']}:{name}"
     for name in FIGURES:
         assert (tmp_path / "a" / "out" / name).read_bytes() == (tmp_path / "b" / "out" / name).read_bytes(), name
+    # every published file, the gradient-check table's netCDF included (issue 17 item 7: its
+    # sources were listed by file sha256, which changes with the run_* timing attributes)
+    published = [sorted(p.name for p in (tmp_path / run / "out").iterdir()) for run in ("a", "b")]
+    assert published[0] == published[1] == sorted([*FIGURES, "gradient_check.md", "gradient_check.nc"])
+    for name in published[0]:
+        assert (tmp_path / "a" / "out" / name).read_bytes() == (tmp_path / "b" / "out" / name).read_bytes(), name
+    with xr.open_dataset(tmp_path / "a" / "out" / "gradient_check.nc") as table:
+        sources = json.loads(table.attrs["sources"])
+    checks = results[0]["artifacts"]["gradient_checks"]
+    assert sources == [{"kind": "gradcheck", "content": ref["content"]} for ref in checks]
 
 
 def test_command_prints_where_the_figures_are(prefect_api, tmp_path, capsys):
