@@ -141,7 +141,21 @@ def operator_dataset(
     out: str | None = None,
 ) -> dict[str, Any]:
     """N (kappa, u) pairs on a ``cells`` x ``cells`` grid as one netCDF dataset; returns its
-    reference, its path in the store (and a copy at ``out`` if given) and the task states."""
+    reference, its path in the store (and a copy at ``out`` if given) and the task states.
+
+    Args:
+        n_samples: number of (kappa, u) pairs N; sample i depends only on (seed, i), so more samples keep the first N.
+        seed: seed of the random fields (an int >= 0); each sample draws from (seed, its index).
+        cells: grid cells per side of the unit square (16: 289 nodes, 512 triangles).
+        length_scale: correlation length of log kappa on the unit square (squared-exponential covariance).
+        sigma: standard deviation of log kappa: kappa = exp(sigma * field), field of zero mean and unit variance.
+        f: uniform source term of -div(kappa grad u) = f, with u = 0 on the boundary.
+        shard_size: samples per task (one cached datagen_shard each); the unit of parallel work and of recomputation.
+        batch_size: samples per batched solve inside a shard (memory grows with it).
+        chunk: samples per chunk of kappa and u in the netCDF file, the unit a reader loads (empty: batch_size).
+        store: artifact store folder, relative to where the run executes (empty: $TMCORE_ARTIFACTS or data/artifacts).
+        out: file to copy the data set to as well (empty: only in the store; the run prints its path there).
+    """
     _count("n_samples", n_samples)
     _count("seed", seed, low=0)
     _count("cells", cells)
