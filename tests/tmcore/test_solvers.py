@@ -292,3 +292,6 @@ def test_auto_falls_back_to_a_direct_solver_when_amg_fails(monkeypatch):
     )
     reference = K_.solve(f_, backend="splu")
     assert float((u - reference).norm() / reference.norm()) < 1e-9
+    solvers.stats.reset()
+    K_.solve(f_)  # the pattern remembers: no second try of AMG
+    assert "amg" not in solvers.stats.by_backend

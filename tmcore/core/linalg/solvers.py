@@ -71,6 +71,7 @@ import importlib.util
 import logging
 import threading
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,7 +85,7 @@ from tmcore.core.errors import SingularMatrixError, SolverError
 from tmcore.core.linalg import pardiso
 from tmcore.core.linalg.factored import FactoredSolve
 from tmcore.core.linalg.pattern import SparsityPattern, batched_matvec
-from tmcore.core.threads import threads_for
+from tmcore.core.threads import one_blas_thread, threads_for
 
 logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "banded", "splu", "cholmod", "amg", "torch-cg", "dense", "pardiso")
@@ -100,6 +101,9 @@ DENSE_LIMIT = 4096
 BANDED_WORK_LIMIT = 5e7
 # Patterns with more unknowns than this are not ordered for the banded solver (RCM costs O(nnz)).
 BANDED_ORDER_LIMIT = 200_000
+# Band work up to which the banded factorisation and its solves run on one BLAS thread: below it a
+# second thread saves little on a quiet machine and costs a time slice beside a busy process.
+SMALL_BAND_WORK = BANDED_WORK_LIMIT
 DEFAULT_RTOL = 1e-10
 # A pivot smaller than this times the largest one marks the matrix singular to working precision.
 PIVOT_RATIO_TOL = 1e3 * np.finfo(np.float64).eps
@@ -237,7 +241,7 @@ class _BandLayout:
     order: np.ndarray  # p: new index -> old
     bandwidth: int
     slots: np.ndarray  # pattern slots of the upper-triangle entries (in the new numbering)
-    flat: np.ndarray  # their flat positions in the (b + 1, n) band array
+    flat: np.ndarray  # their flat positions in the (b + 1, n) band array in Fortran order, as LAPACK takes it
 
 
 def band_layout(pattern: SparsityPattern) -> _BandLayout:
@@ -255,7 +259,7 @@ def band_layout(pattern: SparsityPattern) -> _BandLayout:
         i, j = inverse[rows], inverse[cols]
         upper = np.flatnonzero(i <= j)
         bandwidth = int((j - i).max(initial=0))
-        flat = (bandwidth + i[upper] - j[upper]) * n + j[upper]
+        flat = j[upper] * (bandwidth + 1) + (bandwidth + i[upper] - j[upper])
         layout = pattern.solver_cache["band"] = _BandLayout(order, bandwidth, upper, flat)
     return layout
 
@@ -276,26 +280,30 @@ class _Banded(Factorization):
         layout = self.layout = band_layout(pattern)
         n = pattern.shape[0]
         stats.factorizations += self.batch
+        self.small = n * (layout.bandwidth + 1) ** 2 <= SMALL_BAND_WORK
+        # every matrix's band in one array, each (b + 1, n) in Fortran order so LAPACK works in place
+        bands = np.zeros((self.batch, n, layout.bandwidth + 1))
+        bands.reshape(self.batch, -1)[:, layout.flat] = data[:, layout.slots]
         self.factors = []
-        for i, values in enumerate(data):
-            band = np.zeros((layout.bandwidth + 1, n))
-            band.flat[layout.flat] = values[layout.slots]
-            factor, info = scipy.linalg.lapack.dpbtrf(band, lower=0, overwrite_ab=1)
-            if info != 0:
-                raise SingularMatrixError(
-                    f"{_member(i, self.batch)}the matrix is singular or not positive definite (banded Cholesky: "
-                    f"leading minor {info} of {n} is not positive); is a Dirichlet condition missing?"
-                )
-            _check_pivots(factor[layout.bandwidth] ** 2, "Cholesky", i, self.batch)
-            self.factors.append(factor)
+        with one_blas_thread() if self.small else nullcontext():
+            for i in range(self.batch):
+                factor, info = scipy.linalg.lapack.dpbtrf(bands[i].T, lower=0, overwrite_ab=1)
+                if info != 0:
+                    raise SingularMatrixError(
+                        f"{_member(i, self.batch)}the matrix is singular or not positive definite (banded "
+                        f"Cholesky: leading minor {info} of {n} is not positive); is a Dirichlet condition missing?"
+                    )
+                _check_pivots(factor[layout.bandwidth] ** 2, "Cholesky", i, self.batch)
+                self.factors.append(factor)
 
     def _solve(self, rhs, transpose):  # symmetric: A^T = A
         b = _to_numpy(rhs)
         order = self.layout.order
         out = np.empty_like(b)
-        for i, factor in enumerate(self.factors):
-            x, info = scipy.linalg.lapack.dpbtrs(factor, b[i][order], lower=0)
-            out[i][order] = x
+        with one_blas_thread() if self.small else nullcontext():
+            for i, factor in enumerate(self.factors):
+                x, info = scipy.linalg.lapack.dpbtrs(factor, b[i][order], lower=0)
+                out[i][order] = x
         return _from_numpy(out, rhs)
 
 
@@ -632,7 +640,7 @@ def choose_backend(
         return "splu"
     cholmod = cholmod_available()
     limit = DIRECT_LIMIT_3D if three_d_like else (CHOLMOD_LIMIT if cholmod else DIRECT_LIMIT)
-    if n <= limit or not _module_available("pyamg"):
+    if n <= limit or not _module_available("pyamg") or pattern.solver_cache.get("iterative_failed"):
         return "cholmod" if cholmod else "splu"
     return "amg"
 
@@ -664,7 +672,7 @@ def factorize(pattern: SparsityPattern, values: Tensor, options: SolveOptions | 
     if (
         options.backend == "auto"
         and batch > 1
-        and backend in ("banded", "cholmod", "splu")
+        and backend in ("cholmod", "splu")  # the banded Cholesky beats PARDISO on one thread already
         and symmetric_all
         and positive[0]
         and pardiso_available()
@@ -839,6 +847,7 @@ def _solve(pattern: SparsityPattern, values: Tensor, b3: Tensor, options: SolveO
         # "auto" chose an iterative backend that failed on this matrix (AMG on an
         # elasticity-like system, say): a direct solver always applies
         direct = "cholmod" if cholmod_available() and bool(_symmetric(pattern, values[:1])[0]) else "splu"
+        pattern.solver_cache["iterative_failed"] = True  # later "auto" solves on this pattern go direct at once
         logger.warning("solve: the automatic iterative backend failed (%s); falling back to %r", exc, direct)
         factor = factorize(pattern, values, dataclasses.replace(options, backend=direct))
         u = FactoredSolve.apply(values, rhs, factor, False)
