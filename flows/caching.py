@@ -37,6 +37,7 @@ import contextlib
 import datetime as _dt
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import inspect
 import json
@@ -93,25 +94,38 @@ def _hash_files(root: Path, files: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
-def tmcore_hash() -> str:
-    """sha256 of every ``.py`` file of the installed ``tmcore`` package (paths and bytes)."""
-    import tmcore
-
-    root = Path(tmcore.__file__).resolve().parent
-    return _hash_files(root, (p for p in root.rglob("*.py") if "__pycache__" not in p.parts))
-
-
-@functools.lru_cache(maxsize=None)
-def module_hash(name: str) -> str:
-    """sha256 of a module's source file (a package: all its ``.py`` files)."""
+def _source_hash(name: str) -> str:
+    """sha256 of a module's source file, or of every ``.py`` file of a package (relative
+    paths and bytes), found through :func:`importlib.util.find_spec`: the module itself is
+    not imported (a parent package is, as Python requires: ``flows`` for ``flows.figures``)."""
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
         raise ValueError(f"cannot find the source of module {name!r}")
     origin = Path(spec.origin).resolve()
     if origin.name == "__init__.py":
-        return _hash_files(origin.parent, origin.parent.rglob("*.py"))
+        root = origin.parent
+        return _hash_files(root, (p for p in root.rglob("*.py") if "__pycache__" not in p.parts))
     return hashlib.sha256(origin.read_bytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def tmcore_hash() -> str:
+    """sha256 of every ``.py`` file of the installed ``tmcore`` package (paths and bytes),
+    without importing tmcore (a cached run never needs it)."""
+    return _source_hash("tmcore")
+
+
+@functools.lru_cache(maxsize=None)
+def module_hash(name: str) -> str:
+    """sha256 of a module's source file (a package: all its ``.py`` files)."""
+    return _source_hash(name)
+
+
+@functools.lru_cache(maxsize=None)
+def torch_version() -> str:
+    """The installed torch's version string (``2.13.0+cpu``, what ``torch.__version__`` says),
+    read from its package metadata without importing torch."""
+    return importlib.metadata.version("torch")
 
 
 def function_hash(fn: Callable) -> str:
@@ -185,14 +199,12 @@ class Stage:
 
     def identity(self, parameters: Mapping[str, Any]) -> str:
         """``<task>-<sha256>``: the same for the same task, parameters, inputs and code."""
-        import torch
-
         payload = {
             "task": self.name,
             "parameters": canonical(self.arguments(parameters)),
             "tmcore": tmcore_hash(),
             "source": self.source,
-            "torch": torch.__version__,
+            "torch": torch_version(),
             "schema": SCHEMA_VERSION,
         }
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))

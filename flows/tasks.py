@@ -23,44 +23,75 @@ Task runs are named by what they compute: ``mesh(rectangle h=0.025)``,
     optimise_topology(mesh)     -> {"history", "fields"}   (checkpoints every N steps, resumes)
     gradient_check(mesh)        -> gradcheck table (dim probe)
     render_figures(meshes, histories, fields) -> {"<name>.png": figure}
+
+torch, xarray, tmcore and matplotlib are imported by the stages that compute (through
+:func:`_import_compute`), not by this module: a run whose stages are all Cached decides
+that from the store's index and the result records alone (flows.caching), and never pays
+for those imports (most of a cached run's import time; docs/flows.md).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import xarray as xr
 
-from tmcore import Condenser, Mesh, SparseMatrix
-from tmcore.core.mesh.io import mesh_from_xarray, mesh_to_xarray
-from tmcore.methods.gradcheck import finite_difference_check
-from tmcore.studies import IdentificationProblem, coefficient_identification, thermal_topology
-from tmcore.topology import DensityDesign, thermal_plate
-
-from . import figures
 from .artifacts import Store, provenance
 from .caching import cached_task, current_identity
-from .problems import get_problem
+
+if TYPE_CHECKING:
+    import torch
+
+    from tmcore import Mesh
 
 logger = logging.getLogger(__name__)
 
-DTYPE = torch.float64
 GRADIENT_TARGETS = ("identification", "topology")
 # a gradient-check probe passes when autograd and the five-point differences agree to this many
 # significant digits (the validation benchmark's bound too)
 GRADCHECK_MIN_DIGITS = 7.0
 
 
+# What the computing stages import, parents before children, in this order.
+COMPUTE_MODULES = (
+    "torch",
+    "xarray",
+    "tmcore",
+    "tmcore.core.mesh.io",
+    "tmcore.methods.gradcheck",
+    "tmcore.topology",
+    "tmcore.studies",
+    "flows.problems",
+    "flows.figures",
+)
+_IMPORTING = threading.Lock()
+
+
+def _import_compute() -> None:
+    """Import :data:`COMPUTE_MODULES`, one thread at a time (a no-op once they are loaded).
+
+    Each computing stage calls it first. Stages start together on the flow's thread pool;
+    importing the same interdependent packages from several threads in different orders
+    can trip Python's import-deadlock detection and hand a thread a partly initialised
+    module, so the first stage imports everything here while the others wait.
+    """
+    with _IMPORTING:
+        for name in COMPUTE_MODULES:
+            importlib.import_module(name)
+
+
 def resolve_device(device: str) -> str:
     """ "auto" -> "cuda" when a CUDA device is available, else "cpu"; other names unchanged."""
     if not isinstance(device, str):
         raise ValueError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     torch.device(device)  # raises on a malformed name
@@ -229,6 +260,8 @@ def _assemble_name(parameters: dict) -> str:
 
 
 def _mesh(store: Store, ref) -> Mesh:
+    from tmcore.core.mesh.io import mesh_from_xarray
+
     return mesh_from_xarray(store.open_dataset(ref, "mesh"))
 
 
@@ -280,6 +313,10 @@ def generate_mesh(
 ) -> dict:
     """A mesh: ``kind="rectangle"`` (gmsh, unit square, edge length ``chara_length``) or
     ``kind="grid"`` (structured, ``cells`` per side or per axis)."""
+    _import_compute()
+    from tmcore import Mesh
+    from tmcore.core.mesh.io import mesh_to_xarray
+
     start = time.perf_counter()
     if kind == "rectangle":
         mesh = Mesh.gen_rectangle(chara_length=chara_length, element_type=element_type, order=order)
@@ -307,6 +344,12 @@ def generate_mesh(
 def assemble(store: str, mesh: dict, problem: str = "poisson-mms", device: str = "auto") -> dict:
     """The linear system of a named problem (flows.problems) on the mesh, assembled on
     ``device`` and stored as COO entries (dim ``entry``) with the load and Dirichlet data."""
+    _import_compute()
+    import torch
+    import xarray as xr
+
+    from .problems import get_problem
+
     artifacts = Store(store)
     device = resolve_device(device)
     spec = get_problem(problem)
@@ -336,6 +379,14 @@ def assemble(store: str, mesh: dict, problem: str = "poisson-mms", device: str =
 def solve(store: str, mesh: dict, system: dict) -> dict:
     """The nodal solution u of a stored system (CPU, direct solver), with the error norms of
     problems that have an exact solution."""
+    _import_compute()
+    import torch
+    import xarray as xr
+
+    from tmcore import Condenser, SparseMatrix
+
+    from .problems import get_problem
+
     artifacts = Store(store)
     data = artifacts.open_dataset(system, "system")
     mesh_ = _mesh(artifacts, mesh)
@@ -355,7 +406,7 @@ def solve(store: str, mesh: dict, system: dict) -> dict:
     variables: dict[str, Any] = {"u": (("node",), u.numpy())}
     problem = get_problem(str(data.attrs["problem"]))
     if problem.exact is not None:
-        variables["u_exact"] = (("node",), problem.exact(mesh_.points.to(DTYPE)).numpy())
+        variables["u_exact"] = (("node",), problem.exact(mesh_.points.to(torch.float64)).numpy())
     if problem.errors is not None:
         variables.update({name: ((), value) for name, value in problem.errors(mesh_, u).items()})
     dataset = xr.Dataset(variables, attrs={"problem": problem.name})
@@ -384,6 +435,11 @@ def identify_coefficient(
     fields (kappa, kappa_true, u, u_obs on node). ``checkpoint_every``: steps between
     checkpoints (None: none); a checkpoint of this stage is resumed either way.
     ``time_limit``: seconds per attempt (None: :func:`study_timeout`)."""
+    _import_compute()
+    import xarray as xr
+
+    from tmcore.studies import coefficient_identification
+
     artifacts = Store(store)
     mesh_ = _mesh(artifacts, mesh)
     progress = Progress(
@@ -445,6 +501,12 @@ def optimise_topology(
     ``snapshot_steps`` None: 0, 5 and the last. ``checkpoint_every``: steps between
     checkpoints (None: none); a checkpoint of this stage is resumed either way.
     ``time_limit``: seconds per attempt (None: :func:`study_timeout`)."""
+    _import_compute()
+    import torch
+    import xarray as xr
+
+    from tmcore.studies import thermal_topology
+
     artifacts = Store(store)
     mesh_ = _mesh(artifacts, mesh)
     if snapshot_steps is None:
@@ -502,8 +564,12 @@ def _topology_compliance(
     mesh: Mesh, vf: float = 0.4, p: float = 3.0, kmin: float = 1e-3, sigma: float = 0.08
 ) -> tuple[Callable, torch.Tensor]:
     """The topology study's objective, the thermal compliance b . u(rho), and its starting densities rho = vf."""
+    import torch
+
+    from tmcore.topology import DensityDesign, thermal_plate
+
     design = DensityDesign(thermal_plate(mesh, kmin, sigma), penal=p, backend="auto")
-    return design.objective, torch.full((mesh.n_cells,), vf, dtype=DTYPE)
+    return design.objective, torch.full((mesh.n_cells,), vf, dtype=torch.float64)
 
 
 @cached_task("gradient_check", task_run_name=_gradient_check_name)
@@ -511,6 +577,13 @@ def gradient_check(store: str, mesh: dict, target: str = "identification", n_pro
     """Autograd against five-point central differences at ``n_probes`` entries drawn with
     ``seed``: d(identification loss)/d(theta) at theta = 0 on interior nodes, or
     d(thermal compliance)/d(rho) at rho = 0.4 on cells. A table with dim ``probe``."""
+    _import_compute()
+    import torch
+    import xarray as xr
+
+    from tmcore.methods.gradcheck import finite_difference_check
+    from tmcore.studies import IdentificationProblem
+
     artifacts = Store(store)
     mesh_ = _mesh(artifacts, mesh)
     generator = torch.Generator().manual_seed(seed)
@@ -519,7 +592,8 @@ def gradient_check(store: str, mesh: dict, target: str = "identification", n_pro
         problem = IdentificationProblem(mesh_)
         interior = torch.nonzero(~mesh_.boundary_mask).flatten()
         indices = interior[torch.randperm(interior.numel(), generator=generator)[:n_probes]]
-        check = finite_difference_check(problem.objective, torch.zeros(mesh_.n_points, dtype=DTYPE), indices=indices)
+        theta = torch.zeros(mesh_.n_points, dtype=torch.float64)
+        check = finite_difference_check(problem.objective, theta, indices=indices)
         label = "node"
     elif target == "topology":
         compliance, rho = _topology_compliance(mesh_)
@@ -559,6 +633,9 @@ def render_figures(
     store: str, identification_mesh: dict, identification: dict, topology_mesh: dict, topology: dict
 ) -> dict:
     """The three PNGs of the differentiability figures (flows.figures), stored as figure artifacts."""
+    _import_compute()
+    from . import figures
+
     artifacts = Store(store)
     pngs = figures.render_all(
         artifacts.open_dataset(identification_mesh, "mesh"),

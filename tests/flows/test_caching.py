@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -99,3 +102,34 @@ def test_an_unreadable_index_entry_is_a_miss(store):
     path.write_text("{not json")
     assert cache_key(stage, parameters).startswith(stage.identity(parameters))
     assert path.exists()  # left in place; the next run of the stage overwrites it
+
+
+def test_source_hashes_read_files_without_importing(tmp_path, monkeypatch):
+    """A package's hash follows its files (an edited tmcore must invalidate), found without importing it."""
+    package = tmp_path / "hashed_pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    (package / "sub" / "mod.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = caching._source_hash("hashed_pkg")
+    (package / "sub" / "mod.py").write_text("x = 2\n")
+    assert caching._source_hash("hashed_pkg") != first
+    (package / "sub" / "mod.py").write_text("x = 1\n")
+    assert caching._source_hash("hashed_pkg") == first
+    assert "hashed_pkg" not in sys.modules
+
+
+def test_a_cache_key_imports_neither_torch_nor_tmcore():
+    """A fully cached run decides from keys alone: importing the flows and keying a stage must not
+    import torch, tmcore or matplotlib (seconds of a cached run), and the key still holds torch's version."""
+    code = (
+        "import sys\n"
+        "from flows import differentiability, tasks, caching\n"
+        "key = tasks.generate_mesh.fn.__stage__.identity({'store': 's', 'chara_length': 0.2})\n"
+        "print(sorted(m for m in ('torch', 'tmcore', 'matplotlib') if m in sys.modules))\n"
+        "import torch\n"
+        "print(caching.torch_version() == torch.__version__, len(caching.tmcore_hash()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["[]", "True 64"]
