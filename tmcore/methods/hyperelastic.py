@@ -47,6 +47,7 @@ from tmcore.core.linalg.factored import factored_solve
 from tmcore.core.linalg.solvers import SolveOptions, factorize
 from tmcore.core.linalg.sparse import SparseMatrix
 from tmcore.core.mesh import Mesh
+from tmcore.methods.nonlinear import equilibrium_vjp
 
 __all__ = [
     "Hyperelasticity",
@@ -220,15 +221,16 @@ class _Equilibrium(torch.autograd.Function):
         if not bool(grad_u.any()):  # the loss does not see this increment: no solve
             return None, None, None, torch.zeros_like(params), torch.zeros_like(g), torch.zeros_like(f)
         lam = problem._adjoint_solve(u, params, grad_u[free])
-        with torch.enable_grad():
-            params_, g_, f_ = (t.detach().requires_grad_(True) for t in (params, g, f))
-            state = u.detach().index_copy(0, fixed, g_) if fixed.numel() else u.detach()
-            residual = (problem._internal(state, params_) - f_)[free]
-            grads = torch.autograd.grad(residual, (params_, g_, f_), grad_outputs=-lam, allow_unused=True)
-        grad_params, grad_g, grad_f = (
-            torch.zeros_like(t) if gr is None else gr for gr, t in zip(grads, (params, g, f))
+        grad_params, grad_g, grad_f = equilibrium_vjp(
+            lambda state, params_, g_, f_: problem._internal(state, params_) - f_,
+            u,
+            lam,
+            grad_u,
+            free,
+            fixed,
+            (params, g, f),
+            1,
         )
-        grad_g = grad_g + grad_u[fixed]  # u = g at the fixed dofs
         return None, None, None, grad_params, grad_g, grad_f
 
 

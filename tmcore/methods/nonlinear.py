@@ -82,6 +82,33 @@ class NewtonStats:
     adjoint_solves: int = 0
 
 
+def equilibrium_vjp(
+    residual: Callable[..., Tensor],
+    u: Tensor,
+    lam: Tensor,
+    grad_u: Tensor,
+    free: Tensor,
+    fixed: Tensor,
+    inputs: tuple[Tensor, ...],
+    prescribed: int,
+) -> list[Tensor]:
+    """The implicit-function gradients of an equilibrium R(u, inputs) = 0 on the free dofs.
+
+    With lam the adjoint (J_ff^T lam = dL/du_f, J the converged tangent), returns
+    dL/d(input) = -lam^T dR_f/d(input) for each of ``inputs``, by one reverse pass through
+    ``residual(state, *inputs)`` (n,) at the equilibrium u (n,); ``inputs[prescribed]`` holds the
+    values of the fixed dofs (state = u with them inserted), whose gradient also collects
+    dL/du on the fixed dofs. The one adjoint step shared by every nonlinear solve of tmcore.
+    """
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in inputs]
+        state = u.detach().index_copy(0, fixed, leaves[prescribed]) if fixed.numel() else u.detach()
+        grads = torch.autograd.grad(residual(state, *leaves)[free], leaves, grad_outputs=-lam, allow_unused=True)
+    grads = [torch.zeros_like(t) if gr is None else gr for gr, t in zip(grads, inputs)]
+    grads[prescribed] = grads[prescribed] + grad_u[fixed]  # u = the prescribed values on the fixed dofs
+    return grads
+
+
 class _ImplicitSolve(torch.autograd.Function):
     """u* = Newton(c, f, g); backward by the implicit function theorem (one adjoint solve)."""
 
@@ -105,14 +132,9 @@ class _ImplicitSolve(torch.autograd.Function):
         problem.stats.adjoint_factorizations += 1
         lam = factored_solve(factor, grad_u[free], transpose=True)
         problem.stats.adjoint_solves += 1
-        # -lam^T dR_f/dtheta by one reverse pass through the residual
-        with torch.enable_grad():
-            c_, f_, g_ = (t.detach().requires_grad_(True) for t in (c, f, g))
-            state = u.detach().index_copy(0, dirichlet, g_) if dirichlet.numel() else u.detach()
-            residual = problem.residual(state, c_, f_)[free]
-            grads = torch.autograd.grad(residual, (c_, f_, g_), grad_outputs=-lam, allow_unused=True)
-        grad_c, grad_f, grad_g = (torch.zeros_like(t) if gr is None else gr for gr, t in zip(grads, (c, f, g)))
-        grad_g = grad_g + grad_u[dirichlet]  # u = g on the Dirichlet nodes
+        grad_c, grad_f, grad_g = equilibrium_vjp(
+            lambda state, c_, f_, g_: problem.residual(state, c_, f_), u, lam, grad_u, free, dirichlet, (c, f, g), 2
+        )
         return None, None, grad_c, grad_f, grad_g
 
 
