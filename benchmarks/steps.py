@@ -31,7 +31,7 @@ starts). The report shows the phases' sum next to the uninstrumented median.
 
 Writes ``<out>/<date>-steps.md`` (tables, method, load), ``<date>-steps.nc`` (the rows),
 ``<date>-steps.png`` (ms per step vs unknowns, log-log) and ``<date>-phases.png`` (stacked bars);
-``<date>-quick-*`` for ``--quick``.
+``<date>-quick-*`` for ``--quick``, ``<date>-chapter-*`` for ``--no-ladder``.
 """
 
 from __future__ import annotations
@@ -338,7 +338,8 @@ def to_markdown(
         "",
         f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, shared with other work (load averages below), "
         f"torch {info['torch_version']}, one thread everywhere, CHOLMOD "
-        f"{'available' if info.get('cholmod') == 'True' else 'not installed'}. {peers_note}",
+        f"{'available' if info.get('cholmod') == 'True' else 'not installed'}, tmcore at "
+        f"{info.get('tmcore_commit', 'unknown')}. {peers_note}",
         "",
         "Method: each measurement is a fresh process on one thread (torch, OMP, MKL, OpenBLAS); warm-up "
         "steps (the first call on a new pattern) are not timed. Processes alternate: round after round, "
@@ -529,11 +530,13 @@ def write_report(rows, prows, info, loads, out: Path, stem: str, implementations
     import xarray as xr
 
     keys = [k for k in rows[0] if k not in ("problem", "mesh", "implementation")]
-    ds = xr.Dataset(
-        {k: ("row", np.array([r[k] for r in rows], dtype=object if k == "error" else None)) for k in keys},
-        coords={"row": [f"{r['problem']}/{r['mesh']}/{r['implementation']}" for r in rows]},
-        attrs={**info, "load_average": "; ".join(loads)},
-    )
+    variables = {k: ("row", np.array([r[k] for r in rows], dtype=object if k == "error" else None)) for k in keys}
+    coords = {"row": [f"{r['problem']}/{r['mesh']}/{r['implementation']}" for r in rows]}
+    if prows:  # the phases along a dim of their own, ms
+        for key in (*PHASES, "sum_ms", "step_median_ms"):
+            variables[f"phase_{key.replace(' ', '_')}"] = ("phase_row", np.array([p[key] for p in prows]))
+        coords["phase_row"] = [f"{p['problem']}/{p['mesh']}/{p['implementation']}" for p in prows]
+    ds = xr.Dataset(variables, coords=coords, attrs={**info, "load_average": "; ".join(loads)})
     atomic_write_bytes(out / f"{stem}-steps.nc", dataset_bytes(ds))
     atomic_write_bytes(out / f"{stem}-steps.png", steps_png(rows))
     if prows:
@@ -593,14 +596,18 @@ def main(argv: list[str] | None = None) -> int:
     peers = None if args.no_peers else peers_python(args.peers)
     implementations = [OURS, SKFEM, OURS_ONE_CONDENSER] + ([TENSORMESH, TENSORMESH_ONE_CONDENSER] if peers else [])
     if peers:
-        peers_note = f"TensorMesh 0.2.1 from `{args.peers}`."
+        where = args.peers.absolute()
+        peers_note = f"TensorMesh 0.2.1 from `{where.relative_to(ROOT) if where.is_relative_to(ROOT) else where}`."
     elif args.no_peers:
         peers_note = "TensorMesh left out (--no-peers)."
     else:
         peers_note = f"TensorMesh not measured: no environment with it at `{args.peers}` (run `make bench-peers`)."
     info = machine()
     info["threads"] = "1"
-    stem = info["date"][:10] + ("-quick" if args.quick else "")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    info["tmcore_commit"] = commit.stdout.strip() if commit.returncode == 0 else "unknown (not a git checkout)"
+    # a quick or chapter-only run must not overwrite the day's full report
+    stem = info["date"][:10] + ("-quick" if args.quick else "") + ("-chapter" if args.no_ladder else "")
     loads = [f"start: {loadavg()}"]
     with tempfile.TemporaryDirectory(prefix="tmcore-steps-") as workdir:
         cases = plan(Path(workdir), ladder)
