@@ -101,6 +101,11 @@ def kkt_residual(
     return torch.stack(parts).max()
 
 
+def _weights(lam: Tensor, p0: Tensor, q0: Tensor, P: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
+    """The Lagrangian's weights (n,) of 1/(U - x) and 1/(x - L) at the multipliers lam (m,)."""
+    return p0 + lam @ P, q0 + lam @ Q
+
+
 def _primal(
     lam: Tensor,
     p0: Tensor,
@@ -115,8 +120,7 @@ def _primal(
     d: Tensor,
 ) -> tuple[Tensor, Tensor]:
     """The minimisers x(lam) (n,) and y(lam) (m,) of the subproblem's Lagrangian."""
-    a = p0 + lam @ P
-    b = q0 + lam @ Q
+    a, b = _weights(lam, p0, q0, P, Q)
     sa, sb = a.sqrt(), b.sqrt()
     x = ((sa * low + sb * upp) / (sa + sb)).clamp(alpha, beta)
     y = ((lam - c) / d).clamp_min(0.0)
@@ -125,8 +129,7 @@ def _primal(
 
 def _dual_value(lam, x, y, p0, q0, P, Q, low, upp, rhs, c, d) -> Tensor:
     ux, xl = 1.0 / (upp - x), 1.0 / (x - low)
-    a = p0 + lam @ P
-    b = q0 + lam @ Q
+    a, b = _weights(lam, p0, q0, P, Q)
     return (a * ux).sum() + (b * xl).sum() - lam @ rhs + (c * y + 0.5 * d * y * y - lam * y).sum()
 
 
