@@ -11,7 +11,7 @@ QUICK  ?=
 PREFECT_ENV := PREFECT_HOME="$(CURDIR)/.prefect" DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180
 
-.PHONY: setup test lint test-all figures bench serve gpu-check clean
+.PHONY: setup test lint test-all figures bench bench-peers serve gpu-check clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,13 @@ figures: setup
 bench: setup
 	$(BIN)/python -m benchmarks.suite $(if $(QUICK),--quick,)
 	$(BIN)/python -m benchmarks.studies $(if $(QUICK),--quick,)
+	$(BIN)/python -m benchmarks.steps $(if $(QUICK),--quick,)
+	$(BIN)/python -m benchmarks.paths
+
+# TensorMesh 0.2.1 in its own environment (it pins its own versions), then the chapter's steps against it
+bench-peers: setup
+	bash benchmarks/peers_setup.sh .venv-peers
+	$(BIN)/python -m benchmarks.steps --peers .venv-peers $(if $(QUICK),--quick,)
 
 # a local Prefect server on 127.0.0.1:4200 (unless $$PREFECT_API_URL answers) and every deployment; Ctrl-C stops
 serve: setup
@@ -56,4 +63,4 @@ gpu-check: setup
 	$(BIN)/python -m benchmarks.gpu
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-peers .pytest_cache
