@@ -85,6 +85,12 @@ def check(mesh_args, kappa, f, mask, dirichlet, backend) -> None:
     if not torch.isfinite(loss):  # u near 1e308 (Dirichlet values of 1e300): the loss itself overflowed
         event("finite result, loss overflowed")
         return
+    if grad is not None and not torch.isfinite(grad).all() and kappa.dtype != torch.float64:
+        # a float32 coefficient beside Dirichlet values of 1e300: the float64 gradient may lie beyond float32's range
+        wide = run_pipeline(mesh_args, kappa.double(), f, mask, dirichlet, backend)[2]
+        if torch.isfinite(wide).all() and float(wide.abs().max()) > torch.finfo(kappa.dtype).max:
+            event("finite result, gradient beyond the coefficient dtype's range")
+            return
     if grad is not None:
         assert torch.isfinite(grad).all(), f"the gradient of a finite loss is not finite: {grad}"
 

@@ -401,7 +401,7 @@ class _AMG(Factorization):
         return x, iterations
 
     def _solve_column(self, matrix, b: np.ndarray) -> np.ndarray:
-        scale = np.linalg.norm(b)
+        scale = _norm(b)
         if scale == 0.0:
             return np.zeros_like(b)
         # normalised right-hand side: the relative tolerance then means the same for
@@ -707,6 +707,14 @@ def factorize(pattern: SparsityPattern, values: Tensor, options: SolveOptions | 
 # -- the solve --------------------------------------------------------------------------
 
 
+def _norm(x: np.ndarray) -> float:
+    """The 2-norm of x, without overflow for entries near the float64 limit (scaled by the largest)."""
+    largest = float(np.abs(x).max(initial=0.0))
+    if largest == 0.0 or not np.isfinite(largest):
+        return largest
+    return largest * float(np.linalg.norm(x / largest))
+
+
 def _host_csr(pattern: SparsityPattern) -> tuple[scipy.sparse.csr_matrix, threading.Lock]:
     """A SciPy CSR matrix on the pattern and its lock, built once and cached on it; callers swap in
     their values under the lock (building a matrix per call costs more than the product at 1e3 unknowns)."""
@@ -730,16 +738,17 @@ def _check_residual(values: Tensor, pattern: SparsityPattern, b: Tensor, u: Tens
             with lock:  # one matrix object per pattern: threads take turns swapping their values in
                 for v, x, r in zip(values.numpy(), u.numpy(), b.numpy()):
                     matrix.data = v  # the values are in CSR order already
-                    residuals.append(np.linalg.norm(matrix @ x - r))
+                    residuals.append(_norm(matrix @ x - r))
             residual = np.array(residuals)
-            scale = np.linalg.norm(b.numpy().reshape(b.shape[0], -1), axis=1)
+            scale = np.array([_norm(r) for r in b.numpy()])
         else:
-            residual = (batched_matvec(values, pattern.rows, pattern.cols, u) - b).flatten(1).norm(dim=1).cpu().numpy()
-            scale = b.flatten(1).norm(dim=1).cpu().numpy()
+            difference = (batched_matvec(values, pattern.rows, pattern.cols, u) - b).flatten(1).cpu().numpy()
+            residual = np.array([_norm(row) for row in difference])
+            scale = np.array([_norm(row) for row in b.flatten(1).cpu().numpy()])
         bad = ~np.isfinite(residual) | (residual > tolerance * np.maximum(scale, 1e-300))
+        i = int(np.flatnonzero(bad)[0]) if bad.any() else -1
+        relative = float(residual[i] / scale[i]) if bad.any() and scale[i] > 0 else float(residual[i])
     if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        relative = float(residual[i] / scale[i]) if scale[i] > 0 else float(residual[i])
         where = f" (matrix {i} of a batch of {values.shape[0]})" if values.shape[0] > 1 else ""
         raise SolverError(
             f"the solve did not reach a trustworthy solution{where}: relative residual "
