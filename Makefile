@@ -11,7 +11,7 @@ QUICK  ?=
 PREFECT_ENV := PREFECT_HOME="$(CURDIR)/.prefect" DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180
 
-.PHONY: setup test lint test-all figures bench bench-peers serve gpu-check clean
+.PHONY: setup test lint test-all figures bench bench-peers mosaic serve gpu-check clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,20 @@ bench-peers: setup
 	bash benchmarks/peers_setup.sh .venv-peers
 	$(BIN)/python -m benchmarks.steps --peers .venv-peers $(if $(QUICK),--quick,)
 
+MOSAIC_VENV := .venv-mosaic
+# mosaic's harness on tmcore (docs/mosaic.md) in its own environment: reports/mosaic/<full|quick>/;
+# QUICK=1: the smallest sizes (about 4 minutes)
+$(MOSAIC_VENV)/.installed: pyproject.toml
+	test -x $(MOSAIC_VENV)/bin/python || $(PYTHON) -m venv $(MOSAIC_VENV)
+	$(MOSAIC_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MOSAIC_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(MOSAIC_VENV)/bin/python -m pip install --quiet -e '.[mosaic,test]'
+	touch $@
+
+mosaic: $(MOSAIC_VENV)/.installed
+	OMP_NUM_THREADS=1 $(MOSAIC_VENV)/bin/python -m pytest -q tests/integrations
+	$(MOSAIC_VENV)/bin/python -m integrations.mosaic.run $(if $(QUICK),--quick,)
+
 # a local Prefect server on 127.0.0.1:4200 (unless $$PREFECT_API_URL answers) and every deployment; Ctrl-C stops
 serve: setup
 	$(PREFECT_ENV) $(BIN)/python -m flows.serve
@@ -63,4 +77,4 @@ gpu-check: setup
 	$(BIN)/python -m benchmarks.gpu
 
 clean:
-	rm -rf $(VENV) .venv-peers .pytest_cache
+	rm -rf $(VENV) .venv-peers $(MOSAIC_VENV) .pytest_cache

@@ -10,6 +10,7 @@ Uses the Prefect server at ``$PREFECT_API_URL`` if one answers there, otherwise 
     thermal-topology/default             the topology study alone
     operator-dataset/default             (kappa, u) pairs for operator learning (flows.datagen)
     validation-benchmark/nightly         the benchmark on a cron schedule, use_cache=False
+    mosaic-benchmark/weekly              mosaic's harness on tmcore (docs/mosaic.md), Sundays 04:00, use_cache=False
 
 until Ctrl-C. In another shell, with the same ``PREFECT_API_URL``::
 
@@ -65,6 +66,7 @@ from .runners import run_tags
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 4200
 DEFAULT_NAME = "default"
 DEFAULT_CRON = "0 3 * * *"  # 03:00 every night (the server's time zone: UTC unless configured)
+MOSAIC_CRON = "0 4 * * 0"  # Sundays 04:00: a full mosaic run takes ~30 min on 2 cores
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 # a deployment whose runner polled within this many seconds is being served (the runner polls
 # every PREFECT_RUNNER_POLL_FREQUENCY seconds, 10 by default)
@@ -176,6 +178,8 @@ def deployments(cron: str = DEFAULT_CRON, name: str = DEFAULT_NAME, owner: Owner
     from .artifacts import default_root
     from .datagen import operator_dataset
     from .differentiability import DEFAULT_OUT, differentiability_figures, identification_study, topology_study
+    from .mosaic import DEFAULT_OUT as MOSAIC_OUT
+    from .mosaic import mosaic_benchmark
     from .validation import DEFAULT_OUT as BENCHMARK_OUT
     from .validation import validation_benchmark
 
@@ -183,6 +187,7 @@ def deployments(cron: str = DEFAULT_CRON, name: str = DEFAULT_NAME, owner: Owner
     checkout = Path(owner.checkout)
     store = str((checkout / default_root()).resolve())
     nightly = "nightly" if name == DEFAULT_NAME else f"{name}-nightly"
+    weekly = "weekly" if name == DEFAULT_NAME else f"{name}-weekly"
     specs = [
         (
             differentiability_figures,
@@ -209,6 +214,14 @@ def deployments(cron: str = DEFAULT_CRON, name: str = DEFAULT_NAME, owner: Owner
             "validation benchmark, every night, fresh timings; fails on a tolerance miss",
             {"store": store, "out": str(checkout / BENCHMARK_OUT), "use_cache": False},
             cron,
+        ),
+        (
+            mosaic_benchmark,
+            weekly,
+            "mosaic",
+            "mosaic's harness on tmcore (docs/mosaic.md), weekly, fresh timings; fails when a mosaic check is not ok",
+            {"store": store, "out": str(checkout / MOSAIC_OUT), "use_cache": False},
+            MOSAIC_CRON,
         ),
     ]
     return [
