@@ -627,8 +627,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return result
 
 
+def drain_prefect_workers(timeout: float = 5.0) -> None:
+    """Send Prefect's queued run logs and events now, while the API is still up.
+
+    At exit the temporary server is stopped first (``atexit`` runs last-registered first)
+    and ``logging.shutdown`` drains the log worker afterwards, against a stopped server:
+    that drain waited its full 5 s time-out, about a third of a cached run (measured).
+    Drained here, before the exit handlers, it takes milliseconds.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout)
+    EventsWorker.drain_all(timeout=timeout)
+
+
 if __name__ == "__main__":
     from .runners import exit_now
 
     main()
+    drain_prefect_workers()
     exit_now(0)
