@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q
 
 # ruff (lint, format) and the layer contracts of docs/architecture.md (import-linter)

@@ -87,7 +87,9 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def compare(setup: Setup, batches: list[int], repeats: int, sequential: str | None = None, loop_backend: str | None = None) -> list[dict]:
+def compare(
+    setup: Setup, batches: list[int], repeats: int, sequential: str | None = None, loop_backend: str | None = None
+) -> list[dict]:
     """Per B and mode: the loop and the batched path, round-robin; time per sample and memory.
 
     sequential: also time the batched path forced to this backend (e.g. "cholmod": the
@@ -116,17 +118,32 @@ def compare(setup: Setup, batches: list[int], repeats: int, sequential: str | No
                     times[name].append(_timed(fn))
             for name in runs:
                 median = statistics.median(times[name])
-                rows.append({
-                    "mode": mode, "batch": batch, "implementation": name,
-                    "median_s": median, "per_sample_ms": 1e3 * median / batch,
-                    "min_s": min(times[name]), "max_s": max(times[name]), "peak_mib": memory[name], "repeats": len(times[name]),
-                })
-            group = rows[-len(runs):]
+                rows.append(
+                    {
+                        "mode": mode,
+                        "batch": batch,
+                        "implementation": name,
+                        "median_s": median,
+                        "per_sample_ms": 1e3 * median / batch,
+                        "min_s": min(times[name]),
+                        "max_s": max(times[name]),
+                        "peak_mib": memory[name],
+                        "repeats": len(times[name]),
+                    }
+                )
+            group = rows[-len(runs) :]
             loop = group[0]
             for row in group:
                 row["speedup"] = loop["median_s"] / row["median_s"]
                 row["speedup_min"] = loop["min_s"] / row["min_s"]
-                logger.info("%s B=%d %s: %.2f ms/sample (%.2fx)", mode, batch, row["implementation"], row["per_sample_ms"], row["speedup"])
+                logger.info(
+                    "%s B=%d %s: %.2f ms/sample (%.2fx)",
+                    mode,
+                    batch,
+                    row["implementation"],
+                    row["per_sample_ms"],
+                    row["speedup"],
+                )
     return rows
 
 
@@ -182,14 +199,28 @@ def breakdown(setup: Setup, batch: int, repeats: int = 3) -> list[dict]:
     ):
         forward_stages(kappas)  # warm-up
         samples = [forward_stages(kappas) for _ in range(repeats)]
-        forward_only = statistics.median(_timed(lambda: setup.loop(kappa, False) if name == "loop" else setup.batched(kappa, False)) for _ in range(repeats))
+        forward_only = statistics.median(
+            _timed(lambda: setup.loop(kappa, False) if name == "loop" else setup.batched(kappa, False))
+            for _ in range(repeats)
+        )
         total = statistics.median(_timed(run) for _ in range(repeats))
         stages = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
         stages["backward (adjoint solves, assembly backward)"] = max(total - forward_only, 0.0)
-        stages["other (autograd graph, Python)"] = max(forward_only - sum(v for k, v in stages.items() if not k.startswith("backward")), 0.0)
+        stages["other (autograd graph, Python)"] = max(
+            forward_only - sum(v for k, v in stages.items() if not k.startswith("backward")), 0.0
+        )
         for stage, seconds in stages.items():
-            rows.append({"implementation": name, "batch": batch, "stage": stage, "per_sample_ms": 1e3 * seconds / batch})
-        rows.append({"implementation": name, "batch": batch, "stage": "total forward+backward", "per_sample_ms": 1e3 * total / batch})
+            rows.append(
+                {"implementation": name, "batch": batch, "stage": stage, "per_sample_ms": 1e3 * seconds / batch}
+            )
+        rows.append(
+            {
+                "implementation": name,
+                "batch": batch,
+                "stage": "total forward+backward",
+                "per_sample_ms": 1e3 * total / batch,
+            }
+        )
     return rows
 
 
@@ -201,10 +232,12 @@ def to_markdown(rows: list[dict], stages: list[dict], info: dict, setup: Setup) 
     lines = [
         f"# Batched vs looped solves, {info['date']}",
         "",
-        f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch_version']} with {info['torch_threads']} threads, "
+        f"Machine: {info['cpu']}, {info['cpu_count']} CPUs, torch {info['torch_version']} with "
+        f"{info['torch_threads']} threads, "
         f"CHOLMOD {'available' if info['cholmod'] == 'True' else 'not installed'}, MKL PARDISO "
         f"{'available' if solvers.pardiso_available() else 'not installed'}; backend {setup.backend!r}: single solves "
-        f"{_backends(setup)[0]}, batches {_backends(setup)[1]}. Mesh: {mesh.n_points} nodes, {mesh.n_cells} P1 triangles.",
+        f"{_backends(setup)[0]}, batches {_backends(setup)[1]}. Mesh: {mesh.n_points} nodes, {mesh.n_cells} "
+        "P1 triangles.",
         f"1-minute load average (2 cores): {info.get('load_average', 'not recorded')}. "
         "Time per sample: median over round-robin repetitions divided by B (min: the fastest repetition). "
         "Speed-up: loop time / batched time, from the medians (from the minima in brackets). "
@@ -220,12 +253,18 @@ def to_markdown(rows: list[dict], stages: list[dict], info: dict, setup: Setup) 
         )
     if stages:
         batch = stages[0]["batch"]
-        lines += ["", f"Where one sample's time goes at B = {batch} (ms per sample):", "",
-                  "| stage | loop | batched |", "|---|---:|---:|"]
+        lines += [
+            "",
+            f"Where one sample's time goes at B = {batch} (ms per sample):",
+            "",
+            "| stage | loop | batched |",
+            "|---|---:|---:|",
+        ]
         names = list(dict.fromkeys(r["stage"] for r in stages))
         value = {(r["implementation"], r["stage"]): r["per_sample_ms"] for r in stages}
         for stage in names:
-            lines.append(f"| {stage} | {value.get(('loop', stage), float('nan')):.2f} | {value.get(('batched', stage), float('nan')):.2f} |")
+            loop, batched = (value.get((kind, stage), float("nan")) for kind in ("loop", "batched"))
+            lines.append(f"| {stage} | {loop:.2f} | {batched:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -245,14 +284,19 @@ def _backends(setup: Setup) -> tuple[str, str]:
     return single, batched
 
 
-def write_report(rows: list[dict], stages: list[dict], info: dict, setup: Setup, out: Path, name: str | None = None) -> tuple[Path, Path]:
+def write_report(
+    rows: list[dict], stages: list[dict], info: dict, setup: Setup, out: Path, name: str | None = None
+) -> tuple[Path, Path]:
     import xarray as xr
 
     stamp = name or f"batch-{info['date'][:10]}"
     table = xr.Dataset(
         {key: ("case", np.array([r[key] for r in rows])) for key in rows[0] if key not in ("mode", "implementation")},
-        coords={"case": [f"{r['mode']}/B{r['batch']}/{r['implementation']}" for r in rows],
-                "mode": ("case", [r["mode"] for r in rows]), "implementation": ("case", [r["implementation"] for r in rows])},
+        coords={
+            "case": [f"{r['mode']}/B{r['batch']}/{r['implementation']}" for r in rows],
+            "mode": ("case", [r["mode"] for r in rows]),
+            "implementation": ("case", [r["implementation"] for r in rows]),
+        },
         attrs={**info, "n_nodes": setup.mesh.n_points, "backend": setup.backend},
     )
     if stages:
@@ -271,11 +315,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backend", default="auto", choices=solvers.BACKENDS)
     parser.add_argument("--no-breakdown", action="store_true", help="skip the stage breakdown")
-    parser.add_argument("--sequential", default="cholmod" if solvers.cholmod_available() else "splu",
-                        help="also time the batch forced to this backend ('' for none)")
-    parser.add_argument("--loop-backend", default="pardiso" if solvers.pardiso_available() else "",
-                        help="also time the loop with this backend ('' for none)")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--sequential",
+        default="cholmod" if solvers.cholmod_available() else "splu",
+        help="also time the batch forced to this backend ('' for none)",
+    )
+    parser.add_argument(
+        "--loop-backend",
+        default="pardiso" if solvers.pardiso_available() else "",
+        help="also time the loop with this backend ('' for none)",
+    )
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+    )
     parser.add_argument("--name", default=None, help="report file name (default batch-<date>)")
     parser.add_argument("--out", type=Path, default=Path("reports/benchmarks"))
     args = parser.parse_args(argv)

@@ -89,17 +89,27 @@ def run(device: torch.device, cells_per_side: list[int], repeats: int = 3) -> li
 def _row(case, stage, implementation, times, mesh) -> dict:
     median = statistics.median(times)
     return {
-        "case": case, "stage": stage, "implementation": implementation, "median_s": median,
-        "min_s": min(times), "max_s": max(times), "n_nodes": mesh.n_points, "n_cells": mesh.n_cells,
-        "cells_per_s": mesh.n_cells / median if median > 0 else float("nan"), "peak_mib": float("nan"),
-        "repeats": len(times), "ratio": float("nan"),
+        "case": case,
+        "stage": stage,
+        "implementation": implementation,
+        "median_s": median,
+        "min_s": min(times),
+        "max_s": max(times),
+        "n_nodes": mesh.n_points,
+        "n_cells": mesh.n_cells,
+        "cells_per_s": mesh.n_cells / median if median > 0 else float("nan"),
+        "peak_mib": float("nan"),
+        "repeats": len(times),
+        "ratio": float("nan"),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[315, 999], help="cells per side (315: 1e5 nodes, 999: 1e6)")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[315, 999], help="cells per side (315: 1e5 nodes, 999: 1e6)"
+    )
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("GPU_REPORT_DIR", "reports/gpu")))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

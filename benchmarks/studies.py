@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import torch
 
 from tmcore import Mesh, solvers
-from tmcore.topology.filters import cell_neighbours, checkerboard_indicator
 from tmcore.studies import coefficient_identification, thermal_topology
+from tmcore.topology.filters import cell_neighbours, checkerboard_indicator
 
 IDENTIFICATION_MESH = 0.04
 TOPOLOGY_MESH = 0.025
@@ -76,11 +76,20 @@ def ms(seconds: torch.Tensor, q: float) -> float:
 
 
 def identification_row(name: str, mesh: Mesh, steps: int, smoothness: float) -> Row:
-    result, total, factorizations, analyses = timed(lambda: coefficient_identification(mesh, steps=steps, smoothness=smoothness))
+    result, total, factorizations, analyses = timed(
+        lambda: coefficient_identification(mesh, steps=steps, smoothness=smoothness)
+    )
     report = result.kappa_error_report(centre_radius=0.15)
     return Row(
-        name, "identification", f"{mesh.n_points} nodes", steps,
-        ms(result.seconds_per_step, 0.5), ms(result.seconds_per_step, 0.9), total, factorizations / steps, analyses,
+        name,
+        "identification",
+        f"{mesh.n_points} nodes",
+        steps,
+        ms(result.seconds_per_step, 0.5),
+        ms(result.seconds_per_step, 0.9),
+        total,
+        factorizations / steps,
+        analyses,
         {
             "loss_first": float(result.loss[0]),
             "misfit_last": float(result.misfit[-1]),
@@ -97,10 +106,19 @@ def identification_row(name: str, mesh: Mesh, steps: int, smoothness: float) -> 
 
 
 def topology_row(name: str, mesh: Mesh, steps: int, filter: str | None, pairs: torch.Tensor) -> Row:  # noqa: A002
-    result, total, factorizations, analyses = timed(lambda: thermal_topology(mesh, steps=steps, snapshot_steps=None, filter=filter))
+    result, total, factorizations, analyses = timed(
+        lambda: thermal_topology(mesh, steps=steps, snapshot_steps=None, filter=filter)
+    )
     return Row(
-        name, "topology", f"{mesh.n_cells} cells", steps,
-        ms(result.seconds_per_step, 0.5), ms(result.seconds_per_step, 0.9), total, factorizations / steps, analyses,
+        name,
+        "topology",
+        f"{mesh.n_cells} cells",
+        steps,
+        ms(result.seconds_per_step, 0.5),
+        ms(result.seconds_per_step, 0.9),
+        total,
+        factorizations / steps,
+        analyses,
         {
             "compliance_first": float(result.compliance[0]),
             "compliance_last": float(result.compliance[-1]),
@@ -117,8 +135,10 @@ def describe(row: Row) -> str:
     if row.study == "identification":
         return (
             f"loss {r['loss_first']:.2e} -> {r['misfit_last']:.2e} ({r['orders']:.1f} orders), "
-            f"u err {r['u_rel_max_error']:.1e}, kappa err peak {r['kappa_peak_error']:.3f} at d={r['kappa_peak_distance']:.2f}, "
-            f"d<0.15 {r['kappa_error_near_centre']:.3f}, d>=0.15 {r['kappa_error_away']:.3f} (at d={r['kappa_error_away_distance']:.2f}; "
+            f"u err {r['u_rel_max_error']:.1e}, kappa err peak {r['kappa_peak_error']:.3f} at "
+            f"d={r['kappa_peak_distance']:.2f}, "
+            f"d<0.15 {r['kappa_error_near_centre']:.3f}, d>=0.15 {r['kappa_error_away']:.3f} (at "
+            f"d={r['kappa_error_away_distance']:.2f}; "
             f"{100 * r['away_fraction_below_0.01']:.0f}% < 0.01)"
         )
     return (
@@ -144,9 +164,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="300 identification and 20 topology steps (timings only)")
     parser.add_argument("--id-steps", type=int, default=None, help="Adam steps (default 5000)")
     parser.add_argument("--topo-steps", type=int, default=None, help="OC steps (default 60)")
-    parser.add_argument("--smoothness", type=float, default=SMOOTHNESS, help=f"penalty weight of the second identification run (default {SMOOTHNESS:g}; 0 skips it)")
+    parser.add_argument(
+        "--smoothness",
+        type=float,
+        default=SMOOTHNESS,
+        help=f"penalty weight of the second identification run (default {SMOOTHNESS:g}; 0 skips it)",
+    )
     parser.add_argument("--no-filters", action="store_true", help="skip the filtered topology runs")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1: small solves run fastest on one thread)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads (default 1: small solves run fastest on one thread)",
+    )
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     args.id_steps = args.id_steps or (300 if args.quick else 5000)
@@ -173,20 +203,32 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     pairs = cell_neighbours(topo_mesh)
     rows = [identification_row("identification", id_mesh, args.id_steps, 0.0)]
     if args.smoothness > 0:
-        rows.append(identification_row(f"identification, smoothness {args.smoothness:g}", id_mesh, args.id_steps, args.smoothness))
+        rows.append(
+            identification_row(
+                f"identification, smoothness {args.smoothness:g}", id_mesh, args.id_steps, args.smoothness
+            )
+        )
     rows.append(topology_row("topology (chapter, unfiltered)", topo_mesh, args.topo_steps, None, pairs))
     if not args.no_filters:
         rows.append(topology_row("topology, density filter", topo_mesh, args.topo_steps, "density", pairs))
         rows.append(topology_row("topology, sensitivity filter", topo_mesh, args.topo_steps, "sensitivity", pairs))
     load_after = os.getloadavg()
     print(table(rows))
-    print(f"# load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; solver backends used: {dict(solvers.stats.by_backend)}")
+    print(
+        f"# load average after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; solver backends "
+        f"used: {dict(solvers.stats.by_backend)}"
+    )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(
-                {"load_before": load_before, "load_after": load_after, "threads": args.threads,
-                 "rows": [{**row.__dict__, "budget_ms": row.budget_ms} for row in rows]},
-                handle, indent=2,
+                {
+                    "load_before": load_before,
+                    "load_after": load_after,
+                    "threads": args.threads,
+                    "rows": [{**row.__dict__, "budget_ms": row.budget_ms} for row in rows],
+                },
+                handle,
+                indent=2,
             )
     return rows
 

@@ -145,13 +145,17 @@ def _timers_for(label: str, dim: int, n: int) -> list[Timer]:
     sizes = dict(n_nodes=mesh.n_points, n_cells=mesh.n_cells)
     kappa, cond, K_, b_ = _condensed(mesh)
     f = torch.ones(mesh.n_points, dtype=torch.float64)
-    timers = [Timer(case, "structured mesh", "tmcore", lambda: Mesh.gen_grid((n,) * dim, element_type=element), **sizes)]
+    timers = [
+        Timer(case, "structured mesh", "tmcore", lambda: Mesh.gen_grid((n,) * dim, element_type=element), **sizes)
+    ]
 
     gmsh_args = GMSH_2D.get(label) if dim == 2 else GMSH_3D.get(label)
     if gmsh_args is not None:
         if dim == 2:
             h, refine = gmsh_args
-            timers.append(Timer(case, "gmsh mesh", "tmcore", lambda: Mesh.gen_rectangle(chara_length=h, refine=refine), **sizes))
+            timers.append(
+                Timer(case, "gmsh mesh", "tmcore", lambda: Mesh.gen_rectangle(chara_length=h, refine=refine), **sizes)
+            )
         else:
             timers.append(Timer(case, "gmsh mesh", "tmcore", lambda: Mesh.gen_box(chara_length=gmsh_args), **sizes))
 
@@ -233,8 +237,20 @@ def _skfem_timers(case: str, mesh: Mesh, kappa: torch.Tensor, sizes: dict) -> li
         return w.kappa * dot(grad(u), grad(v))
 
     return [
-        Timer(case, "assembler setup + first assembly", "scikit-fem", lambda: skfem.asm(diffusion, skfem.Basis(skmesh, element, intorder=1), kappa=kappa_np), **sizes),
-        Timer(case, "matrix assembly", "scikit-fem", lambda: skfem.asm(diffusion, basis, kappa=basis.interpolate(kappa_np)), **sizes),
+        Timer(
+            case,
+            "assembler setup + first assembly",
+            "scikit-fem",
+            lambda: skfem.asm(diffusion, skfem.Basis(skmesh, element, intorder=1), kappa=kappa_np),
+            **sizes,
+        ),
+        Timer(
+            case,
+            "matrix assembly",
+            "scikit-fem",
+            lambda: skfem.asm(diffusion, basis, kappa=basis.interpolate(kappa_np)),
+            **sizes,
+        ),
     ]
 
 
@@ -304,7 +320,9 @@ def run(quick: bool = False, repeats: int | None = None, cases: list[str] | None
     if cases:
         unknown = set(cases) - {f"2d-{label}" for label in SIZES_2D} - {f"3d-{label}" for label in SIZES_3D}
         if unknown:
-            raise ValueError(f"unknown cases {sorted(unknown)}; choose from 2d-{list(SIZES_2D)} and 3d-{list(SIZES_3D)}")
+            raise ValueError(
+                f"unknown cases {sorted(unknown)}; choose from 2d-{list(SIZES_2D)} and 3d-{list(SIZES_3D)}"
+            )
         plan = [(label, 2, SIZES_2D[label]) for label in SIZES_2D if f"2d-{label}" in cases] + [
             (label, 3, SIZES_3D[label]) for label in SIZES_3D if f"3d-{label}" in cases
         ]
@@ -329,12 +347,21 @@ def summarise(timers: list[Timer]) -> list[dict]:
     rows = []
     for t in timers:
         median = statistics.median(t.times)
-        rows.append({
-            "case": t.case, "stage": t.stage, "implementation": t.implementation,
-            "median_s": median, "min_s": min(t.times), "max_s": max(t.times),
-            "n_nodes": t.n_nodes, "n_cells": t.n_cells, "cells_per_s": t.n_cells / median, "peak_mib": t.peak_mib,
-            "repeats": len(t.times),
-        })
+        rows.append(
+            {
+                "case": t.case,
+                "stage": t.stage,
+                "implementation": t.implementation,
+                "median_s": median,
+                "min_s": min(t.times),
+                "max_s": max(t.times),
+                "n_nodes": t.n_nodes,
+                "n_cells": t.n_cells,
+                "cells_per_s": t.n_cells / median,
+                "peak_mib": t.peak_mib,
+                "repeats": len(t.times),
+            }
+        )
     by_stage: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         by_stage.setdefault((row["case"], row["stage"]), []).append(row)
@@ -403,7 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     # a quick or partial run must not overwrite the day's full report
     name = info["date"][:10] + ("-quick" if args.quick else "-partial" if args.cases else "")
-    timers = run(quick=args.quick, repeats=args.repeats, cases=args.cases, on_size=lambda t: write_report(summarise(t), info, args.out, name))
+    timers = run(
+        quick=args.quick,
+        repeats=args.repeats,
+        cases=args.cases,
+        on_size=lambda t: write_report(summarise(t), info, args.out, name),
+    )
     rows = summarise(timers)
     netcdf, markdown = write_report(rows, info, args.out, name)
     print(to_markdown(rows, info))

@@ -1,6 +1,7 @@
 """The 88-line code's benchmarks on tmcore against an independent NumPy/SciPy reference.
 
-    python -m benchmarks.topology88 [--cases mbb:60x20,mbb:150x50,cantilever:80x50,heat:40x40] [--out reports/benchmarks]
+    python -m benchmarks.topology88 [--cases mbb:60x20,mbb:150x50,cantilever:80x50,heat:40x40]
+                                    [--out reports/benchmarks]
 
 For each case: iterations to convergence (max change <= 0.01), final compliance, the
 difference to the reference (written from the paper's equations, tests/tmcore/topopt_reference.py)
@@ -54,13 +55,16 @@ def main(argv=None) -> int:
         rows.append(run_case(name, nelx, nely))
         print(rows[-1], flush=True)
     lines = [
-        "| case | iterations | compliance | ms/iteration | reference iterations | reference compliance | reference ms/iteration | difference | mean |rho - rho_ref| |",
+        "| case | iterations | compliance | ms/iteration | reference iterations | reference compliance | "
+        "reference ms/iteration | difference | mean |rho - rho_ref| |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['case']} | {r['iterations']} | {r['compliance']:.4f} | {r['ms_per_iteration']:.1f} | {r['ref_iterations']} | "
-            f"{r['ref_compliance']:.4f} | {r['ref_ms_per_iteration']:.1f} | {100 * r['difference']:+.3f}% | {r['design_difference']:.2e} |"
+            f"| {r['case']} | {r['iterations']} | {r['compliance']:.4f} | {r['ms_per_iteration']:.1f} | "
+            f"{r['ref_iterations']} | "
+            f"{r['ref_compliance']:.4f} | {r['ref_ms_per_iteration']:.1f} | {100 * r['difference']:+.3f}% | "
+            f"{r['design_difference']:.2e} |"
         )
     text = "\n".join(lines)
     print(text)

@@ -104,9 +104,21 @@ def child_environment() -> dict:
 def measure_in_fresh_process(steps: int, cells: int, checkpoint) -> dict:
     """:func:`measure` in a new interpreter with :func:`child_environment`, so that no earlier
     run's heap is reused (which would understate the resident memory of the later one)."""
-    command = [sys.executable, "-m", "benchmarks.transient_memory", "--steps", str(steps), "--cells", str(cells), "--one", json.dumps(checkpoint)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.transient_memory",
+        "--steps",
+        str(steps),
+        "--cells",
+        str(cells),
+        "--one",
+        json.dumps(checkpoint),
+    ]
     root = Path(__file__).resolve().parents[1]
-    output = subprocess.run(command, check=True, capture_output=True, text=True, env=child_environment(), cwd=root).stdout
+    output = subprocess.run(
+        command, check=True, capture_output=True, text=True, env=child_environment(), cwd=root
+    ).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -126,15 +138,19 @@ def main(argv=None) -> int:
         rows.append((label, measure_in_fresh_process(args.steps, args.cells, checkpoint)))
     first = rows[0][1]
     lines = [
-        f"Crank-Nicolson, {first['nodes']} nodes, {first['steps']} steps, backend {first['backend']}; one factorisation per run.",
+        f"Crank-Nicolson, {first['nodes']} nodes, {first['steps']} steps, backend {first['backend']}; one "
+        "factorisation per run.",
         "",
-        "| checkpointing | segments | saved by autograd (MiB) | peak RSS after forward (MiB) | peak RSS fwd+bwd (MiB) | forward (s) | backward (s) | forward solves | adjoint solves | |grad| |",
+        "| checkpointing | segments | saved by autograd (MiB) | peak RSS after forward (MiB) | peak RSS "
+        "fwd+bwd (MiB) | forward (s) | backward (s) | forward solves | adjoint solves | |grad| |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in rows:
         lines.append(
-            f"| {label} | {r['segments']} | {r['saved_mib']:.1f} | {r['peak_forward_mib']:.1f} | {r['peak_total_mib']:.1f} | "
-            f"{r['forward_s']:.2f} | {r['backward_s']:.2f} | {r['forward_solves']} | {r['adjoint_solves']} | {r['grad_norm']:.10e} |"
+            f"| {label} | {r['segments']} | {r['saved_mib']:.1f} | {r['peak_forward_mib']:.1f} | "
+            f"{r['peak_total_mib']:.1f} | "
+            f"{r['forward_s']:.2f} | {r['backward_s']:.2f} | {r['forward_solves']} | {r['adjoint_solves']} | "
+            f"{r['grad_norm']:.10e} |"
         )
     text = "\n".join(lines)
     print(text)

@@ -2,13 +2,11 @@
 
 Run: python examples/seed_example1.py [steps]   (the chapter uses 5000)
 """
-
 import sys
 import time
 
 import torch
-
-from tmcore import Condenser, ElementAssembler, Mesh, NodeAssembler
+from tmcore import Mesh, ElementAssembler, NodeAssembler, Condenser
 
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
 
@@ -58,7 +56,5 @@ for step in range(STEPS):
 with torch.no_grad():
     u = fem_solve(1.0 + torch.tanh(theta), f_vals)
     rel_err = float((u - u_obs).abs().max() / u_obs.abs().max())
-print(
-    f"nodes {mesh.n_points}, steps {STEPS}: loss {losses[0]:.3e} -> {losses[-1]:.3e}, "
-    f"rel max error of u {rel_err:.2e}, median {1e3 * sorted(times)[len(times) // 2]:.1f} ms/step"
-)
+print(f"nodes {mesh.n_points}, steps {STEPS}: loss {losses[0]:.3e} -> {losses[-1]:.3e}, "
+      f"rel max error of u {rel_err:.2e}, median {1e3 * sorted(times)[len(times) // 2]:.1f} ms/step")

@@ -326,7 +326,9 @@ class Store:
 
     def _key_path(self, folder: str, key: str) -> Path:
         if not isinstance(key, str) or not _KEY.fullmatch(key) or ".." in key:
-            raise ValueError(f"{folder} keys are plain file names (letters, digits, '_', '-', '.'; no '..'), got {key!r}")
+            raise ValueError(
+                f"{folder} keys are plain file names (letters, digits, '_', '-', '.'; no '..'), got {key!r}"
+            )
         return self.root / folder / f"{key}.json"
 
     def _index_path(self, key: str) -> Path:
@@ -465,8 +467,12 @@ class Store:
         ref = self.put_dataset(state_to_dataset(state), "checkpoint")
         path = self._key_path("checkpoints", key)
         previous = self._checkpoint_ref(path)
-        entry = {"key": key, "step": state.get("step"), "checkpoint": ref,
-                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        entry = {
+            "key": key,
+            "step": state.get("step"),
+            "checkpoint": ref,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
         atomic_write_json(path, entry)  # the new one is in place before the old one goes
         if previous is not None and previous["path"] != ref["path"]:
             self._remove_checkpoint_object(previous)
@@ -557,7 +563,9 @@ def state_to_dataset(state: Mapping[str, Any]):
             return {"float": repr(value)}
         if isinstance(value, (np.integer, np.floating, np.bool_)):
             return encode(value.item())
-        raise TypeError(f"a state may hold tensors, numbers, strings, None and containers of them; got {type(value).__name__}")
+        raise TypeError(
+            f"a state may hold tensors, numbers, strings, None and containers of them; got {type(value).__name__}"
+        )
 
     skeleton = encode(dict(state))
     return xr.Dataset(variables, attrs={"state": json.dumps(skeleton, sort_keys=False), "state_format": 1})

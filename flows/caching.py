@@ -239,7 +239,11 @@ def check_result_record(path: Path, expected: Any) -> str | None:
         record = json.loads(data)
     except ValueError:
         return "not a JSON document (truncated or foreign)"
-    if not isinstance(record, dict) or set(record) != {"metadata", "result"} or not isinstance(record["metadata"], dict):
+    if (
+        not isinstance(record, dict)
+        or set(record) != {"metadata", "result"}
+        or not isinstance(record["metadata"], dict)
+    ):
         return "not a result record of the current layout ({metadata, result})"
     serializer = record["metadata"].get("serializer")
     if not isinstance(serializer, dict) or serializer.get("type") != "json":
@@ -293,9 +297,16 @@ def cache_key(stage: Stage, parameters: Mapping[str, Any], records: Path | None 
                 moved = store.root / "quarantine"
             except ArtifactError as error:  # stuck in place: the new generation's record has another name
                 moved = f"nowhere ({error})"
-            logger.warning("%s: result record %s refused (%s); moved to %s, recomputing", stage.name, key, problem, moved)
+            logger.warning(
+                "%s: result record %s refused (%s); moved to %s, recomputing", stage.name, key, problem, moved
+            )
         else:
-            logger.info("%s: %d of %d recorded artifacts missing or corrupt; recomputing", stage.name, intact.count(False), len(refs))
+            logger.info(
+                "%s: %d of %d recorded artifacts missing or corrupt; recomputing",
+                stage.name,
+                intact.count(False),
+                len(refs),
+            )
     return f"{identity}-{secrets.token_hex(4)}"
 
 
@@ -331,7 +342,11 @@ def record(stage: Stage, parameters: Mapping[str, Any], result: Any, key: str | 
 
 
 def cached_task(
-    name: str, sources: Iterable[str] = (), normalise: Mapping[str, Callable] | None = None, unkeyed: Iterable[str] = (), **options
+    name: str,
+    sources: Iterable[str] = (),
+    normalise: Mapping[str, Callable] | None = None,
+    unkeyed: Iterable[str] = (),
+    **options,
 ):
     """Make a Prefect task of a stage function ``fn(store, ...) -> reference(s)``.
 

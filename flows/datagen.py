@@ -83,7 +83,15 @@ def datagen_shard(
         mesh_, range(start, stop), seed=seed, length_scale=length_scale, sigma=sigma, f=f, batch_size=batch_size
     )
     seconds = time.perf_counter() - begin
-    parameters = {"start": start, "stop": stop, "seed": seed, "length_scale": length_scale, "sigma": sigma, "f": f, "batch_size": batch_size}
+    parameters = {
+        "start": start,
+        "stop": stop,
+        "seed": seed,
+        "length_scale": length_scale,
+        "sigma": sigma,
+        "f": f,
+        "batch_size": batch_size,
+    }
     dataset = xr.Dataset(
         {"kappa": (("sample", "node"), kappa.numpy()), "u": (("sample", "node"), u.numpy())},
         coords={"sample": np.arange(start, stop, dtype=np.int64)},
@@ -100,7 +108,9 @@ def datagen_merge(store: str, mesh: dict, shards: list, chunk: int = 64) -> dict
     parts = [artifacts.open_dataset(ref, "fields") for ref in shards]
     samples = xr.concat([part[list(DATA_VARS)] for part in parts], dim="sample", combine_attrs="drop")
     if not np.array_equal(samples["sample"].values, np.arange(samples.sizes["sample"])):
-        raise ValueError(f"the shards must cover samples 0..N-1 in order, got {samples['sample'].values.tolist()[:10]}...")
+        raise ValueError(
+            f"the shards must cover samples 0..N-1 in order, got {samples['sample'].values.tolist()[:10]}..."
+        )
     mesh_ = mesh_from_xarray(artifacts.open_dataset(mesh, "mesh"))
     first = json.loads(parts[0].attrs["parameters"])
     dataset = samples.assign(
@@ -109,14 +119,21 @@ def datagen_merge(store: str, mesh: dict, shards: list, chunk: int = 64) -> dict
         dirichlet_mask=(("node",), mesh_.boundary_mask.numpy().astype(np.int8)),
     )
     dataset["kappa"].attrs = {"long_name": "conductivity per node", "definition": "exp(sigma * random field)"}
-    dataset["u"].attrs = {"long_name": "solution per node", "definition": "-div(kappa grad u) = f, u = 0 where dirichlet_mask"}
+    dataset["u"].attrs = {
+        "long_name": "solution per node",
+        "definition": "-div(kappa grad u) = f, u = 0 where dirichlet_mask",
+    }
     chunk = max(1, min(int(chunk), dataset.sizes["sample"]))
     for name in DATA_VARS:
         dataset[name].encoding = {"chunksizes": (chunk, dataset.sizes["node"]), "zlib": False, "contiguous": False}
     parameters = {key: first[key] for key in ("seed", "length_scale", "sigma", "f")}
     parameters.update(n_samples=dataset.sizes["sample"], chunk=chunk)
     inputs = {"mesh": mesh, **{f"shard{i}": ref for i, ref in enumerate(shards)}}
-    dataset.attrs = {"title": "operator-learning samples: kappa -> u", "cell_type": mesh_.cell_type, **provenance(parameters, inputs)}
+    dataset.attrs = {
+        "title": "operator-learning samples: kappa -> u",
+        "cell_type": mesh_.cell_type,
+        **provenance(parameters, inputs),
+    }
     return artifacts.put_dataset(dataset, "fields")
 
 
@@ -168,16 +185,28 @@ def operator_dataset(
     mesh = Bound(tasks.generate_mesh, artifacts).submit(kind="grid", cells=cells)
     starts = list(range(0, n_samples, shard_size))
     shards = Bound(datagen_shard, artifacts).map(
-        mesh=unmapped(mesh), start=starts, stop=[min(s + shard_size, n_samples) for s in starts],
-        seed=unmapped(seed), length_scale=unmapped(length_scale), sigma=unmapped(sigma), f=unmapped(f),
+        mesh=unmapped(mesh),
+        start=starts,
+        stop=[min(s + shard_size, n_samples) for s in starts],
+        seed=unmapped(seed),
+        length_scale=unmapped(length_scale),
+        sigma=unmapped(sigma),
+        f=unmapped(f),
         batch_size=unmapped(batch_size),
     )
     merged = Bound(datagen_merge, artifacts).submit(mesh=mesh, shards=list(shards), chunk=min(chunk, n_samples))
     reference = merged.result()
     path = artifacts.path(reference).resolve()
     published = str(artifacts.copy_to(reference, out)) if out else None
-    states = {"generate_mesh": [mesh.state.name], "datagen_shard": [s.state.name for s in shards], "datagen_merge": [merged.state.name]}
-    print(f"operator dataset: {n_samples} samples on {reference['path']} ({len(starts)} shards); " + (f"copied to {published}" if published else f"at {path}"))
+    states = {
+        "generate_mesh": [mesh.state.name],
+        "datagen_shard": [s.state.name for s in shards],
+        "datagen_merge": [merged.state.name],
+    }
+    print(
+        f"operator dataset: {n_samples} samples on {reference['path']} ({len(starts)} shards); "
+        + (f"copied to {published}" if published else f"at {path}")
+    )
     return {
         "mesh": mesh.result(),
         "shards": [s.result() for s in shards],
@@ -194,20 +223,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--samples", type=int, default=1024, help="number of (kappa, u) pairs (default 1024)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random fields (default 0)")
     parser.add_argument("--cells", type=int, default=16, help="grid cells per side of the unit square (default 16)")
-    parser.add_argument("--length-scale", type=float, default=0.25, help="correlation length of log kappa (default 0.25)")
+    parser.add_argument(
+        "--length-scale", type=float, default=0.25, help="correlation length of log kappa (default 0.25)"
+    )
     parser.add_argument("--sigma", type=float, default=1.0, help="standard deviation of log kappa (default 1.0)")
     parser.add_argument("--shard-size", type=int, default=256, help="samples per task (default 256)")
-    parser.add_argument("--batch-size", type=int, default=64, help="samples per batched solve, and per chunk on disk (default 64)")
-    parser.add_argument("--store", default=None, help="artifact store (default $TMCORE_ARTIFACTS or data/artifacts); shared by all workers")
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="samples per batched solve, and per chunk on disk (default 64)"
+    )
+    parser.add_argument(
+        "--store",
+        default=None,
+        help="artifact store (default $TMCORE_ARTIFACTS or data/artifacts); shared by all workers",
+    )
     parser.add_argument("--out", default=None, help="also copy the dataset to this file")
-    parser.add_argument("--dask-address", default=None, help="run the tasks on this dask.distributed scheduler ('local': a LocalCluster)")
+    parser.add_argument(
+        "--dask-address",
+        default=None,
+        help="run the tasks on this dask.distributed scheduler ('local': a LocalCluster)",
+    )
     args = parser.parse_args(argv)
     dataset_flow = operator_dataset
     if args.dask_address:
         dataset_flow = dataset_flow.with_options(task_runner=task_runner(args.dask_address))
     return dataset_flow(
-        n_samples=args.samples, seed=args.seed, cells=args.cells, length_scale=args.length_scale, sigma=args.sigma,
-        shard_size=args.shard_size, batch_size=args.batch_size, store=args.store, out=args.out,
+        n_samples=args.samples,
+        seed=args.seed,
+        cells=args.cells,
+        length_scale=args.length_scale,
+        sigma=args.sigma,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        store=args.store,
+        out=args.out,
     )
 
 

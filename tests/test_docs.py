@@ -41,7 +41,9 @@ def python_blocks(text: str) -> list[Block]:
 
 
 def test_fence_parser_pairs_code_with_its_output():
-    page = "intro\n```python\nprint(1)\n```\n\n```text\n1\n```\n```python\nx = 2\n```\nprose\n```text\nnot output\n```\n"
+    page = (
+        "intro\n```python\nprint(1)\n```\n\n```text\n1\n```\n```python\nx = 2\n```\nprose\n```text\nnot output\n```\n"
+    )
     blocks = python_blocks(page)
     assert [(b.line, b.code, b.expected) for b in blocks] == [(3, "print(1)\n", "1\n"), (10, "x = 2\n", None)]
 

@@ -56,9 +56,14 @@ class Check:
     def row(self) -> dict[str, Any]:
         nan = float("nan")
         return {
-            "case": self.case, "suite": self.suite, "quantity": self.quantity, "value": float(self.value), "unit": self.unit,
+            "case": self.case,
+            "suite": self.suite,
+            "quantity": self.quantity,
+            "value": float(self.value),
+            "unit": self.unit,
             "expected": nan if self.expected is None else float(self.expected),
-            "low": nan if self.low is None else float(self.low), "high": nan if self.high is None else float(self.high),
+            "low": nan if self.low is None else float(self.low),
+            "high": nan if self.high is None else float(self.high),
             "status": ("pass" if self.passed else "FAIL") if self.bounded else "info",
         }
 

@@ -34,9 +34,20 @@ def gradients(
         data = context.store.open_dataset(table.result(), "gradcheck")
         suffix = f"{target}-seed{seed}"
         checks += [
-            Check(f"gradient-{suffix}-min-digits", "gradients", f"worst agreeing digits, {target} gradient ({n_probes} probes)",
-                  float(data.attrs["min_digits"]), unit="digits", low=min_digits),
-            Check(f"gradient-{suffix}-median-digits", "gradients", f"median agreeing digits, {target} gradient",
-                  float(data.attrs["median_digits"]), unit="digits"),
+            Check(
+                f"gradient-{suffix}-min-digits",
+                "gradients",
+                f"worst agreeing digits, {target} gradient ({n_probes} probes)",
+                float(data.attrs["min_digits"]),
+                unit="digits",
+                low=min_digits,
+            ),
+            Check(
+                f"gradient-{suffix}-median-digits",
+                "gradients",
+                f"median agreeing digits, {target} gradient",
+                float(data.attrs["median_digits"]),
+                unit="digits",
+            ),
         ]
     return checks

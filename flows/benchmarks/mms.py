@@ -28,7 +28,9 @@ def rate(coarse: float, fine: float, ratio: float) -> float:
 
 
 @register("mms")
-def mms(context: Context, sizes: Sequence[int] = DEFAULT_SIZES, tolerance: float = 0.15, device: str = "auto") -> list[Check]:
+def mms(
+    context: Context, sizes: Sequence[int] = DEFAULT_SIZES, tolerance: float = 0.15, device: str = "auto"
+) -> list[Check]:
     sizes = sorted(int(n) for n in sizes)
     if len(sizes) < 2 or sizes[0] < 1:
         raise ValueError(f"the mms suite needs at least two positive grid sizes, got {sizes}")
@@ -45,16 +47,40 @@ def mms(context: Context, sizes: Sequence[int] = DEFAULT_SIZES, tolerance: float
         checks += [
             Check(f"mms-p1-n{n}-l2-error", "mms", f"L2 error, {n}x{n} grid ({nodes} nodes)", l2),
             Check(f"mms-p1-n{n}-h1-error", "mms", f"H1 seminorm error, {n}x{n} grid", h1),
-            Check(f"mms-p1-n{n}-assembly-seconds", "mms", f"assembly time, {nodes} nodes ({system_data.attrs['device']})",
-                  float(system_data.attrs.get("run_seconds", float("nan"))), unit="s"),
-            Check(f"mms-p1-n{n}-solve-seconds", "mms", f"condense + solve time, {nodes} nodes",
-                  float(fields.attrs.get("run_seconds", float("nan"))), unit="s"),
+            Check(
+                f"mms-p1-n{n}-assembly-seconds",
+                "mms",
+                f"assembly time, {nodes} nodes ({system_data.attrs['device']})",
+                float(system_data.attrs.get("run_seconds", float("nan"))),
+                unit="s",
+            ),
+            Check(
+                f"mms-p1-n{n}-solve-seconds",
+                "mms",
+                f"condense + solve time, {nodes} nodes",
+                float(fields.attrs.get("run_seconds", float("nan"))),
+                unit="s",
+            ),
         ]
     (n0, l2_0, h1_0), (n1, l2_1, h1_1) = errors[-2], errors[-1]
     checks += [
-        Check("mms-p1-l2-rate", "mms", f"L2 convergence rate, grids {n0} -> {n1}", rate(l2_0, l2_1, n1 / n0),
-              low=2 - tolerance, high=2 + tolerance, expected=2.0),
-        Check("mms-p1-h1-rate", "mms", f"H1 convergence rate, grids {n0} -> {n1}", rate(h1_0, h1_1, n1 / n0),
-              low=1 - tolerance, high=1 + tolerance, expected=1.0),
+        Check(
+            "mms-p1-l2-rate",
+            "mms",
+            f"L2 convergence rate, grids {n0} -> {n1}",
+            rate(l2_0, l2_1, n1 / n0),
+            low=2 - tolerance,
+            high=2 + tolerance,
+            expected=2.0,
+        ),
+        Check(
+            "mms-p1-h1-rate",
+            "mms",
+            f"H1 convergence rate, grids {n0} -> {n1}",
+            rate(h1_0, h1_1, n1 / n0),
+            low=1 - tolerance,
+            high=1 + tolerance,
+            expected=1.0,
+        ),
     ]
     return checks

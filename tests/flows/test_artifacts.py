@@ -14,12 +14,21 @@ import xarray as xr
 
 from flows import tasks
 from flows.artifacts import ArtifactError, Store, atomic_write, atomic_write_bytes, content_hash, hash_array
-from flows.validation import benchmark_table
 from flows.benchmarks import Check
+from flows.validation import benchmark_table
 from tmcore import Mesh
 from tmcore.core.mesh.io import mesh_from_xarray, mesh_to_xarray
 
-PROVENANCE = ("schema_version", "parameters", "inputs", "tmcore_version", "torch_version", "device", "run_seconds", "run_created")
+PROVENANCE = (
+    "schema_version",
+    "parameters",
+    "inputs",
+    "tmcore_version",
+    "torch_version",
+    "device",
+    "run_seconds",
+    "run_created",
+)
 
 
 # -- hashing ------------------------------------------------------------------------------------
@@ -136,7 +145,11 @@ def test_atomic_write_survives_a_killed_process(tmp_path):
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: Mesh.gen_rectangle(chara_length=0.3), lambda: Mesh.gen_rectangle(chara_length=0.4, order=2), lambda: Mesh.gen_grid((2, 2, 1))],
+    [
+        lambda: Mesh.gen_rectangle(chara_length=0.3),
+        lambda: Mesh.gen_rectangle(chara_length=0.4, order=2),
+        lambda: Mesh.gen_grid((2, 2, 1)),
+    ],
     ids=["triangle", "triangle6", "tetra"],
 )
 def test_mesh_schema_round_trips_through_netcdf(store, make):
@@ -192,17 +205,25 @@ def test_stage_outputs_follow_their_schemas(store):
     topo = tasks.optimise_topology.fn(store=root, mesh=rect, steps=3)
     history = store.open_dataset(topo["history"], "history")
     assert set(history.data_vars) == {"compliance", "volume", "rho_snapshot"}
-    assert history["rho_snapshot"].dims == ("snapshot_step", "cell") and history["snapshot_step"].values.tolist() == [0, 2]
+    assert history["rho_snapshot"].dims == ("snapshot_step", "cell") and history["snapshot_step"].values.tolist() == [
+        0,
+        2,
+    ]
     assert store.open_dataset(topo["fields"], "fields")["rho"].dims == ("cell",)
 
-    table = store.open_dataset(tasks.gradient_check.fn(store=root, mesh=rect, target="topology", n_probes=2), "gradcheck")
+    table = store.open_dataset(
+        tasks.gradient_check.fn(store=root, mesh=rect, target="topology", n_probes=2), "gradcheck"
+    )
     assert table.sizes["probe"] == 2 and table["target"].values.tolist() == ["topology", "topology"]
     assert (table["digits"] > 7).all() and table["index"].dtype == np.int64
     _provenance(table)
 
 
 def test_benchmark_table_schema_round_trips(store):
-    checks = [Check("rate", "mms", "L2 rate", 1.98, low=1.85, high=2.15, expected=2.0), Check("time", "mms", "solve", 0.1, unit="s")]
+    checks = [
+        Check("rate", "mms", "L2 rate", 1.98, low=1.85, high=2.15, expected=2.0),
+        Check("time", "mms", "solve", 0.1, unit="s"),
+    ]
     ds = store.open_dataset(store.put_dataset(benchmark_table(checks), "benchmark"), "benchmark")
     assert ds["case"].values.tolist() == ["rate", "time"]
     assert ds["status"].values.tolist() == ["pass", "info"]

@@ -45,7 +45,9 @@ def test_identity_sees_name_parameters_inputs_source_and_tmcore(monkeypatch):
     assert key.startswith("solve-")
     assert stage.identity({**base, "store": "/elsewhere"}) == key  # the store is not keyed
     assert stage.identity({**base, "steps": 10}) == key  # defaults are filled in
-    assert stage.identity({**base, "device": tasks.resolve_device("auto")}) == key  # "auto" keyed as what it resolves to
+    assert (
+        stage.identity({**base, "device": tasks.resolve_device("auto")}) == key
+    )  # "auto" keyed as what it resolves to
     assert stage.identity({**base, "steps": 11}) != key
     assert stage.identity({**base, "mesh": _ref("d" * 64)}) != key
     assert _stage(source="source-2").identity(base) != key
@@ -62,7 +64,9 @@ def test_source_hashes_follow_file_contents_and_names(tmp_path):
     assert caching._hash_files(tmp_path, reversed(files())) == first
     (tmp_path / "b.py").write_text("y = 3\n")
     assert caching._hash_files(tmp_path, files()) != first
-    assert len(caching.tmcore_hash()) == 64 and caching.module_hash("flows.figures") != caching.module_hash("flows.problems")
+    assert len(caching.tmcore_hash()) == 64 and caching.module_hash("flows.figures") != caching.module_hash(
+        "flows.problems"
+    )
     # every task hashes its own source (and its declared modules): all different
     sources = {t.fn.__stage__.source for t in (tasks.generate_mesh, tasks.assemble, tasks.solve, tasks.render_figures)}
     assert len(sources) == 4
@@ -84,7 +88,12 @@ def test_generations_follow_the_recorded_artifacts(store):
     assert renewed != fresh and renewed.startswith(identity + "-")
     assert not store.path(ref).exists() and len(list((store.root / "quarantine").iterdir())) == 1
 
-    record(stage, parameters, {"fields": store.put_dataset(xr.Dataset({"u": (("node",), np.arange(3.0))}), "fields")}, renewed)
+    record(
+        stage,
+        parameters,
+        {"fields": store.put_dataset(xr.Dataset({"u": (("node",), np.arange(3.0))}), "fields")},
+        renewed,
+    )
     assert cache_key(stage, parameters) == renewed
     store.path(ref).unlink()  # deleted
     assert cache_key(stage, parameters) != renewed

@@ -58,6 +58,8 @@ def test_sweep_on_dask_worker_processes(prefect_api, tmp_path, monkeypatch):
     from prefect_dask import DaskTaskRunner
 
     monkeypatch.setenv("PREFECT_API_URL", prefect_api)  # the workers report to the test server
-    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": "127.0.0.1:0"})
+    runner = DaskTaskRunner(
+        cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": "127.0.0.1:0"}
+    )
     result = _run(runner, Store(tmp_path / "store"), tmp_path / "report")
     assert all(row["status"] != "FAIL" for row in result["rows"])

@@ -10,8 +10,8 @@ from flows.artifacts import Store, iter_refs
 from flows.datagen import open_samples, operator_dataset
 from flows.runners import task_runner
 from tests.tmcore.docpages import run_example
-from tmcore.methods.batch import random_fields
 from tmcore.core.mesh.io import mesh_from_xarray
+from tmcore.methods.batch import random_fields
 
 # 96 samples on an 8 x 8 grid (81 nodes), three shards of 32, chunks of 32 samples
 SMALL = {"n_samples": 96, "cells": 8, "shard_size": 32, "batch_size": 32, "seed": 5, "sigma": 0.5}
@@ -59,7 +59,11 @@ def test_dataset_holds_the_samples_with_a_sample_dimension_and_opens_lazily(thre
 def test_a_second_run_is_cached_and_a_new_seed_recomputes_the_shards(threaded):
     store, first = threaded
     again = _run(store, task_runner(max_workers=2))
-    assert again["states"] == {"generate_mesh": ["Cached"], "datagen_shard": ["Cached"] * 3, "datagen_merge": ["Cached"]}
+    assert again["states"] == {
+        "generate_mesh": ["Cached"],
+        "datagen_shard": ["Cached"] * 3,
+        "datagen_merge": ["Cached"],
+    }
     assert again["dataset"] == first["dataset"]
     other = _run(store, task_runner(max_workers=2), seed=6, n_samples=32)
     assert other["states"]["generate_mesh"] == ["Cached"] and other["states"]["datagen_shard"] == ["Completed"]
@@ -82,12 +86,18 @@ def test_on_a_local_dask_cluster_the_artifacts_match_the_threaded_run(threaded, 
 def test_a_surrogate_learns_from_the_dataset(threaded, monkeypatch):
     """The flow's default data (1024 samples, 16 x 16 grid, sigma 1) and the training script, 300 steps."""
     store, _ = threaded
-    result = _run(store, task_runner(max_workers=2), n_samples=1024, cells=16, shard_size=256, batch_size=64, seed=0, sigma=1.0)
+    result = _run(
+        store, task_runner(max_workers=2), n_samples=1024, cells=16, shard_size=256, batch_size=64, seed=0, sigma=1.0
+    )
     out = run_example("neural_surrogate.py", monkeypatch, result["path"], 300)
     assert out["n_samples"] == 1024 and out["n_chunks"] == 16
     assert out["losses"][-1] < 0.2 * out["losses"][0]
     # the network beats the linear map between the same coefficients, and both beat the mean
-    assert out["mlp_error"] < 0.8 * out["linear_error"] < 0.8 * out["mean_error"], (out["mlp_error"], out["linear_error"], out["mean_error"])
+    assert out["mlp_error"] < 0.8 * out["linear_error"] < 0.8 * out["mean_error"], (
+        out["mlp_error"],
+        out["linear_error"],
+        out["mean_error"],
+    )
 
 
 def test_parameters_are_checked_before_any_work(prefect_api, tmp_path):

@@ -19,7 +19,9 @@ TASKS = ("generate_mesh", "identify_coefficient", "optimise_topology", "gradient
 
 
 def _run(tmp_path, **overrides):
-    return differentiability_figures(**{**TINY, "store": str(tmp_path / "store"), "out": str(tmp_path / "out"), **overrides})
+    return differentiability_figures(
+        **{**TINY, "store": str(tmp_path / "store"), "out": str(tmp_path / "out"), **overrides}
+    )
 
 
 def _computed(result) -> dict[str, list[bool]]:
@@ -49,15 +51,21 @@ def test_cached_runs_and_exact_recomputation(prefect_api, tmp_path):
     # a changed parameter recomputes its stage and what depends on it, nothing else
     third = _run(tmp_path, topology_steps=3)
     assert _computed(third) == {
-        "generate_mesh": [False] * 3, "identify_coefficient": [False], "optimise_topology": [True],
-        "gradient_check": [False, False], "render_figures": [True],
+        "generate_mesh": [False] * 3,
+        "identify_coefficient": [False],
+        "optimise_topology": [True],
+        "gradient_check": [False, False],
+        "render_figures": [True],
     }
 
     # a deleted artifact: that stage recomputes; the same content comes back, so nothing downstream does
     deleted = third["artifacts"]["gradient_checks"][1]
     os.remove(store.path(deleted))
     fourth = _run(tmp_path, topology_steps=3)
-    assert _computed(fourth) == {**{k: [False] * len(v) for k, v in fourth["states"].items()}, "gradient_check": [False, True]}
+    assert _computed(fourth) == {
+        **{k: [False] * len(v) for k, v in fourth["states"].items()},
+        "gradient_check": [False, True],
+    }
     assert fourth["artifacts"]["gradient_checks"][1]["content"] == deleted["content"]
     assert store.verify(fourth["artifacts"]["gradient_checks"][1])
 
@@ -110,7 +118,16 @@ def test_regeneration_from_an_empty_store_is_bitwise_identical(prefect_api, tmp_
 
 
 def test_command_prints_where_the_figures_are(prefect_api, tmp_path, capsys):
-    argv = ["--identification-steps", "2", "--topology-steps", "2", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "figs")]
+    argv = [
+        "--identification-steps",
+        "2",
+        "--topology-steps",
+        "2",
+        "--store",
+        str(tmp_path / "s"),
+        "--out",
+        str(tmp_path / "figs"),
+    ]
     differentiability.main(argv)
     printed = capsys.readouterr().out
     assert f"figures written to {(tmp_path / 'figs').resolve()}/: param_id_loss.png" in printed

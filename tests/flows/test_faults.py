@@ -34,7 +34,11 @@ def _spawn(prefect_api: str, *args: str, log: Path) -> subprocess.Popen:
     with open(log, "wb") as output:
         return subprocess.Popen(
             [sys.executable, "-m", "tests.flows.pipeline", *args],
-            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
@@ -50,7 +54,7 @@ def _wait_for(paths: list[Path], processes: list[subprocess.Popen], logs: list[P
 def _result(log: Path) -> dict:
     lines = [line for line in log.read_text().splitlines() if line.startswith("RESULT ")]
     assert lines, log.read_text()[-3000:]
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def _same_sources_as_the_subprocesses() -> None:
@@ -129,7 +133,8 @@ def test_two_processes_running_the_same_flow_on_one_store_both_complete(prefect_
     ready = [tmp_path / f"ready-{i}" for i in range(2)]
     logs = [tmp_path / f"run-{i}.log" for i in range(2)]
     processes = [
-        _spawn(prefect_api, str(store.root), "--cells", "6", "--ready", str(r), "--go", str(go), log=log) for r, log in zip(ready, logs)
+        _spawn(prefect_api, str(store.root), "--cells", "6", "--ready", str(r), "--go", str(go), log=log)
+        for r, log in zip(ready, logs)
     ]
     try:
         _wait_for(ready, processes, logs)
@@ -181,13 +186,17 @@ def test_a_study_that_crashes_resumes_from_its_last_checkpoint(prefect_api, tmp_
     assert state.is_failed() and calls == [0, 1, 2, 3, 4]
     (pointer,) = (store.root / "checkpoints").glob("identify_coefficient-*.json")
     assert json.loads(pointer.read_text())["step"] == 4
-    assert len(list((store.root / "objects").rglob("*.nc"))) == 2  # the mesh and the latest checkpoint (step 2's is gone)
+    assert (
+        len(list((store.root / "objects").rglob("*.nc"))) == 2
+    )  # the mesh and the latest checkpoint (step 2's is gone)
 
     calls.clear()
     crash["at"] = None
     resumed = identification_study(**options, checkpoint_every=2, store=str(store.root))
     assert calls == [4, 5, 6]  # resumed at the checkpoint, not from step 0
-    assert not pointer.exists() and len(list((store.root / "objects").rglob("*.nc"))) == 3  # finished: checkpoint discarded
+    assert (
+        not pointer.exists() and len(list((store.root / "objects").rglob("*.nc"))) == 3
+    )  # finished: checkpoint discarded
     for name in ("history", "fields"):  # the content hash covers every array bit for bit
         assert resumed[name]["content"] == reference[name]["content"], name
     assert resumed["mesh"]["content"] == reference["mesh"]["content"]
@@ -206,8 +215,13 @@ class _Payload:
 def pickle_record(path: Path) -> bytes:
     """A Prefect result record whose metadata names the pickle serializer, carrying a payload."""
     payload = base64.b64encode(pickle.dumps(_Payload(path))).decode()
-    metadata = {"storage_key": None, "expiration": None, "serializer": {"type": "pickle", "picklelib": "pickle"},
-                "prefect_version": "3", "storage_block_id": None}
+    metadata = {
+        "storage_key": None,
+        "expiration": None,
+        "serializer": {"type": "pickle", "picklelib": "pickle"},
+        "prefect_version": "3",
+        "storage_block_id": None,
+    }
     return json.dumps({"metadata": metadata, "result": payload}).encode()
 
 

@@ -17,7 +17,11 @@ FIGURES, IDENT, TOPO, BENCH = differentiability_figures, identification_study, t
 REFUSED = [
     (FIGURES, {"identification_steps": 0}, r"identification_steps: Input should be greater than or equal to 1"),
     (FIGURES, {"topology_steps": -3}, r"topology_steps: Input should be greater than or equal to 1"),
-    (FIGURES, {"identification_steps": 10_000_000}, r"identification_steps: Input should be less than or equal to 1000000"),
+    (
+        FIGURES,
+        {"identification_steps": 10_000_000},
+        r"identification_steps: Input should be less than or equal to 1000000",
+    ),
     (FIGURES, {"identification_steps": True}, r"identification_steps: Input should be a valid integer"),
     (FIGURES, {"identification_steps": "300"}, r"identification_steps: Input should be a valid integer"),
     (FIGURES, {"identification_steps": 2.5}, r"identification_steps: Input should be a valid integer"),
@@ -42,7 +46,9 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize("flow, bad, message", REFUSED, ids=[f"{f.name}-{next(iter(b))}-{i}" for i, (f, b, _) in enumerate(REFUSED)])
+@pytest.mark.parametrize(
+    "flow, bad, message", REFUSED, ids=[f"{f.name}-{next(iter(b))}-{i}" for i, (f, b, _) in enumerate(REFUSED)]
+)
 def test_out_of_range_parameters_are_refused_before_any_work(prefect_api, tmp_path, flow, bad, message):
     paths = {"store": str(tmp_path / "store")}
     if "out" in flow.parameters.properties:
@@ -88,7 +94,10 @@ def test_deployment_runs_with_bad_parameters_are_refused_by_the_server(prefect_a
     deployment_id = deployment.apply()
     from prefect.exceptions import PrefectHTTPStatusError
 
-    with pytest.raises(PrefectHTTPStatusError, match=r"409 Conflict.*Validation failed for field 'vf'.*1\.5 is greater than or equal to the maximum of 1\.0"):
+    with pytest.raises(
+        PrefectHTTPStatusError,
+        match=r"409 Conflict.*Validation failed for field 'vf'.*1\.5 is greater than or equal to the maximum of 1\.0",
+    ):
         run_deployment("thermal-topology/parameter-check", parameters={"vf": 1.5}, timeout=0)
     with get_client(sync_client=True) as client:
         from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId

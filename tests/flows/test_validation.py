@@ -34,7 +34,10 @@ def test_benchmark_writes_a_dated_report(prefect_api, store, tmp_path):
     assert result["netcdf"].endswith("validation-2030-01-02.nc")
     assert set(report["suite"].values.tolist()) == {"mms", "gradients", "timings"}
     rows = {case: report.sel(case=case) for case in report["case"].values.tolist()}
-    assert abs(float(rows["mms-p1-l2-rate"]["value"]) - 2) < 0.15 and str(rows["mms-p1-l2-rate"]["status"].values) == "pass"
+    assert (
+        abs(float(rows["mms-p1-l2-rate"]["value"]) - 2) < 0.15
+        and str(rows["mms-p1-l2-rate"]["status"].values) == "pass"
+    )
     assert float(rows["gradient-topology-seed0-min-digits"]["value"]) > 7
     assert float(rows["mms-p1-n16-assembly-seconds"]["value"]) > 0
     assert report.attrs["n_failed"] == 0 and report.attrs["date"] == "2030-01-02"
@@ -56,7 +59,11 @@ def test_a_check_outside_its_tolerance_fails_the_flow_after_writing_the_report(p
             state.result()
         assert "FAILED: late" in (tmp_path / "validation-2030-01-03.md").read_text()
         passing = validation_benchmark(
-            suites=["always-late"], options={"always-late": {"seconds": 0.5}}, store=str(store.root), out=str(tmp_path), date="2030-01-04",
+            suites=["always-late"],
+            options={"always-late": {"seconds": 0.5}},
+            store=str(store.root),
+            out=str(tmp_path),
+            date="2030-01-04",
         )
         assert passing["rows"][0]["status"] == "pass"
     finally:
