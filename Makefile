@@ -11,7 +11,7 @@ QUICK  ?=
 PREFECT_ENV := PREFECT_HOME="$(CURDIR)/.prefect" DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false \
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180
 
-.PHONY: setup test lint test-all figures bench bench-peers mosaic serve gpu-check clean
+.PHONY: setup test lint test-all figures bench bench-examples bench-peers mosaic serve gpu-check clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,18 @@ bench: setup
 	$(BIN)/python -m benchmarks.studies $(if $(QUICK),--quick,)
 	$(BIN)/python -m benchmarks.steps $(if $(QUICK),--quick,)
 	$(BIN)/python -m benchmarks.paths
+
+# the methods' examples at full size, their figures in reports/figures (tens of minutes on 2 cores)
+bench-examples: setup
+	mkdir -p reports/figures
+	$(BIN)/python examples/mma_topology.py mbb --png reports/figures/mma_mbb_60x20.png
+	$(BIN)/python examples/mma_topology.py cantilever --png reports/figures/mma_cantilever_60x30.png
+	$(BIN)/python examples/mma_topology.py regions --png reports/figures/mma_two_regions_60x20.png
+	$(BIN)/python examples/frequency_topology.py 40 20 --steps 100 --png reports/figures/frequency_cantilever_40x20.png
+	$(BIN)/python examples/stress_topology.py 100 --png reports/figures/stress_lbracket.png
+	$(BIN)/python examples/auxetic_cell.py --png reports/figures/auxetic_cell_3x3.png
+	$(BIN)/python examples/hyperelastic_identification.py --png reports/figures/hyperelastic_identification.png
+	$(BIN)/python examples/hyperelastic_timing.py 1e4 1e5
 
 # TensorMesh 0.2.1 in its own environment (it pins its own versions), then the chapter's steps against it
 bench-peers: setup
