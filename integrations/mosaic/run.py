@@ -9,7 +9,7 @@ results in ``--results``, ``<out>/mosaic.md``, ``<out>/mosaic.nc`` and mosaic's 
 ``<out>/<problem>/`` (so ``--suites cost`` after a run of the other suites completes it). ``--quick``: the cost
 sweeps up to N = 64 (thermal) / 8 (structural) and at most 100 optimisation iterations (a
 few minutes); otherwise mosaic's own sizes. Defaults: ``--out reports/mosaic/<full|quick>``,
-``--results data/artifacts/mosaic/<full|quick>`` (mosaic's raw result tree, git-ignored).
+``--results data/mosaic/<full|quick>`` (mosaic's raw result tree, git-ignored; beside the artifact store, not in it).
 Exits 1 when a mosaic status cell is not ok (the report is written first).
 """
 
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="run nothing: write the report of --results again")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default reports/mosaic/<mode>)")
     parser.add_argument(
-        "--results", type=Path, default=None, help="mosaic's result tree (default data/artifacts/mosaic/<mode>)"
+        "--results", type=Path, default=None, help="mosaic's result tree (default data/mosaic/<mode>)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         changes = {k: v for k, v in (("max_cost_n", args.max_cost_n), ("max_iters", args.max_iters)) if v is not None}
         limits[problem] = harness.Limits(**{**limit.__dict__, **changes})
     out = args.out or Path("reports") / "mosaic" / mode
-    results = args.results or Path("data") / "artifacts" / "mosaic" / mode
+    results = args.results or Path("data") / "mosaic" / mode
     if args.report_only:
         dataset = write(results, out, mode)
     else:
