@@ -82,7 +82,7 @@ def _deployment(name: str):
         return client.read_deployment_by_name(name)
 
 
-def _assert_clean_stop(served: Served, seconds: float, n: int = 5) -> str:
+def _assert_clean_stop(served: Served, seconds: float, n: int = 6) -> str:
     text = served.text()
     assert served.process.returncode == 0, text[-3000:]
     assert seconds < 10.0, f"took {seconds:.1f} s to stop"
@@ -196,7 +196,7 @@ def test_two_checkouts_on_one_server_do_not_clobber_each_other(prefect_api, tmp_
 
         b = Served(prefect_api, b_dir, tmp_path / "b.log")
         assert b.process.wait(timeout=180) == 1, b.text()
-        assert "refusing to serve: 5 deployment(s) are served by another live process" in b.text()
+        assert "refusing to serve: 6 deployment(s) are served by another live process" in b.text()
         assert f"pid {a.process.pid}" in b.text() and "--name" in b.text()
         assert _deployment("validation-benchmark/nightly").description == a_nightly.description  # untouched
 
