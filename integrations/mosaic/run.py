@@ -140,9 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-endpoints", action="store_true", help="skip the endpoint timings")
     parser.add_argument("--report-only", action="store_true", help="run nothing: write the report of --results again")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default reports/mosaic/<mode>)")
-    parser.add_argument(
-        "--results", type=Path, default=None, help="mosaic's result tree (default data/mosaic/<mode>)"
-    )
+    parser.add_argument("--results", type=Path, default=None, help="mosaic's result tree (default data/mosaic/<mode>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     mode = "quick" if args.quick else "full"
