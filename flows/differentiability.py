@@ -161,6 +161,17 @@ def _verdict(applies: bool, agrees: bool, setup: str) -> str:
     return "agrees" if agrees else "DIFFERS"
 
 
+def _setup_against_chapter(study: str, numbers: dict, meshes: dict, other: str) -> tuple:
+    """How this run's set-up compares with the chapter's for ``study``: (the chapter's reference,
+    this run's steps, same mesh?, same mesh and steps?, the note for a mesh or steps mismatch)."""
+    ref, steps, h = CHAPTER[study], int(numbers[f"{study}_steps"]), meshes[study]
+    same_mesh = h == ref["mesh"] and not other
+    full = same_mesh and steps == ref["steps"]
+    mesh_note = other or f"h={h:g}, chapter h={ref['mesh']:g}"
+    steps_note = other or f"{steps} steps, chapter {ref['steps']}"
+    return ref, steps, same_mesh, full, mesh_note, steps_note
+
+
 def _close(value: float, reference: float, rel: float) -> bool:
     return math.isfinite(value) and abs(value - reference) <= rel * abs(reference)
 
@@ -182,10 +193,8 @@ def comparison_rows(numbers: Mapping[str, float], meshes: Mapping[str, float], o
         rows.append({"quantity": quantity, "this run": value, "chapter": chapter, "check": check})
 
     if "loss_first" in numbers:
-        ref, steps, h = CHAPTER["identification"], int(numbers["identification_steps"]), meshes["identification"]
-        same_mesh, full = h == ref["mesh"] and not other, h == ref["mesh"] and steps == ref["steps"] and not other
-        mesh_note = other or f"h={h:g}, chapter h={ref['mesh']:g}"
-        steps_note = other or f"{steps} steps, chapter {ref['steps']}"
+        setup = _setup_against_chapter("identification", numbers, meshes, other)
+        ref, steps, same_mesh, full, mesh_note, steps_note = setup
         row(
             "identification: loss at step 1",
             significant(numbers["loss_first"], 4),
@@ -202,10 +211,8 @@ def comparison_rows(numbers: Mapping[str, float], meshes: Mapping[str, float], o
         row("identification: max |kappa - kappa_true|", significant(numbers["kappa_max_abs_error"], 3), "", "")
         row("identification: median ms per Adam step", f"{numbers['identification_ms_per_step']:.2f}", "", "")
     if "compliance_first" in numbers:
-        ref, steps, h = CHAPTER["topology"], int(numbers["topology_steps"]), meshes["topology"]
-        same_mesh, full = h == ref["mesh"] and not other, h == ref["mesh"] and steps == ref["steps"] and not other
-        mesh_note = other or f"h={h:g}, chapter h={ref['mesh']:g}"
-        steps_note = other or f"{steps} steps, chapter {ref['steps']}"
+        setup = _setup_against_chapter("topology", numbers, meshes, other)
+        ref, steps, same_mesh, full, mesh_note, steps_note = setup
         row(
             "topology: compliance at step 1",
             significant(numbers["compliance_first"], 4),
