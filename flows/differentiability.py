@@ -161,19 +161,47 @@ def _verdict(applies: bool, agrees: bool, setup: str) -> str:
     return "agrees" if agrees else "DIFFERS"
 
 
-def _setup_against_chapter(study: str, numbers: dict, meshes: dict, other: str) -> tuple:
-    """How this run's set-up compares with the chapter's for ``study``: (the chapter's reference,
-    this run's steps, same mesh?, same mesh and steps?, the note for a mesh or steps mismatch)."""
-    ref, steps, h = CHAPTER[study], int(numbers[f"{study}_steps"]), meshes[study]
-    same_mesh = h == ref["mesh"] and not other
-    full = same_mesh and steps == ref["steps"]
-    mesh_note = other or f"h={h:g}, chapter h={ref['mesh']:g}"
-    steps_note = other or f"{steps} steps, chapter {ref['steps']}"
-    return ref, steps, same_mesh, full, mesh_note, steps_note
-
-
 def _close(value: float, reference: float, rel: float) -> bool:
     return math.isfinite(value) and abs(value - reference) <= rel * abs(reference)
+
+
+def _row(quantity: str, value: str, chapter: str, check: str) -> dict[str, str]:
+    return {"quantity": quantity, "this run": value, "chapter": chapter, "check": check}
+
+
+class _AgainstChapter:
+    """How this run's set-up compares with the chapter's for ``study``: a first-step value is
+    checked on the chapter's mesh, an end-of-run value on its mesh and steps; ``other`` (why the
+    settings are not the chapter's) turns every check off."""
+
+    def __init__(self, study: str, numbers: Mapping[str, float], meshes: Mapping[str, float], other: str):
+        self.study, self.ref = study, CHAPTER[study]
+        self.steps, h = int(numbers[f"{study}_steps"]), meshes[study]
+        self.same_mesh = h == self.ref["mesh"] and not other
+        self.full = self.same_mesh and self.steps == self.ref["steps"]
+        self.mesh_note = other or f"h={h:g}, chapter h={self.ref['mesh']:g}"
+        self.steps_note = other or f"{self.steps} steps, chapter {self.ref['steps']}"
+
+    def first_and_last(
+        self, quantity: str, first: float, last: float, chapter: tuple[str, str], agrees: tuple[bool, bool]
+    ) -> list[dict[str, str]]:
+        """The rows of ``quantity`` at step 1 and after the run's steps (4 significant digits),
+        beside the chapter's values ``chapter`` (the last without its steps), checked by ``agrees``."""
+        end_note = self.mesh_note if not self.same_mesh else self.steps_note
+        return [
+            _row(
+                f"{self.study}: {quantity} at step 1",
+                significant(first, 4),
+                chapter[0],
+                _verdict(self.same_mesh, agrees[0], self.mesh_note),
+            ),
+            _row(
+                f"{self.study}: {quantity} after {self.steps} steps",
+                significant(last, 4),
+                f"{chapter[1]} after {self.ref['steps']}",
+                _verdict(self.full, agrees[1], end_note),
+            ),
+        ]
 
 
 def comparison_rows(numbers: Mapping[str, float], meshes: Mapping[str, float], other: str = "") -> list[dict[str, str]]:
@@ -190,45 +218,23 @@ def comparison_rows(numbers: Mapping[str, float], meshes: Mapping[str, float], o
     rows: list[dict[str, str]] = []
 
     def row(quantity: str, value: str, chapter: str, check: str) -> None:
-        rows.append({"quantity": quantity, "this run": value, "chapter": chapter, "check": check})
+        rows.append(_row(quantity, value, chapter, check))
 
     if "loss_first" in numbers:
-        setup = _setup_against_chapter("identification", numbers, meshes, other)
-        ref, steps, same_mesh, full, mesh_note, steps_note = setup
-        row(
-            "identification: loss at step 1",
-            significant(numbers["loss_first"], 4),
-            significant(ref["loss_first"], 3),
-            _verdict(same_mesh, _close(numbers["loss_first"], ref["loss_first"], 5e-3), mesh_note),
-        )
-        row(
-            f"identification: loss after {steps} steps",
-            significant(numbers["loss_last"], 4),
-            f"< {ref['loss_last_below']:g} after {ref['steps']}",
-            _verdict(full, numbers["loss_last"] < ref["loss_last_below"], mesh_note if not same_mesh else steps_note),
-        )
+        setup = _AgainstChapter("identification", numbers, meshes, other)
+        first, last, ref = numbers["loss_first"], numbers["loss_last"], setup.ref
+        chapter = (significant(ref["loss_first"], 3), f"< {ref['loss_last_below']:g}")
+        agrees = (_close(first, ref["loss_first"], 5e-3), last < ref["loss_last_below"])
+        rows += setup.first_and_last("loss", first, last, chapter, agrees)
         row("identification: max |u - u_obs| / max |u_obs|", significant(numbers["u_rel_max_error_final"], 3), "", "")
         row("identification: max |kappa - kappa_true|", significant(numbers["kappa_max_abs_error"], 3), "", "")
         row("identification: median ms per Adam step", f"{numbers['identification_ms_per_step']:.2f}", "", "")
     if "compliance_first" in numbers:
-        setup = _setup_against_chapter("topology", numbers, meshes, other)
-        ref, steps, same_mesh, full, mesh_note, steps_note = setup
-        row(
-            "topology: compliance at step 1",
-            significant(numbers["compliance_first"], 4),
-            significant(ref["compliance_first"], 4),
-            _verdict(same_mesh, _close(numbers["compliance_first"], ref["compliance_first"], 5e-4), mesh_note),
-        )
-        row(
-            f"topology: compliance after {steps} steps",
-            significant(numbers["compliance_last"], 4),
-            f"{significant(ref['compliance_last'], 4)} after {ref['steps']}",
-            _verdict(
-                full,
-                _close(numbers["compliance_last"], ref["compliance_last"], 5e-4),
-                mesh_note if not same_mesh else steps_note,
-            ),
-        )
+        setup = _AgainstChapter("topology", numbers, meshes, other)
+        first, last, ref = numbers["compliance_first"], numbers["compliance_last"], setup.ref
+        chapter = (significant(ref["compliance_first"], 4), significant(ref["compliance_last"], 4))
+        agrees = (_close(first, ref["compliance_first"], 5e-4), _close(last, ref["compliance_last"], 5e-4))
+        rows += setup.first_and_last("compliance", first, last, chapter, agrees)
         row(
             "topology: mean density",
             f"{numbers['volume']:.12f}",
@@ -453,6 +459,35 @@ def differentiability_figures(
     }
 
 
+# a study run on its own: the title of its summary and the function reading its key numbers
+_ON_ITS_OWN = {
+    "identification": ("Coefficient identification", identification_numbers),
+    "topology": ("Thermal topology", topology_numbers),
+}
+
+
+def _study_on_its_own(
+    store: str | None, study: str, task: Any, chara_length: float, parameters: dict[str, Any], other: str
+) -> dict:
+    """One study (a key of ``_ON_ITS_OWN``) run by ``task(mesh=..., **parameters)`` on a mesh of
+    edge length ``chara_length``: the mesh, history and fields artifacts, and the summary beside
+    the chapter's (``other``: why the settings are not the chapter's; empty: they are)."""
+    artifacts = Store(store)
+    labels = tag_flow_run(run_tags(study, quick=parameters["steps"] < STEPS[study]))
+    with tags(*labels):
+        mesh = Bound(tasks.generate_mesh, artifacts)(kind="rectangle", chara_length=chara_length)
+        refs = Bound(task, artifacts)(mesh=mesh, **parameters)
+    title, numbers_of = _ON_ITS_OWN[study]
+    numbers = numbers_of(artifacts, refs)
+    text = summary_markdown(
+        f"{title}: summary", numbers, {study: chara_length}, artifacts, {"mesh": mesh, **refs}, other=other
+    )
+    ui_markdown(f"{study}-summary", text, "key numbers beside the chapter's")
+    line = summary_line(numbers)
+    _log_summary(line)
+    return {"mesh": mesh, **refs, "summary": numbers, "summary_line": line}
+
+
 @flow(
     name="coefficient-identification",
     task_runner=task_runner(),
@@ -476,29 +511,11 @@ def identification_study(
         store: artifact store folder, relative to where the run executes (empty: $TMCORE_ARTIFACTS or data/artifacts).
         checkpoint_every: steps between checkpoints (empty: none); a crashed or retried study resumes from the latest.
     """
-    artifacts = Store(store)
-    labels = tag_flow_run(run_tags("identification", quick=steps < STEPS["identification"]))
-    with tags(*labels):
-        mesh = Bound(tasks.generate_mesh, artifacts)(kind="rectangle", chara_length=chara_length)
-        identify = tasks.study_run(tasks.identify_coefficient, "identify", chara_length, steps)
-        study = Bound(identify, artifacts)(
-            mesh=mesh, steps=steps, lr=lr, smoothness=smoothness, checkpoint_every=checkpoint_every
-        )
-    numbers = identification_numbers(artifacts, study)
     # the chapter's numbers are for lr 3e-2 without a penalty: other settings are not compared
     other = "" if (lr, smoothness) == (3e-2, 0.0) else f"lr {lr:g}, smoothness {smoothness:g}; chapter 0.03, 0"
-    text = summary_markdown(
-        "Coefficient identification: summary",
-        numbers,
-        {"identification": chara_length},
-        artifacts,
-        {"mesh": mesh, **study},
-        other=other,
-    )
-    ui_markdown("identification-summary", text, "key numbers beside the chapter's")
-    line = summary_line(numbers)
-    _log_summary(line)
-    return {"mesh": mesh, **study, "summary": numbers, "summary_line": line}
+    run = tasks.study_run(tasks.identify_coefficient, "identify", chara_length, steps)
+    parameters = {"steps": steps, "lr": lr, "smoothness": smoothness, "checkpoint_every": checkpoint_every}
+    return _study_on_its_own(store, "identification", run, chara_length, parameters, other)
 
 
 @flow(name="thermal-topology", task_runner=task_runner(), flow_run_name="topology-h{chara_length}-{steps}steps")
@@ -520,26 +537,10 @@ def topology_study(
         store: artifact store folder, relative to where the run executes (empty: $TMCORE_ARTIFACTS or data/artifacts).
         checkpoint_every: steps between checkpoints (empty: none); a crashed or retried study resumes from the latest.
     """
-    artifacts = Store(store)
-    labels = tag_flow_run(run_tags("topology", quick=steps < STEPS["topology"]))
-    with tags(*labels):
-        mesh = Bound(tasks.generate_mesh, artifacts)(kind="rectangle", chara_length=chara_length)
-        optimise = tasks.study_run(tasks.optimise_topology, "topology", chara_length, steps)
-        study = Bound(optimise, artifacts)(mesh=mesh, steps=steps, vf=vf, p=p, checkpoint_every=checkpoint_every)
-    numbers = topology_numbers(artifacts, study)
     other = "" if (vf, p) == (0.4, 3.0) else f"vf {vf:g}, p {p:g}; chapter 0.4, 3"
-    text = summary_markdown(
-        "Thermal topology: summary",
-        numbers,
-        {"topology": chara_length},
-        artifacts,
-        {"mesh": mesh, **study},
-        other=other,
-    )
-    ui_markdown("topology-summary", text, "key numbers beside the chapter's")
-    line = summary_line(numbers)
-    _log_summary(line)
-    return {"mesh": mesh, **study, "summary": numbers, "summary_line": line}
+    run = tasks.study_run(tasks.optimise_topology, "topology", chara_length, steps)
+    parameters = {"steps": steps, "vf": vf, "p": p, "checkpoint_every": checkpoint_every}
+    return _study_on_its_own(store, "topology", run, chara_length, parameters, other)
 
 
 # -- the command ------------------------------------------------------------------------------
