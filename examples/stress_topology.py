@@ -33,8 +33,9 @@ import torch
 from torch import Tensor
 
 from tmcore.topology import ConeFilter, optimise
+from tmcore.topology.filters import HeavisideProjection
 from tmcore.topology.mma import MMA
-from tmcore.topology.stress import HeavisideProjection, StressDesign, l_bracket
+from tmcore.topology.stress import StressDesign, l_bracket
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""The Helmholtz density filter, the sensitivity filter and the checkerboard indicator."""
+"""The Helmholtz density filter, the Heaviside projection, the sensitivity filter and the checkerboard indicator."""
+
+import math
 
 import pytest
 import torch
@@ -7,6 +9,7 @@ from tmcore import Functional, Mesh, NodeAssembler, solvers
 from tmcore.core.linalg.factored import factored_solve
 from tmcore.studies import thermal_topology
 from tmcore.topology.filters import (
+    HeavisideProjection,
     HelmholtzFilter,
     cell_neighbours,
     checkerboard_indicator,
@@ -190,6 +193,42 @@ def test_filter_errors(call, error, message):
     mesh = Mesh.gen_grid((5, 5))
     with pytest.raises(error, match=message):
         call(mesh)
+
+
+# -- the Heaviside projection --------------------------------------------------------------------
+
+
+def test_heaviside_projection_fixes_the_ends_and_sharpens_with_beta():
+    rho = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    gentle, sharp = HeavisideProjection(beta=1e-6), HeavisideProjection(beta=32.0)
+    assert torch.allclose(gentle(rho), rho, atol=1e-9)  # beta -> 0: the identity
+    projected = sharp(rho)
+    assert projected[0] == pytest.approx(0.0, abs=1e-15) and projected[-1] == pytest.approx(1.0, abs=1e-15)
+    assert projected[2] == pytest.approx(0.5, abs=1e-12)  # eta = 1/2 maps to itself (symmetric ends)
+    assert float(projected[1]) < 1e-3 and float(projected[3]) > 1 - 1e-3
+    # closed form at beta = 2, eta = 0.3
+    beta, eta, r = 2.0, 0.3, 0.6
+    expected = (math.tanh(beta * eta) + math.tanh(beta * (r - eta))) / (
+        math.tanh(beta * eta) + math.tanh(beta * (1 - eta))
+    )
+    assert float(HeavisideProjection(beta, eta)(torch.tensor(r, dtype=F64))) == pytest.approx(expected, rel=1e-14)
+    with pytest.raises(ValueError, match="beta"):
+        HeavisideProjection(beta=0.0)
+    with pytest.raises(ValueError, match="eta"):
+        HeavisideProjection(eta=1.0)
+    with pytest.raises(TypeError, match="floating-point"):
+        sharp(torch.tensor([0, 1]))
+
+
+def test_heaviside_projection_gradient_is_its_derivative():
+    proj = HeavisideProjection(beta=8.0, eta=0.4)
+    rho = torch.linspace(0.05, 0.95, 7, dtype=F64, requires_grad=True)
+    (grad,) = torch.autograd.grad(proj(rho).sum(), rho)
+    beta, eta = 8.0, 0.4
+    denominator = math.tanh(beta * eta) + math.tanh(beta * (1 - eta))
+    expected = beta / torch.cosh(beta * (rho.detach() - eta)) ** 2 / denominator
+    assert torch.allclose(grad, expected, rtol=1e-13)
+    assert "beta=8" in repr(proj)
 
 
 # -- the sensitivity filter ----------------------------------------------------------------------

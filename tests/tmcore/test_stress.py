@@ -10,10 +10,10 @@ import torch
 from tmcore import Mesh
 from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 from tmcore.topology import ConeFilter, optimise
+from tmcore.topology.filters import HeavisideProjection
 from tmcore.topology.mma import MMA
 from tmcore.topology.problems import heat_conduction
 from tmcore.topology.stress import (
-    HeavisideProjection,
     StressDesign,
     centroid_gradients,
     l_bracket,
@@ -185,26 +185,6 @@ def test_full_l_bracket(monkeypatch, tmp_path):
     assert (tmp_path / "l.png").exists()
     if run.corner_clearance() <= 2.0:
         pytest.xfail(f"re-entrant corner not rounded: nearest solid cell {run.corner_clearance():.2f} cells away")
-
-
-def test_heaviside_projection_fixes_the_ends_and_sharpens_with_beta():
-    rho = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
-    gentle, sharp = HeavisideProjection(beta=1e-6), HeavisideProjection(beta=32.0)
-    assert torch.allclose(gentle(rho), rho, atol=1e-9)  # beta -> 0: the identity
-    projected = sharp(rho)
-    assert projected[0] == pytest.approx(0.0, abs=1e-15) and projected[-1] == pytest.approx(1.0, abs=1e-15)
-    assert projected[2] == pytest.approx(0.5, abs=1e-12)  # eta = 1/2 maps to itself (symmetric ends)
-    assert float(projected[1]) < 1e-3 and float(projected[3]) > 1 - 1e-3
-    # closed form at beta = 2, eta = 0.3
-    beta, eta, r = 2.0, 0.3, 0.6
-    expected = (math.tanh(beta * eta) + math.tanh(beta * (r - eta))) / (
-        math.tanh(beta * eta) + math.tanh(beta * (1 - eta))
-    )
-    assert float(HeavisideProjection(beta, eta)(torch.tensor(r))) == pytest.approx(expected, rel=1e-14)
-    with pytest.raises(ValueError, match="beta"):
-        HeavisideProjection(beta=0.0)
-    with pytest.raises(ValueError, match="eta"):
-        HeavisideProjection(eta=1.0)
 
 
 def test_aggregated_stress_gradient_through_the_projection(small):

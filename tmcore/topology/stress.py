@@ -30,14 +30,14 @@ which is smooth at rho = 0 and at zero stress where rho^q and sigma_vm are not.
 :class:`StressDesign` is the design problem (the protocol of :mod:`tmcore.topology.problems`):
 objective = volume fraction of the physical densities, constraints = [c sigma_PN - 1], so that
 ``optimise(design, x, MMA([x], n_constraints=1), steps)`` runs it. :func:`l_bracket` builds the
-L-bracket of Le et al. 2010 on unit square cells. :class:`HeavisideProjection` (after the density
-filter, ``projection=``) sharpens the design; raise its ``beta`` between steps for a continuation.
+L-bracket of Le et al. 2010 on unit square cells. A
+:class:`~tmcore.topology.filters.HeavisideProjection` (after the density filter, ``projection=``;
+re-exported here) sharpens the design; raise its ``beta`` between steps for a continuation.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,6 +49,7 @@ from tmcore.core.checks import check_count, check_real
 from tmcore.core.mesh import Mesh
 from tmcore.core.mesh.geometry import cell_nodes, jacobians
 from tmcore.forms import LinearElasticity, stress
+from tmcore.topology.filters import HeavisideProjection
 from tmcore.topology.problems import ComplianceProblem, point_load, simp
 
 __all__ = ["HeavisideProjection", "StressDesign", "centroid_gradients", "l_bracket", "von_mises_squared"]
@@ -98,29 +99,6 @@ def von_mises_squared(sigma: Tensor, plane: str | None = "stress", nu: float | N
     return 0.5 * ((s11 - s22) ** 2 + (s22 - s33) ** 2 + (s33 - s11) ** 2) + 3.0 * shear
 
 
-class HeavisideProjection:
-    """Smoothed Heaviside projection of filtered densities (Wang, Lazarov and Sigmund 2011).
-
-    rho_bar = (tanh(beta eta) + tanh(beta (rho - eta))) / (tanh(beta eta) + tanh(beta (1 - eta)))
-
-    maps [0, 1] onto [0, 1] (0 -> 0, 1 -> 1, eta -> about eta) and pushes densities away from
-    eta, the sharper the larger beta (> 0); beta -> 0 is the identity. ``beta`` is a plain
-    attribute so that a continuation raises it between steps. Call on densities (m,).
-    """
-
-    def __init__(self, beta: float = 1.0, eta: float = 0.5):
-        self.beta = check_real("beta", beta, 0.0)
-        self.eta = check_real("eta", eta, 0.0, 1.0)
-
-    def __call__(self, rho: Tensor) -> Tensor:
-        beta, eta = self.beta, self.eta
-        low, high = math.tanh(beta * eta), math.tanh(beta * (1.0 - eta))
-        return (low + torch.tanh(beta * (rho - eta))) / (low + high)
-
-    def __repr__(self) -> str:
-        return f"HeavisideProjection(beta={self.beta:g}, eta={self.eta:g})"
-
-
 @dataclass
 class StressDesign:
     """Minimum volume subject to an aggregated von Mises limit, as a design problem over x (n_cells,).
@@ -133,7 +111,8 @@ class StressDesign:
         relaxation: the qp exponent q of the stress measure rho^q sigma_vm (0.5; 0 < q <= p).
         p_norm: the aggregation exponent P (8).
         density_filter: x -> rho (e.g. a :class:`~tmcore.topology.filters.ConeFilter`), or None.
-        projection: rho -> rho_bar applied after the filter (a :class:`HeavisideProjection`), or None.
+        projection: rho -> rho_bar applied after the filter (a
+            :class:`~tmcore.topology.filters.HeavisideProjection`), or None.
         adaptive: update the scale c between iterations (module docstring); False keeps c = 1,
             the plain p-norm, which over-estimates the maximum.
         damping: alpha of the scale update, in (0, 1] (1/2).
