@@ -19,6 +19,7 @@ average before and after; compare medians only between runs at a similar load.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -62,35 +64,40 @@ class Row:
         return self.median_ms <= self.budget_ms
 
 
-def timed(run: Callable[[], object]) -> tuple[object, float, int, int]:
-    """(result, wall seconds, factorisations, symbolic analyses) of one study run."""
-    solvers.stats.reset()
-    start = time.perf_counter()
-    result = run()
-    seconds = time.perf_counter() - start
-    return result, seconds, solvers.stats.factorizations, getattr(solvers.stats, "analyses", 0)
-
-
 def ms(seconds: torch.Tensor, q: float) -> float:
     return 1e3 * float(torch.quantile(seconds, q))
 
 
-def identification_row(name: str, mesh: Mesh, steps: int, smoothness: float) -> Row:
-    result, total, factorizations, analyses = timed(
-        lambda: coefficient_identification(mesh, steps=steps, smoothness=smoothness)
-    )
-    report = result.kappa_error_report(centre_radius=0.15)
+def study_row(
+    name: str, study: str, size: str, steps: int, run: Callable[[], Any], numbers: Callable[[Any], dict]
+) -> Row:
+    """The row of one study run ``run()``: its wall time, the median and 90th percentile of the
+    step times it measured itself, the solver work (numeric factorisations per step, symbolic
+    analyses) and ``numbers(result)``."""
+    solvers.stats.reset()
+    start = time.perf_counter()
+    result = run()
+    total = time.perf_counter() - start
+    factorizations, analyses = solvers.stats.factorizations, getattr(solvers.stats, "analyses", 0)
+    per_step = result.seconds_per_step
     return Row(
         name,
-        "identification",
-        f"{mesh.n_points} nodes",
+        study,
+        size,
         steps,
-        ms(result.seconds_per_step, 0.5),
-        ms(result.seconds_per_step, 0.9),
+        ms(per_step, 0.5),
+        ms(per_step, 0.9),
         total,
         factorizations / steps,
         analyses,
-        {
+        numbers(result),
+    )
+
+
+def identification_row(name: str, mesh: Mesh, steps: int, smoothness: float) -> Row:
+    def numbers(result) -> dict:
+        report = result.kappa_error_report(centre_radius=0.15)
+        return {
             "loss_first": float(result.loss[0]),
             "misfit_last": float(result.misfit[-1]),
             "orders": float(torch.log10(result.loss[0] / result.misfit[-1])),
@@ -101,33 +108,25 @@ def identification_row(name: str, mesh: Mesh, steps: int, smoothness: float) -> 
             "kappa_error_away": report.away,
             "kappa_error_away_distance": report.away_peak_distance,
             "away_fraction_below_0.01": report.away_fraction_below,
-        },
-    )
+        }
+
+    run = functools.partial(coefficient_identification, mesh, steps=steps, smoothness=smoothness)
+    return study_row(name, "identification", f"{mesh.n_points} nodes", steps, run, numbers)
 
 
 def topology_row(name: str, mesh: Mesh, steps: int, filter: str | None, pairs: torch.Tensor) -> Row:  # noqa: A002
-    result, total, factorizations, analyses = timed(
-        lambda: thermal_topology(mesh, steps=steps, snapshot_steps=None, filter=filter)
-    )
-    return Row(
-        name,
-        "topology",
-        f"{mesh.n_cells} cells",
-        steps,
-        ms(result.seconds_per_step, 0.5),
-        ms(result.seconds_per_step, 0.9),
-        total,
-        factorizations / steps,
-        analyses,
-        {
+    def numbers(result) -> dict:
+        return {
             "compliance_first": float(result.compliance[0]),
             "compliance_last": float(result.compliance[-1]),
             "volume_mean": float(result.volume[-1]),
             "volume_measure": float(result.weighted_volume[-1]),
             "max_volume_error": float((result.volume - 0.4).abs().max()),
             "checkerboard": checkerboard_indicator(pairs, result.rho),
-        },
-    )
+        }
+
+    run = functools.partial(thermal_topology, mesh, steps=steps, snapshot_steps=None, filter=filter)
+    return study_row(name, "topology", f"{mesh.n_cells} cells", steps, run, numbers)
 
 
 def describe(row: Row) -> str:
