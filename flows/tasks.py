@@ -265,14 +265,36 @@ def _mesh(store: Store, ref) -> Mesh:
     return mesh_from_xarray(store.open_dataset(ref, "mesh"))
 
 
-def _run_study(store: Store, study: Callable, checkpoint_every: int | None, **kwargs: Any):
-    """``study(**kwargs)`` with checkpoints every ``checkpoint_every`` steps, resumed from
-    this stage's latest checkpoint if there is one it accepts.
+def _study_task(name: str, label: str) -> Callable[[Callable], Any]:
+    """The cached task of a study stage ``name`` (run name ``<label>(<steps> steps)``): how often
+    to checkpoint and the time limit are left out of its key, and a :data:`TRANSIENT` failure is
+    retried :data:`STUDY_RETRIES` times."""
+    return cached_task(
+        name,
+        unkeyed=("checkpoint_every", "time_limit"),
+        task_run_name=_study_name(label),
+        retries=STUDY_RETRIES,
+        retry_delay_seconds=STUDY_RETRY_DELAYS,
+        retry_condition_fn=transient_failure,
+    )
+
+
+def _run_study(
+    store: Store, study: Callable, checkpoint_every: int | None, progress: Progress, **kwargs: Any
+) -> tuple[Any, float]:
+    """``study(callback=progress, **kwargs)`` and its wall-clock seconds, with checkpoints every
+    ``checkpoint_every`` steps, resumed from this stage's latest checkpoint if there is one it accepts.
 
     Checkpoints are filed under the running stage's identity, so only a run of the same
     stage with the same parameters, inputs and code resumes from them, and they are
     discarded once the stage finishes. Outside a cached stage (no identity): neither.
     """
+    start = time.perf_counter()
+    result = _resumed(store, study, checkpoint_every, callback=progress, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def _resumed(store: Store, study: Callable, checkpoint_every: int | None, **kwargs: Any) -> Any:
     key = current_identity()
     if key is None:
         return study(**kwargs)
@@ -293,6 +315,20 @@ def _run_study(store: Store, study: Callable, checkpoint_every: int | None, **kw
         result = study(**kwargs)
     store.discard_checkpoint(key)
     return result
+
+
+def _study_progress(study: str, steps: int, quantity: str, description: str, time_limit: float | None) -> Progress:
+    """The progress callback of a study stage (artifact ``<study>-progress``, quantity
+    ``<study> <quantity>``); ``time_limit``: seconds per attempt (None: :func:`study_timeout`)."""
+    limit = study_timeout(steps) if time_limit is None else time_limit
+    return Progress(f"{study}-progress", steps, f"{study} {quantity}", description, time_limit=limit)
+
+
+def _study_attrs(study: str, result: Any, parameters: dict[str, Any], mesh: dict, seconds: float) -> dict[str, Any]:
+    """The attributes of a study's datasets: its name, the provenance and the median seconds per step."""
+    attrs = provenance(parameters, {"mesh": mesh}, seconds=seconds)
+    attrs["run_median_seconds_per_step"] = result.median_seconds_per_step
+    return {"study": study, **attrs}
 
 
 def _step_arrays(result, names: Sequence[str]) -> dict[str, tuple]:
@@ -414,14 +450,7 @@ def solve(store: str, mesh: dict, system: dict) -> dict:
     return artifacts.put_dataset(dataset, "fields")
 
 
-@cached_task(
-    "identify_coefficient",
-    unkeyed=("checkpoint_every", "time_limit"),
-    task_run_name=_study_name("identify"),
-    retries=STUDY_RETRIES,
-    retry_delay_seconds=STUDY_RETRY_DELAYS,
-    retry_condition_fn=transient_failure,
-)
+@_study_task("identify_coefficient", "identify")
 def identify_coefficient(
     store: str,
     mesh: dict,
@@ -442,47 +471,23 @@ def identify_coefficient(
 
     artifacts = Store(store)
     mesh_ = _mesh(artifacts, mesh)
-    progress = Progress(
-        "identification-progress",
-        steps,
-        "identification loss",
-        f"coefficient identification, {steps} Adam steps",
-        time_limit=study_timeout(steps) if time_limit is None else time_limit,
+    progress = _study_progress(
+        "identification", steps, "loss", f"coefficient identification, {steps} Adam steps", time_limit
     )
-    start = time.perf_counter()
-    result = _run_study(
-        artifacts,
-        coefficient_identification,
-        checkpoint_every,
-        mesh=mesh_,
-        steps=steps,
-        lr=lr,
-        smoothness=smoothness,
-        callback=progress,
-    )
-    seconds = time.perf_counter() - start
     parameters = {"steps": steps, "lr": lr, "smoothness": smoothness}
-    attrs = provenance(parameters, {"mesh": mesh}, seconds=seconds)
-    attrs["run_median_seconds_per_step"] = result.median_seconds_per_step
-    history = xr.Dataset(
-        _step_arrays(result, ("loss", "misfit", "u_rel_max_error")),
-        attrs={"study": "coefficient_identification", **attrs},
+    result, seconds = _run_study(
+        artifacts, coefficient_identification, checkpoint_every, progress, mesh=mesh_, **parameters
     )
+    attrs = _study_attrs("coefficient_identification", result, parameters, mesh, seconds)
+    history = xr.Dataset(_step_arrays(result, ("loss", "misfit", "u_rel_max_error")), attrs=attrs)
     fields = xr.Dataset(
         {name: (("node",), getattr(result, name).cpu().numpy()) for name in ("kappa", "kappa_true", "u", "u_obs")},
-        attrs={"study": "coefficient_identification", **attrs},
+        attrs=attrs,
     )
     return {"history": artifacts.put_dataset(history, "history"), "fields": artifacts.put_dataset(fields, "fields")}
 
 
-@cached_task(
-    "optimise_topology",
-    unkeyed=("checkpoint_every", "time_limit"),
-    task_run_name=_study_name("topology"),
-    retries=STUDY_RETRIES,
-    retry_delay_seconds=STUDY_RETRY_DELAYS,
-    retry_condition_fn=transient_failure,
-)
+@_study_task("optimise_topology", "topology")
 def optimise_topology(
     store: str,
     mesh: dict,
@@ -511,29 +516,9 @@ def optimise_topology(
     mesh_ = _mesh(artifacts, mesh)
     if snapshot_steps is None:
         snapshot_steps = sorted({0, min(5, steps - 1), steps - 1})
-    progress = Progress(
-        "topology-progress",
-        steps,
-        "topology compliance",
-        f"thermal topology optimisation, {steps} OC steps",
-        time_limit=study_timeout(steps) if time_limit is None else time_limit,
+    progress = _study_progress(
+        "topology", steps, "compliance", f"thermal topology optimisation, {steps} OC steps", time_limit
     )
-    start = time.perf_counter()
-    result = _run_study(
-        artifacts,
-        thermal_topology,
-        checkpoint_every,
-        mesh=mesh_,
-        vf=vf,
-        p=p,
-        kmin=kmin,
-        sigma=sigma,
-        steps=steps,
-        move_limit=move_limit,
-        snapshot_steps=snapshot_steps,
-        callback=progress,
-    )
-    seconds = time.perf_counter() - start
     parameters = {
         "steps": steps,
         "vf": vf,
@@ -543,8 +528,8 @@ def optimise_topology(
         "move_limit": move_limit,
         "snapshot_steps": list(snapshot_steps),
     }
-    attrs = provenance(parameters, {"mesh": mesh}, seconds=seconds)
-    attrs["run_median_seconds_per_step"] = result.median_seconds_per_step
+    result, seconds = _run_study(artifacts, thermal_topology, checkpoint_every, progress, mesh=mesh_, **parameters)
+    attrs = _study_attrs("thermal_topology", result, parameters, mesh, seconds)
     kept = sorted(result.snapshots)
     variables = _step_arrays(result, ("compliance", "volume"))
     variables["rho_snapshot"] = (
@@ -554,9 +539,9 @@ def optimise_topology(
     history = xr.Dataset(
         variables,
         coords={"snapshot_step": np.asarray(kept, dtype=np.int64)},
-        attrs={"study": "thermal_topology", **attrs},
+        attrs=attrs,
     )
-    fields = xr.Dataset({"rho": (("cell",), result.rho.cpu().numpy())}, attrs={"study": "thermal_topology", **attrs})
+    fields = xr.Dataset({"rho": (("cell",), result.rho.cpu().numpy())}, attrs=attrs)
     return {"history": artifacts.put_dataset(history, "history"), "fields": artifacts.put_dataset(fields, "fields")}
 
 
