@@ -20,6 +20,7 @@ DTYPE = torch.float64
 
 __all__ = [
     "DTYPE",
+    "check_callable",
     "check_callback",
     "check_choice",
     "check_count",
@@ -36,6 +37,13 @@ def check_mesh(mesh: Any) -> Mesh:
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
     return mesh
+
+
+def check_callable(name: str, value: Any, signature: str) -> Callable:
+    """A callable; ``signature`` says what it maps, as the message shows it (``"(u, c) -> conductivity"``)."""
+    if not callable(value):
+        raise TypeError(f"{name} must be a callable {signature}, got {type(value).__name__}")
+    return value
 
 
 def check_count(name: str, value: Any, minimum: int = 1) -> int:

@@ -25,12 +25,13 @@ over the whole path the implicit function theorem at every converged u_n gives
     dL/dtheta     += -lam_n^T dR_n/dtheta    for theta = the material parameters, g_n, f_n,
 
 one adjoint solve per increment the loss depends on, never through Newton's iterations.
-Each increment is one node of the autograd graph (:class:`_Equilibrium`), so a loss built
+Each increment is one node of the autograd graph (:class:`~tmcore.methods.nonlinear.Equilibrium`), so a loss built
 from every state sends its gradient back through every increment.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -41,13 +42,14 @@ import torch
 from torch import Tensor, nn
 
 from tmcore.core.assembly import Functional, VectorElementAssembler, VectorNodeAssembler
+from tmcore.core.checks import check_callable, check_mesh
 from tmcore.core.condense import Condenser
 from tmcore.core.errors import SolverError
 from tmcore.core.linalg.factored import factored_solve
 from tmcore.core.linalg.solvers import SolveOptions, factorize
 from tmcore.core.linalg.sparse import SparseMatrix
 from tmcore.core.mesh import Mesh
-from tmcore.methods.nonlinear import equilibrium_vjp
+from tmcore.methods.nonlinear import Equilibrium, equilibrium_vjp
 
 __all__ = [
     "Hyperelasticity",
@@ -199,41 +201,6 @@ class _NewtonFailure(SolverError):
     """Newton did not converge within the iteration cap or the line search found no decrease."""
 
 
-# -- one converged increment as one autograd node ----------------------------------------------
-
-
-class _Equilibrium(torch.autograd.Function):
-    """u_n = equilibrium(params, g_n, f_n) from the start u_prev; backward by the implicit function theorem."""
-
-    @staticmethod
-    def forward(ctx, problem: "Hyperelasticity", start: Tensor, previous: tuple, params: Tensor, g: Tensor, f: Tensor):
-        u = problem._increment(start.detach(), previous, params.detach(), g.detach(), f.detach())
-        ctx.problem = problem
-        ctx.save_for_backward(u, params, g, f)
-        return u
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_u: Tensor):
-        u, params, g, f = ctx.saved_tensors
-        problem: Hyperelasticity = ctx.problem
-        free, fixed = problem.free_index, problem.fixed_index
-        if not bool(grad_u.any()):  # the loss does not see this increment: no solve
-            return None, None, None, torch.zeros_like(params), torch.zeros_like(g), torch.zeros_like(f)
-        lam = problem._adjoint_solve(u, params, grad_u[free])
-        grad_params, grad_g, grad_f = equilibrium_vjp(
-            lambda state, params_, g_, f_: problem._internal(state, params_) - f_,
-            u,
-            lam,
-            grad_u,
-            free,
-            fixed,
-            (params, g, f),
-            1,
-        )
-        return None, None, None, grad_params, grad_g, grad_f
-
-
 # -- the problem -------------------------------------------------------------------------------
 
 
@@ -280,10 +247,8 @@ class Hyperelasticity(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
-        if not callable(energy):
-            raise TypeError(f"energy must be a callable W(F, **params), got {type(energy).__name__}")
+        check_mesh(mesh)
+        check_callable("energy", energy, "W(F, **params)")
         size = mesh.n_points * mesh.dim
         if not isinstance(fixed, Tensor) or fixed.dtype != torch.bool or fixed.shape != (size,):
             got = f"{fixed.dtype} {tuple(fixed.shape)}" if isinstance(fixed, Tensor) else type(fixed).__name__
@@ -376,11 +341,26 @@ class Hyperelasticity(nn.Module):
         J_free, _ = self._condenser(J, J.values.new_zeros(J.shape[0]))
         return factorize(J_free.pattern, J_free.values.unsqueeze(0), SolveOptions(backend=self.backend)), J
 
-    def _adjoint_solve(self, u: Tensor, params: Tensor, rhs: Tensor) -> Tensor:
-        """lam with J_ff(u)^T lam = rhs (n_free,): the converged tangent of one increment."""
+    def _adjoint(self, u: Tensor, grad_u: Tensor, inputs: tuple[Tensor, Tensor, Tensor]) -> list[Tensor]:
+        """dL/dparams, dL/dg, dL/df of one increment at its converged u: J_ff(u)^T lam = dL/du_f
+        with the converged tangent, then :func:`equilibrium_vjp`; no solve when the loss does not
+        see the increment (grad_u zero)."""
+        params, g, f = inputs
+        if not bool(grad_u.any()):
+            return [torch.zeros_like(t) for t in inputs]
         factor, _ = self._factor_free(u.detach(), params.detach())
         self.adjoint_solves += 1
-        return factored_solve(factor, rhs.detach(), transpose=True)
+        lam = factored_solve(factor, grad_u[self.free_index].detach(), transpose=True)
+        return equilibrium_vjp(
+            lambda state, params_, g_, f_: self._internal(state, params_) - f_,
+            u,
+            lam,
+            grad_u,
+            self.free_index,
+            self.fixed_index,
+            inputs,
+            1,
+        )
 
     # -- Newton -------------------------------------------------------------------------------
 
@@ -461,7 +441,7 @@ class Hyperelasticity(nn.Module):
         return float(stored) - float(f @ u)
 
     def _increment(
-        self, start: Tensor, previous: tuple[Tensor, Tensor], params: Tensor, g: Tensor, f: Tensor
+        self, previous: tuple[Tensor, Tensor], start: Tensor, params: Tensor, g: Tensor, f: Tensor
     ) -> Tensor:
         """Equilibrium at the load (g, f), from the converged state ``start`` at the load ``previous``;
         a failed attempt halves the remaining load step (cut-back), at most ``max_cutbacks`` times."""
@@ -543,7 +523,8 @@ class Hyperelasticity(nn.Module):
         self.adjoint_solves = 0
         states = []
         for k in range(count):
-            u = _Equilibrium.apply(self, state, previous, params, g[k], f[k])
+            increment = functools.partial(self._increment, previous)
+            u = Equilibrium.apply(increment, self._adjoint, state, params, g[k], f[k])
             states.append(u)
             state, previous = u.detach(), (g[k].detach(), f[k].detach())
         return torch.stack(states)

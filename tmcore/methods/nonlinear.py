@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from tmcore.core.assembly import ElementAssembler, NodeAssembler
+from tmcore.core.checks import check_callable, check_mesh
 from tmcore.core.condense import Condenser
 from tmcore.core.errors import SolverError
 from tmcore.core.linalg.factored import factored_solve
@@ -109,33 +110,27 @@ def equilibrium_vjp(
     return grads
 
 
-class _ImplicitSolve(torch.autograd.Function):
-    """u* = Newton(c, f, g); backward by the implicit function theorem (one adjoint solve)."""
+class Equilibrium(torch.autograd.Function):
+    """u* = ``solve(start, *inputs)``, a converged nonlinear equilibrium, as one node of the graph.
+
+    The forward runs ``solve`` on detached tensors (no graph through the iterations); the
+    backward is the implicit function theorem, ``adjoint(u, grad_u, inputs)`` -> one gradient
+    per input (an adjoint solve with the converged tangent, then :func:`equilibrium_vjp`).
+    ``start`` gets no gradient. Used as ``Equilibrium.apply(solve, adjoint, start, *inputs)``.
+    """
 
     @staticmethod
-    def forward(ctx, problem: "NonlinearDiffusion", u0: Tensor, c: Tensor, f: Tensor, g: Tensor):
-        u = problem._newton(u0.detach(), c.detach(), f.detach(), g.detach())
-        ctx.problem = problem
-        ctx.save_for_backward(u, c, f, g)
+    def forward(ctx, solve: Callable[..., Tensor], adjoint: Callable[..., tuple], start: Tensor, *inputs: Tensor):
+        u = solve(start.detach(), *(t.detach() for t in inputs))
+        ctx.adjoint = adjoint
+        ctx.save_for_backward(u, *inputs)
         return u
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_u: Tensor):
-        u, c, f, g = ctx.saved_tensors
-        problem: NonlinearDiffusion = ctx.problem
-        free, dirichlet = problem.free_index, problem.dirichlet_index
-        # J(u*)^T lam = dL/du on the free nodes
-        J = problem.tangent(u, c)
-        J_free, _ = problem._split(J)
-        factor = factorize(J_free.pattern, J_free.values.detach().unsqueeze(0), SolveOptions(backend=problem.backend))
-        problem.stats.adjoint_factorizations += 1
-        lam = factored_solve(factor, grad_u[free], transpose=True)
-        problem.stats.adjoint_solves += 1
-        grad_c, grad_f, grad_g = equilibrium_vjp(
-            lambda state, c_, f_, g_: problem.residual(state, c_, f_), u, lam, grad_u, free, dirichlet, (c, f, g), 2
-        )
-        return None, None, grad_c, grad_f, grad_g
+        u, *inputs = ctx.saved_tensors
+        return None, None, None, *ctx.adjoint(u, grad_u, tuple(inputs))
 
 
 class NonlinearDiffusion(nn.Module):
@@ -171,10 +166,8 @@ class NonlinearDiffusion(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
-        if not callable(kappa):
-            raise TypeError(f"kappa must be a callable (u, c) -> conductivity, got {type(kappa).__name__}")
+        check_mesh(mesh)
+        check_callable("kappa", kappa, "(u, c) -> conductivity")
         mask = mesh.boundary_mask if mask is None else mask
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != (mesh.n_points,):
             raise ValueError(f"mask must be an ({mesh.n_points},) bool tensor")
@@ -245,4 +238,24 @@ class NonlinearDiffusion(nn.Module):
                 f"g must be a float, ({n},) or ({self.dirichlet_index.numel()},) Dirichlet values, got {tuple(g.shape)}"
             )
         u0 = torch.zeros(n, dtype=c.dtype, device=c.device) if u0 is None else u0
-        return _ImplicitSolve.apply(self, u0, c, f, g)
+        return Equilibrium.apply(self._newton, self._adjoint, u0, c, f, g)
+
+    def _adjoint(self, u: Tensor, grad_u: Tensor, inputs: tuple[Tensor, Tensor, Tensor]) -> list[Tensor]:
+        """dL/dc, dL/df, dL/dg at the converged u: J(u)^T lam = dL/du on the free nodes (a
+        factorisation of the tangent and one transposed solve), then :func:`equilibrium_vjp`."""
+        c, f, g = inputs
+        J_free, _ = self._split(self.tangent(u, c))
+        factor = factorize(J_free.pattern, J_free.values.detach().unsqueeze(0), SolveOptions(backend=self.backend))
+        self.stats.adjoint_factorizations += 1
+        lam = factored_solve(factor, grad_u[self.free_index], transpose=True)
+        self.stats.adjoint_solves += 1
+        return equilibrium_vjp(
+            lambda state, c_, f_, g_: self.residual(state, c_, f_),
+            u,
+            lam,
+            grad_u,
+            self.free_index,
+            self.dirichlet_index,
+            inputs,
+            2,
+        )
