@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from flows.artifacts import atomic_write_text
+from flows.reports import markdown_table
 from tests.tmcore import topopt_reference as reference
 from tmcore.studies import compliance_topology
 from tmcore.topology import cantilever, heat_conduction, mbb_beam
@@ -42,6 +43,21 @@ def run_case(name: str, nelx: int, nely: int) -> dict:
     }
 
 
+def table_row(r: dict) -> dict[str, str]:
+    """One case's row of the report, keyed by the column titles."""
+    return {
+        "case": r["case"],
+        "iterations": str(r["iterations"]),
+        "compliance": f"{r['compliance']:.4f}",
+        "ms/iteration": f"{r['ms_per_iteration']:.1f}",
+        "reference iterations": str(r["ref_iterations"]),
+        "reference compliance": f"{r['ref_compliance']:.4f}",
+        "reference ms/iteration": f"{r['ref_ms_per_iteration']:.1f}",
+        "difference": f"{100 * r['difference']:+.3f}%",
+        "mean |rho - rho_ref|": f"{r['design_difference']:.2e}",
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="mbb:60x20,mbb:150x50,cantilever:80x50,heat:40x40")
@@ -54,21 +70,9 @@ def main(argv=None) -> int:
         nelx, nely = (int(v) for v in size.split("x"))
         rows.append(run_case(name, nelx, nely))
         print(rows[-1], flush=True)
-    lines = [
-        "| case | iterations | compliance | ms/iteration | reference iterations | reference compliance | "
-        "reference ms/iteration | difference | mean |rho - rho_ref| |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['case']} | {r['iterations']} | {r['compliance']:.4f} | {r['ms_per_iteration']:.1f} | "
-            f"{r['ref_iterations']} | "
-            f"{r['ref_compliance']:.4f} | {r['ref_ms_per_iteration']:.1f} | {100 * r['difference']:+.3f}% | "
-            f"{r['design_difference']:.2e} |"
-        )
-    text = "\n".join(lines)
-    print(text)
-    atomic_write_text(args.out / "topology88.md", text + "\n")
+    text = markdown_table([table_row(r) for r in rows])
+    print(text, end="")
+    atomic_write_text(args.out / "topology88.md", text)
     return 0
 
 

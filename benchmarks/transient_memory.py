@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from flows.artifacts import atomic_write_text
+from flows.reports import markdown_table
 
 CONFIGS = [("none", None), ("every 32", 32), ("auto (sqrt N)", "auto"), ("every 100", 100)]
 
@@ -122,6 +123,22 @@ def measure_in_fresh_process(steps: int, cells: int, checkpoint) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
+def table_row(label: str, r: dict) -> dict[str, str]:
+    """One configuration's row of the report, keyed by the column titles."""
+    return {
+        "checkpointing": label,
+        "segments": str(r["segments"]),
+        "saved by autograd (MiB)": f"{r['saved_mib']:.1f}",
+        "peak RSS after forward (MiB)": f"{r['peak_forward_mib']:.1f}",
+        "peak RSS fwd+bwd (MiB)": f"{r['peak_total_mib']:.1f}",
+        "forward (s)": f"{r['forward_s']:.2f}",
+        "backward (s)": f"{r['backward_s']:.2f}",
+        "forward solves": str(r["forward_solves"]),
+        "adjoint solves": str(r["adjoint_solves"]),
+        "|grad|": f"{r['grad_norm']:.10e}",
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
@@ -137,24 +154,12 @@ def main(argv=None) -> int:
     for label, checkpoint in CONFIGS:
         rows.append((label, measure_in_fresh_process(args.steps, args.cells, checkpoint)))
     first = rows[0][1]
-    lines = [
+    text = (
         f"Crank-Nicolson, {first['nodes']} nodes, {first['steps']} steps, backend {first['backend']}; one "
-        "factorisation per run.",
-        "",
-        "| checkpointing | segments | saved by autograd (MiB) | peak RSS after forward (MiB) | peak RSS "
-        "fwd+bwd (MiB) | forward (s) | backward (s) | forward solves | adjoint solves | |grad| |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, r in rows:
-        lines.append(
-            f"| {label} | {r['segments']} | {r['saved_mib']:.1f} | {r['peak_forward_mib']:.1f} | "
-            f"{r['peak_total_mib']:.1f} | "
-            f"{r['forward_s']:.2f} | {r['backward_s']:.2f} | {r['forward_solves']} | {r['adjoint_solves']} | "
-            f"{r['grad_norm']:.10e} |"
-        )
-    text = "\n".join(lines)
-    print(text)
-    atomic_write_text(args.out / "transient_memory.md", text + "\n")
+        "factorisation per run.\n\n" + markdown_table([table_row(label, r) for label, r in rows])
+    )
+    print(text, end="")
+    atomic_write_text(args.out / "transient_memory.md", text)
     return 0
 
 
