@@ -21,7 +21,7 @@ Prints the achieved tensor and Poisson's ratio
 nu*_12 = -S*_21 / S*_11; ``--png`` writes the cell tiled 3 x 3.
 """
 
-import sys
+import argparse
 
 import torch
 import torch.nn.functional as F
@@ -32,12 +32,12 @@ from tmcore.methods.homogenisation import effective_tensor, poisson_ratio
 from tmcore.methods.periodic import PeriodicCell
 from tmcore.topology.mma import MMA
 
-args = [a for a in sys.argv[1:] if not a.startswith("--")]
-png = sys.argv[sys.argv.index("--png") + 1] if "--png" in sys.argv else None
-if png in args:
-    args.remove(png)
-n = int(args[0]) if args else 40
-iterations = int(args[1]) if len(args) > 1 else 200
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("n", type=int, nargs="?", default=40, help="cells per side of the unit cell, even (default 40)")
+parser.add_argument("iterations", type=int, nargs="?", default=200, help="MMA iterations (default 200)")
+parser.add_argument("--png", help="write the cell tiled 3 x 3 to this file")
+options = parser.parse_args()
+n, iterations, png = options.n, options.iterations, options.png
 VF, EMIN, PENAL, RADIUS, C_MIN = 0.35, 1e-9, 3.0, 2.0, 0.01
 
 torch.set_default_dtype(torch.float64)

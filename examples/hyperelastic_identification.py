@@ -17,7 +17,7 @@ the gradient through the load path by one adjoint solve per increment the loss s
 recovered moduli on the deformed plate.
 """
 
-import sys
+import argparse
 
 import torch
 
@@ -26,12 +26,12 @@ from tmcore.forms import Traction
 from tmcore.methods.hyperelastic import Hyperelasticity
 from tmcore.topology.filters import cell_neighbours
 
-args = [a for a in sys.argv[1:] if not a.startswith("--")]
-png = sys.argv[sys.argv.index("--png") + 1] if "--png" in sys.argv else None
-if png in args:
-    args.remove(png)
-nx = int(args[0]) if args else 24
-iterations = int(args[1]) if len(args) > 1 else 40
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("nx", type=int, nargs="?", default=24, help="quads along the plate's length, even (default 24)")
+parser.add_argument("iterations", type=int, nargs="?", default=40, help="L-BFGS iterations (default 40)")
+parser.add_argument("--png", help="draw the true and recovered moduli on the deformed plate to this file")
+options = parser.parse_args()
+nx, iterations, png = options.nx, options.iterations, options.png
 ALPHA = 1e-5
 
 torch.set_default_dtype(torch.float64)
