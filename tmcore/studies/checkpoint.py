@@ -28,7 +28,7 @@ from torch import Tensor
 
 from tmcore.core.checks import check_count, is_int
 
-__all__ = ["FORMAT", "check_checkpointing", "clone_state", "check_resume"]
+__all__ = ["FORMAT", "check_checkpointing", "checkpoint_state", "clone_state", "check_resume"]
 
 FORMAT = 1
 
@@ -137,6 +137,33 @@ def history_lists(state: Mapping[str, Any] | None, names: tuple[str, ...]) -> di
 
 def history_tensors(lists: Mapping[str, list[float]]) -> dict[str, Tensor]:
     return {name: torch.tensor(values, dtype=torch.float64) for name, values in lists.items()}
+
+
+def checkpoint_state(
+    study: str,
+    step: int,
+    parameters: Mapping[str, Any],
+    iterate: str,
+    parameter: Tensor,
+    optimizer: torch.optim.Optimizer,
+    history: Mapping[str, list[float]],
+    snapshots: Mapping[int, Tensor],
+) -> dict[str, Any]:
+    """The state of ``study`` after ``step`` completed steps (the layout above, a deep copy):
+    the iterate ``parameter`` under the name ``iterate``, the optimiser's state, the per-step
+    ``history`` lists as tensors; what :func:`check_resume` and :func:`restore` read back."""
+    return clone_state(
+        {
+            "format": FORMAT,
+            "study": study,
+            "step": step,
+            "parameters": parameters,
+            iterate: parameter,
+            "optimizer": optimizer.state_dict(),
+            "history": history_tensors(history),
+            "snapshots": snapshots,
+        }
+    )
 
 
 Checkpoint = Callable[[dict[str, Any]], Any]

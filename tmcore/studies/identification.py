@@ -29,13 +29,11 @@ from tmcore.core.datasets import result_dataset
 from tmcore.core.mesh import Mesh
 from tmcore.forms import Diffusion, Source
 from tmcore.studies.checkpoint import (
-    FORMAT,
     check_checkpointing,
     check_resume,
-    clone_state,
+    checkpoint_state,
     due,
     history_lists,
-    history_tensors,
     restore,
 )
 
@@ -337,20 +335,7 @@ def coefficient_identification(
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"the identification loss became {losses[-1]} at step {step} (lr {lr} too large?)")
         if due(step, steps, checkpoint_every):
-            checkpoint(
-                clone_state(
-                    {
-                        "format": FORMAT,
-                        "study": STUDY,
-                        "step": step + 1,
-                        "parameters": keyed,
-                        "theta": theta,
-                        "optimizer": optimizer.state_dict(),
-                        "history": history_tensors(history),
-                        "snapshots": snapshots,
-                    }
-                )
-            )
+            checkpoint(checkpoint_state(STUDY, step + 1, keyed, "theta", theta, optimizer, history, snapshots))
         if callback is not None:
             callback(step, losses[-1])
 

@@ -20,13 +20,11 @@ import torch
 from tmcore.core.checks import DTYPE, check_callback, check_choice, check_count, check_mesh, check_real, is_int
 from tmcore.core.mesh import Mesh
 from tmcore.studies.checkpoint import (
-    FORMAT,
     check_checkpointing,
     check_resume,
-    clone_state,
+    checkpoint_state,
     due,
     history_lists,
-    history_tensors,
     restore,
 )
 from tmcore.topology.driver import TopologyResult, optimise
@@ -187,20 +185,7 @@ def thermal_topology(
         compliances.append(record.objective)
         seconds.append(record.seconds)
         if due(record.step, steps, checkpoint_every):
-            checkpoint(
-                clone_state(
-                    {
-                        "format": FORMAT,
-                        "study": STUDY,
-                        "step": record.step + 1,
-                        "parameters": keyed,
-                        "design": design,
-                        "optimizer": optimizer.state_dict(),
-                        "history": history_tensors(history),
-                        "snapshots": snapshots,
-                    }
-                )
-            )
+            checkpoint(checkpoint_state(STUDY, record.step + 1, keyed, "design", design, optimizer, history, snapshots))
         if callback is not None:
             callback(record.step, record.objective)
 
