@@ -29,6 +29,7 @@ import logging
 import math
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -207,14 +208,21 @@ class OCOptimizer(CheckedOptimizer):
         lower = (rho - group["move_limit"]).clamp_min(group["rho_min"])
         upper = (rho + group["move_limit"]).clamp_max(group["rho_max"])
 
-        def candidate(log_lam: float) -> Tensor:
-            # rho * (s / lambda)^eta, computed as rho * exp(eta (log s - log lambda)) (s = 0 gives 0)
-            scaled = torch.nan_to_num(rho * torch.exp(eta * (log_s - log_lam)), nan=0.0)  # 0 * inf -> 0
-            return torch.minimum(torch.maximum(scaled, lower), upper)
+        # rho (s / lambda)^eta = slope * lambda^-eta; each pass of the search below is then a product, a
+        # clamp and a dot product, in NumPy on the CPU (about 10 us at 3e3 densities; torch: about 40 us)
+        slope = rho * sensitivity**eta  # 0 where s = 0
+        on_host = rho.device.type == "cpu" and rho.dtype in (torch.float32, torch.float64)
+        slope_, lower_, upper_, fraction_ = (x.numpy() if on_host else x for x in (slope, lower, upper, fraction))
+        xp = np if on_host else torch
 
-        def excess(log_lam: float) -> tuple[Tensor, float]:
+        def candidate(log_lam: float):
+            factor = math.exp(min(-eta * log_lam, 709.0))  # lambda^-eta, kept finite
+            with np.errstate(over="ignore"):  # a product beyond float's range is clamped to the upper limit
+                return xp.minimum(xp.maximum(slope_ * factor, lower_), upper_)
+
+        def excess(log_lam: float):
             new = candidate(log_lam)
-            return new, float(fraction @ new) - vf
+            return new, float(fraction_ @ new) - vf
 
         log_s = torch.log(sensitivity)  # -inf where s = 0
         active = (sensitivity > 0) & (rho > 0)
@@ -233,6 +241,7 @@ class OCOptimizer(CheckedOptimizer):
             new, f, log_lam = new_b, fb, b
         else:
             new, f, log_lam, iterations = self._illinois(excess, a, fa, b, fb, tol, group["max_iterations"])
+        new = torch.from_numpy(new) if on_host else new
         volume = float(fraction @ new)
         if abs(volume - vf) > max(tol, 1e-10):
             logger.warning(
