@@ -56,7 +56,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -64,7 +64,7 @@ from torch import Tensor
 from tmcore.core.checks import check_count, check_real
 from tmcore.topology.optimizers import CheckedOptimizer
 
-__all__ = ["MMA", "kkt_residual", "solve_dual"]
+__all__ = ["MMA", "Subproblem", "kkt_residual", "solve_dual"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,69 +101,65 @@ def kkt_residual(
     return torch.stack(parts).max()
 
 
-def _weights(lam: Tensor, p0: Tensor, q0: Tensor, P: Tensor, Q: Tensor) -> tuple[Tensor, Tensor]:
-    """The Lagrangian's weights (n,) of 1/(U - x) and 1/(x - L) at the multipliers lam (m,)."""
-    return p0 + lam @ P, q0 + lam @ Q
+class Subproblem(NamedTuple):
+    """MMA's convex subproblem at one iterate, in x (n,) and the elastic variables y (m,):
 
+        min   sum_j p0_j / (U_j - x_j) + q0_j / (x_j - L_j) + sum_i (c_i y_i + d_i y_i^2 / 2)
+        s.t.  sum_j P_ij / (U_j - x_j) + Q_ij / (x_j - L_j) - y_i <= rhs_i,   alpha <= x <= beta,   y >= 0,
 
-def _primal(
-    lam: Tensor,
-    p0: Tensor,
-    q0: Tensor,
-    P: Tensor,
-    Q: Tensor,
-    low: Tensor,
-    upp: Tensor,
-    alpha: Tensor,
-    beta: Tensor,
-    c: Tensor,
-    d: Tensor,
-) -> tuple[Tensor, Tensor]:
-    """The minimisers x(lam) (n,) and y(lam) (m,) of the subproblem's Lagrangian."""
-    a, b = _weights(lam, p0, q0, P, Q)
-    sa, sb = a.sqrt(), b.sqrt()
-    x = ((sa * low + sb * upp) / (sa + sb)).clamp(alpha, beta)
-    y = ((lam - c) / d).clamp_min(0.0)
-    return x, y
+    with L = ``low``, U = ``upp``. p0, q0, low, upp, alpha, beta: (n,); P, Q: (m, n) (all > 0
+    as MMA builds them); rhs, c, d: (m,) (d > 0).
+    """
 
+    p0: Tensor
+    q0: Tensor
+    P: Tensor
+    Q: Tensor
+    rhs: Tensor
+    low: Tensor
+    upp: Tensor
+    alpha: Tensor
+    beta: Tensor
+    c: Tensor
+    d: Tensor
 
-def _dual_value(lam, x, y, p0, q0, P, Q, low, upp, rhs, c, d) -> Tensor:
-    ux, xl = 1.0 / (upp - x), 1.0 / (x - low)
-    a, b = _weights(lam, p0, q0, P, Q)
-    return (a * ux).sum() + (b * xl).sum() - lam @ rhs + (c * y + 0.5 * d * y * y - lam * y).sum()
+    def weights(self, lam: Tensor) -> tuple[Tensor, Tensor]:
+        """The Lagrangian's weights (n,) of 1/(U - x) and 1/(x - L) at the multipliers lam (m,)."""
+        return self.p0 + lam @ self.P, self.q0 + lam @ self.Q
+
+    def primal(self, lam: Tensor) -> tuple[Tensor, Tensor]:
+        """The minimisers x(lam) (n,) and y(lam) (m,) of the Lagrangian."""
+        a, b = self.weights(lam)
+        sa, sb = a.sqrt(), b.sqrt()
+        x = ((sa * self.low + sb * self.upp) / (sa + sb)).clamp(self.alpha, self.beta)
+        y = ((lam - self.c) / self.d).clamp_min(0.0)
+        return x, y
+
+    def dual_value(self, lam: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """W(lam), the Lagrangian at its minimisers x = x(lam), y = y(lam)."""
+        ux, xl = 1.0 / (self.upp - x), 1.0 / (x - self.low)
+        a, b = self.weights(lam)
+        c, d = self.c, self.d
+        return (a * ux).sum() + (b * xl).sum() - lam @ self.rhs + (c * y + 0.5 * d * y * y - lam * y).sum()
 
 
 def solve_dual(
-    p0: Tensor,
-    q0: Tensor,
-    P: Tensor,
-    Q: Tensor,
-    rhs: Tensor,
-    low: Tensor,
-    upp: Tensor,
-    alpha: Tensor,
-    beta: Tensor,
-    c: Tensor,
-    d: Tensor,
-    lam0: Tensor | None = None,
-    tol: float = 1e-10,
-    max_iterations: int = 500,
+    subproblem: Subproblem, lam0: Tensor | None = None, tol: float = 1e-10, max_iterations: int = 500
 ) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Maximise the MMA dual W(lam) over lam >= 0 by projected Newton with an Armijo search.
+    """Maximise the dual W(lam) of the MMA ``subproblem`` over lam >= 0 by projected Newton
+    with an Armijo search, from ``lam0`` (m,) (default 0).
 
-    p0, q0, low, upp, alpha, beta: (n,); P, Q: (m, n) (all > 0 as MMA builds them); rhs (m,)
-    is the b of the subproblem's constraints sum_j p_ij/(U_j-x_j) + q_ij/(x_j-L_j) - y_i <= b_i;
-    c, d (m,) the elastic costs (d > 0). Stops when the projected dual gradient (the
-    subproblem's constraint residual, in the constraints' units) is <= ``tol`` in max-norm.
-    Returns (x (n,), y (m,), lam (m,), iterations).
+    Stops when the projected dual gradient (the subproblem's constraint residual, in the
+    constraints' units) is <= ``tol`` in max-norm. Returns (x (n,), y (m,), lam (m,), iterations).
     """
+    P, Q, rhs, low, upp = subproblem.P, subproblem.Q, subproblem.rhs, subproblem.low, subproblem.upp
+    alpha, beta, d = subproblem.alpha, subproblem.beta, subproblem.d
     m = rhs.shape[0]
     lam = rhs.new_zeros(m) if lam0 is None else lam0.clone().clamp_min(0.0)
-    args = (p0, q0, P, Q, low, upp, alpha, beta, c, d)
 
     def evaluate(lam):
-        x, y = _primal(lam, *args)
-        value = _dual_value(lam, x, y, p0, q0, P, Q, low, upp, rhs, c, d)
+        x, y = subproblem.primal(lam)
+        value = subproblem.dual_value(lam, x, y)
         grad = P @ (1.0 / (upp - x)) + Q @ (1.0 / (x - low)) - rhs - y
         projected = torch.where((lam > 0) | (grad > 0), grad, torch.zeros_like(grad))
         return x, y, value, grad, float(projected.abs().max()) if m else 0.0
@@ -178,8 +174,7 @@ def solve_dual(
             break
         # Hessian of W: -sum_j G_ij G_kj / phi''_j over the free x_j, and -1/d_i where y_i > 0
         ux, xl = 1.0 / (upp - x), 1.0 / (x - low)
-        a = p0 + lam @ P
-        b = q0 + lam @ Q
+        a, b = subproblem.weights(lam)
         free = ((x > alpha) & (x < beta)).to(x.dtype)
         G = P * ux * ux - Q * xl * xl  # d psi_i / d x_j (m, n)
         curvature = 2.0 * (a * ux**3 + b * xl**3)  # phi''_j > 0
@@ -442,9 +437,8 @@ class MMA(CheckedOptimizer):
         c = torch.full((m,), self.c, dtype=dtype, device=device)
         d = torch.full((m,), self.d, dtype=dtype, device=device)
         lam0 = lam_old.to(x) if lam_old is not None else None
-        x_new, y, lam, iterations = solve_dual(
-            p0, q0, P, Q, rhs, low, upp, alpha, beta, c, d, lam0, self.dual_tol, self.dual_max_iterations
-        )
+        subproblem = Subproblem(p0, q0, P, Q, rhs, low, upp, alpha, beta, c, d)
+        x_new, y, lam, iterations = solve_dual(subproblem, lam0, self.dual_tol, self.dual_max_iterations)
         change = float((x_new - x).abs().max()) if x.numel() else 0.0
         elastic = float(y.max()) if m else 0.0
         offset = 0
