@@ -6,7 +6,8 @@ argument name from the data (``point_data``, ``element_data`` or ``scalar_data``
 Bind a form to a mesh with ``Form.from_mesh(mesh)`` and call it with the data.
 
 Scalar forms: :class:`Laplace` (grad u . grad v), :class:`Diffusion` (kappa grad u . grad v),
-:class:`Mass` (rho u v), :class:`Source` (f v).
+:class:`Mass` (rho u v), :class:`Source` (f v), and on boundary facets :class:`BoundaryFlux`
+(q v, a prescribed normal flux).
 
 Linear elasticity, as plain functions of one point (so they drop into any integrand):
 
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from tmcore.core.assembly import (
     ElementAssembler,
+    FacetAssembler,
     NodeAssembler,
     VectorElementAssembler,
     VectorFacetAssembler,
@@ -40,6 +42,7 @@ from tmcore.core.mesh import Mesh
 
 __all__ = [
     "BodyForce",
+    "BoundaryFlux",
     "Diffusion",
     "Laplace",
     "LinearElasticity",
@@ -84,6 +87,19 @@ class Source(NodeAssembler):
 
     def forward(self, v, f):
         return f * v
+
+
+class BoundaryFlux(FacetAssembler):
+    """q v on the chosen facets: the load vector (n,) of a prescribed normal flux q (the Neumann
+    term of -div(kappa grad u) = f with kappa du/dn = q; heat: q in W/m^2 entering the body).
+
+    Bind with ``from_mesh(mesh, facets=...)`` (a facet-set name, a node mask, a predicate on
+    facet centroids or a facet tensor); q as point_data (n,), element_data of the owner cells
+    (m,) or scalar_data. A uniform q on a facet set of area A puts q A into the load's sum.
+    """
+
+    def forward(self, v, q):
+        return q * v
 
 
 # -- linear elasticity ----------------------------------------------------------------------------
