@@ -131,6 +131,11 @@ class SparsityPattern:
         return _scipy_index_arrays(indptr, self.cols.cpu().numpy())
 
     @cached_property
+    def host_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) as NumPy arrays on the host, for the NumPy fast paths of small CPU work."""
+        return self.rows.cpu().numpy(), self.cols.cpu().numpy()
+
+    @cached_property
     def diagonal_slots(self) -> Tensor:
         """Slots of the pattern's diagonal entries (at most min(shape),)."""
         return torch.nonzero(self.rows == self.cols).flatten()
