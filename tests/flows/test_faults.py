@@ -14,7 +14,6 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,21 +24,13 @@ from flows.artifacts import Store, iter_refs, sha256_file
 from flows.differentiability import identification_study
 
 from .pipeline import STAGES, pipeline
+from .processes import spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _spawn(prefect_api: str, *args: str, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    with open(log, "wb") as output:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tests.flows.pipeline", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    return spawn("tests.flows.pipeline", args, log, ROOT, {**os.environ, "PREFECT_API_URL": prefect_api})
 
 
 def _wait_for(paths: list[Path], processes: list[subprocess.Popen], logs: list[Path], timeout: float = 180.0) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 from flows.serve import Owner, healthy
 
 from .conftest import TINY
+from .processes import spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "differentiability-figures/default"
@@ -39,15 +38,7 @@ class Served:
         else:
             environment.pop("PREFECT_API_URL", None)
         environment.update(env or {})
-        with open(log, "wb") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "flows.serve", *args],
-                cwd=cwd,
-                env=environment,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = spawn("flows.serve", args, log, cwd, environment)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
