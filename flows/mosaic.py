@@ -36,6 +36,7 @@ from integrations.mosaic import report
 
 from .artifacts import Store
 from .caching import Bound, cached_task
+from .cli import add_run_arguments, run_to_exit_code
 from .reports import ui_markdown, ui_table
 from .runners import task_runner
 
@@ -149,23 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.mosaic", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smallest sizes only (a few minutes)")
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
-    parser.add_argument("--no-cache", action="store_true", help="rerun every problem (fresh timings)")
     parser.add_argument(
         "--python", default=None, help=f"interpreter with mosaic (default ${ENV_PYTHON} or {MOSAIC_VENV_PYTHON})"
     )
-    parser.add_argument("--store", default=None, help="artifact store (default $TMCORE_ARTIFACTS or data/artifacts)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"report folder (default {DEFAULT_OUT})")
+    add_run_arguments(parser, DEFAULT_OUT, "rerun every problem (fresh timings)")
     args = parser.parse_args(argv)
-    state = mosaic_benchmark(
-        problems=args.problems,
-        quick=args.quick,
-        use_cache=not args.no_cache,
-        python=args.python,
-        store=args.store,
-        out=args.out,
-        return_state=True,
-    )
-    return 0 if state.is_completed() else 1
+    return run_to_exit_code(mosaic_benchmark, args, problems=args.problems, quick=args.quick, python=args.python)
 
 
 if __name__ == "__main__":

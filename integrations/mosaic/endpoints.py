@@ -33,7 +33,15 @@ from tmcore import solvers
 
 from .solver import DTYPE, setup_for, structural_outputs, thermal_outputs
 
-__all__ = ["Problem", "STRUCTURAL", "THERMAL", "apply", "default_backend", "vector_jacobian_product"]
+__all__ = [
+    "Problem",
+    "STRUCTURAL",
+    "THERMAL",
+    "apply",
+    "default_backend",
+    "tesseract_endpoints",
+    "vector_jacobian_product",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -187,3 +195,38 @@ def vector_jacobian_product(
             full[: grad.shape[0]] = grad.detach().cpu().numpy()
         result[name] = full.reshape(np.asarray(inputs[name]).shape)
     return result
+
+
+def tesseract_endpoints(problem: Problem, output_schema: type) -> tuple[Callable, Callable, Callable]:
+    """``(apply, vector_jacobian_product, abstract_eval)`` of a Tesseract serving ``problem``.
+
+    A ``tesseract_api.py`` binds them at module level (the Tesseract runtime looks the
+    endpoints up by name, beside its ``InputSchema`` and ``OutputSchema``); ``apply`` returns
+    ``output_schema``, the VJP {input name: float32 array like the input}, ``abstract_eval``
+    a float32 scalar per output whatever the mesh.
+    """
+
+    def apply_endpoint(inputs: Any) -> Any:
+        return output_schema(**apply(problem, inputs))
+
+    def vjp_endpoint(
+        inputs: Any, vjp_inputs: set[str], vjp_outputs: set[str], cotangent_vector: dict[str, Any]
+    ) -> dict[str, Any]:
+        return vector_jacobian_product(problem, inputs, vjp_inputs, vjp_outputs, cotangent_vector)
+
+    def abstract_eval_endpoint(abstract_inputs: Any) -> dict[str, Any]:
+        from tesseract_core.runtime import ShapeDType
+
+        return {name: ShapeDType(shape=(), dtype="float32") for name in problem.outputs}
+
+    outputs, inputs = ", ".join(problem.outputs), " and ".join(problem.inputs)
+    apply_endpoint.__doc__ = f"mosaic's {problem.name} on tmcore: {outputs} (float32 scalars)."
+    vjp_endpoint.__doc__ = f"Cotangent-weighted gradients in {inputs}: autograd through tmcore (one adjoint solve)."
+    abstract_eval_endpoint.__doc__ = f"{outputs}: float32 scalars whatever the mesh."
+    for function, name in (
+        (apply_endpoint, "apply"),
+        (vjp_endpoint, "vector_jacobian_product"),
+        (abstract_eval_endpoint, "abstract_eval"),
+    ):
+        function.__name__ = function.__qualname__ = name
+    return apply_endpoint, vjp_endpoint, abstract_eval_endpoint

@@ -45,11 +45,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tmcore import Condenser, FacetAssembler, Mesh, dof_mask
-from tmcore.forms import Diffusion, LinearElasticity, Source, Traction
+from tmcore import Condenser, Mesh, dof_mask
+from tmcore.forms import BoundaryFlux, Diffusion, LinearElasticity, Source, Traction
 
 __all__ = [
-    "BoundaryFlux",
     "HexSetup",
     "K_MIN_RATIO",
     "parse_mesh",
@@ -63,13 +62,6 @@ logger = logging.getLogger(__name__)
 K_MIN_RATIO = 1e-3  # k_min / k_max of mosaic's thermal problem (fixed there, not an input)
 DTYPE = torch.float64
 SETUP_CACHE_SIZE = 4  # distinct meshes + boundaries kept; the cost sweeps visit one size at a time
-
-
-class BoundaryFlux(FacetAssembler):
-    """q v on the chosen facets: the load vector (n,) of a prescribed normal flux q (per node)."""
-
-    def forward(self, v, q):
-        return q * v
 
 
 def parse_mesh(hex_mesh: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

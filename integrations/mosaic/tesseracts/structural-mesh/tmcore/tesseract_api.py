@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 # Tesseract.from_tesseract_api loads this file by path, outside any package: put the
 # repository root (five levels up) on sys.path so that ``integrations`` imports.
@@ -20,7 +19,6 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from pydantic import Field  # noqa: E402
-from tesseract_core.runtime import ShapeDType  # noqa: E402
 
 from integrations.mosaic import endpoints  # noqa: E402
 from integrations.mosaic.compat import canonical_schemas  # noqa: E402
@@ -41,21 +39,4 @@ class OutputSchema(make_differentiable(_Outputs, list(endpoints.STRUCTURAL.outpu
     """Canonical structural-mesh output: the compliance (float32 scalar)."""
 
 
-def apply(inputs: InputSchema) -> OutputSchema:
-    """Solve linear elasticity; the compliance int t . u ds over the loaded facets."""
-    return OutputSchema(**endpoints.apply(endpoints.STRUCTURAL, inputs))
-
-
-def vector_jacobian_product(
-    inputs: InputSchema,
-    vjp_inputs: set[str],
-    vjp_outputs: set[str],
-    cotangent_vector: dict[str, Any],
-) -> dict[str, Any]:
-    """Cotangent-weighted gradient in rho: autograd through tmcore (one adjoint solve)."""
-    return endpoints.vector_jacobian_product(endpoints.STRUCTURAL, inputs, vjp_inputs, vjp_outputs, cotangent_vector)
-
-
-def abstract_eval(abstract_inputs: InputSchema) -> dict[str, ShapeDType]:
-    """The compliance is a float32 scalar whatever the mesh."""
-    return {name: ShapeDType(shape=(), dtype="float32") for name in endpoints.STRUCTURAL.outputs}
+apply, vector_jacobian_product, abstract_eval = endpoints.tesseract_endpoints(endpoints.STRUCTURAL, OutputSchema)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 # Tesseract.from_tesseract_api loads this file by path, outside any package: put the
 # repository root (five levels up) on sys.path so that ``integrations`` imports.
@@ -19,7 +18,6 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from pydantic import Field  # noqa: E402
-from tesseract_core.runtime import ShapeDType  # noqa: E402
 
 from integrations.mosaic import endpoints  # noqa: E402
 from integrations.mosaic.compat import canonical_schemas  # noqa: E402
@@ -38,21 +36,4 @@ class OutputSchema(make_differentiable(_Outputs, list(endpoints.THERMAL.outputs)
     """Canonical thermal-mesh outputs: thermal_compliance and identification_error (float32 scalars)."""
 
 
-def apply(inputs: InputSchema) -> OutputSchema:
-    """Solve the heat equation; thermal compliance and identification error."""
-    return OutputSchema(**endpoints.apply(endpoints.THERMAL, inputs))
-
-
-def vector_jacobian_product(
-    inputs: InputSchema,
-    vjp_inputs: set[str],
-    vjp_outputs: set[str],
-    cotangent_vector: dict[str, Any],
-) -> dict[str, Any]:
-    """Cotangent-weighted gradients in rho and/or source: autograd through tmcore (one adjoint solve)."""
-    return endpoints.vector_jacobian_product(endpoints.THERMAL, inputs, vjp_inputs, vjp_outputs, cotangent_vector)
-
-
-def abstract_eval(abstract_inputs: InputSchema) -> dict[str, ShapeDType]:
-    """Both outputs are float32 scalars whatever the mesh."""
-    return {name: ShapeDType(shape=(), dtype="float32") for name in endpoints.THERMAL.outputs}
+apply, vector_jacobian_product, abstract_eval = endpoints.tesseract_endpoints(endpoints.THERMAL, OutputSchema)

@@ -1,0 +1,29 @@
+"""What the benchmark flows' command lines share: the store/cache/report arguments and the exit status.
+
+parser = argparse.ArgumentParser(...)
+...                                             # the flow's own arguments
+add_run_arguments(parser, DEFAULT_OUT, "rerun every stage (fresh timings)")
+args = parser.parse_args(argv)
+return run_to_exit_code(flow, args, suites=args.suites)
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_run_arguments", "run_to_exit_code"]
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_out: str | Path, no_cache_help: str) -> None:
+    """``--no-cache`` (help ``no_cache_help``), ``--store`` (the artifact store) and ``--out`` (the report folder)."""
+    parser.add_argument("--no-cache", action="store_true", help=no_cache_help)
+    parser.add_argument("--store", default=None, help="artifact store (default $TMCORE_ARTIFACTS or data/artifacts)")
+    parser.add_argument("--out", default=str(default_out), help=f"report folder (default {default_out})")
+
+
+def run_to_exit_code(flow: Any, args: argparse.Namespace, **parameters: Any) -> int:
+    """Run ``flow(**parameters)`` with the arguments of :func:`add_run_arguments`; 0 when it completed, else 1."""
+    state = flow(**parameters, use_cache=not args.no_cache, store=args.store, out=args.out, return_state=True)
+    return 0 if state.is_completed() else 1
