@@ -108,7 +108,28 @@ class SimplexLagrangeElement(Element):
     Vertex i of the reference simplex is the origin (i = 0) or the unit vector
     e_i, so the barycentric coordinates are ``(1 - sum(xi), xi_1, ..., xi_dim)``.
     P1: N_i = l_i. P2: N_i = l_i (2 l_i - 1) at vertices, 4 l_a l_b at edge (a, b).
+
+    A P2 element is declared from its P1 element, ``class Triangle6(SimplexLagrangeElement,
+    linear=Triangle, facet_element=Line)``: it takes the P1 shape, dimension, vertices and edges;
+    its nodes are the vertices, then the edge midpoints (node ``n_vertices + i`` on edge i); its
+    facets are the P1 facets followed by their midside nodes in the order of ``facet_element``'s
+    edges (the P1 facets themselves when they are points: ``facet_element`` None).
     """
+
+    def __init_subclass__(
+        cls, linear: type[Element] | None = None, facet_element: type[Element] | None = None, **kwargs
+    ):
+        if linear is not None:
+            cls.shape, cls.dim, cls.tensor_product = linear.shape, linear.dim, linear.tensor_product
+            cls.order, cls.n_vertices, cls.edges = 2, linear.n_vertices, linear.edges
+            cls._nodes = linear._nodes + edge_midpoints(linear._nodes, linear.edges)
+            cls.n_nodes = len(cls._nodes)
+            cls.facets = (
+                linear.facets
+                if facet_element is None
+                else midside_facets(linear.facets, facet_element.edges, linear.edges, linear.n_vertices)
+            )
+        super().__init_subclass__(**kwargs)
 
     def _barycentric(self, xi: Tensor) -> tuple[Tensor, Tensor]:
         """Barycentric coordinates (..., dim+1) and their constant gradients (dim+1, dim)."""

@@ -1,6 +1,6 @@
 """Line elements on the reference interval [0, 1]: ``line`` (P1) and ``line3`` (P2)."""
 
-from tmcore.core.elements.base import SimplexLagrangeElement, edge_midpoints
+from tmcore.core.elements.base import SimplexLagrangeElement
 
 
 class Line(SimplexLagrangeElement):
@@ -19,17 +19,8 @@ class Line(SimplexLagrangeElement):
     edges = ((0, 1),)
 
 
-class Line3(SimplexLagrangeElement):
+class Line3(SimplexLagrangeElement, linear=Line):
     """Three-node quadratic line element; nodes 0, 1, then the midpoint 1/2."""
 
     cell_type = "line3"
-    shape = "line"
-    dim = 1
-    order = 2
-    n_nodes = 3
-    n_vertices = 2
-    tensor_product = True
-    _nodes = Line._nodes + edge_midpoints(Line._nodes, Line.edges)
     facet_type = None
-    facets = Line.facets
-    edges = Line.edges

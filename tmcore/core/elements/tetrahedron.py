@@ -1,6 +1,6 @@
 """Tetrahedron elements on the unit simplex: ``tetra`` (P1) and ``tetra10`` (P2, VTK order)."""
 
-from tmcore.core.elements.base import SimplexLagrangeElement, edge_midpoints, midside_facets
+from tmcore.core.elements.base import SimplexLagrangeElement
 from tmcore.core.elements.triangle import Triangle
 
 
@@ -20,18 +20,9 @@ class Tetrahedron(SimplexLagrangeElement):
     facets = ((1, 2, 3), (0, 3, 2), (0, 1, 3), (0, 2, 1))
 
 
-class Tetrahedron10(SimplexLagrangeElement):
+class Tetrahedron10(SimplexLagrangeElement, linear=Tetrahedron, facet_element=Triangle):
     """Ten-node quadratic tetrahedron; vertices, then midside nodes of edges
     (0,1), (1,2), (0,2), (0,3), (1,3), (2,3) (VTK/meshio order, not gmsh's)."""
 
     cell_type = "tetra10"
-    shape = "tetra"
-    dim = 3
-    order = 2
-    n_nodes = 10
-    n_vertices = 4
-    tensor_product = False
-    _nodes = Tetrahedron._nodes + edge_midpoints(Tetrahedron._nodes, Tetrahedron.edges)
-    edges = Tetrahedron.edges
     facet_type = "triangle6"
-    facets = midside_facets(Tetrahedron.facets, Triangle.edges, edges, n_vertices)

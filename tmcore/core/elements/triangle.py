@@ -1,6 +1,6 @@
 """Triangle elements on the unit simplex (0,0), (1,0), (0,1): ``triangle`` and ``triangle6``."""
 
-from tmcore.core.elements.base import SimplexLagrangeElement, edge_midpoints, midside_facets
+from tmcore.core.elements.base import SimplexLagrangeElement
 from tmcore.core.elements.line import Line
 
 
@@ -20,17 +20,8 @@ class Triangle(SimplexLagrangeElement):
     facets = edges
 
 
-class Triangle6(SimplexLagrangeElement):
+class Triangle6(SimplexLagrangeElement, linear=Triangle, facet_element=Line):
     """Six-node quadratic triangle; vertices, then midside nodes of edges (0,1), (1,2), (2,0)."""
 
     cell_type = "triangle6"
-    shape = "triangle"
-    dim = 2
-    order = 2
-    n_nodes = 6
-    n_vertices = 3
-    tensor_product = False
-    _nodes = Triangle._nodes + edge_midpoints(Triangle._nodes, Triangle.edges)
-    edges = Triangle.edges
     facet_type = "line3"
-    facets = midside_facets(Triangle.facets, Line.edges, edges, n_vertices)
