@@ -117,3 +117,52 @@ def test_forms_with_parameters_are_evaluated_so_their_parameters_get_gradients()
     K = form(point_data={"kappa": torch.ones(mesh.n_points, dtype=F64)})
     K.values.sum().backward()
     assert form.weight.grad is not None and float(form.weight.grad) != 0.0
+
+
+# -- a global tensor that requires grad, and results of unchanged data ------------------------
+
+MODULUS = torch.tensor(2.0, dtype=F64, requires_grad=True)
+
+
+class _ScaledSource(NodeAssembler):
+    def forward(self, v, f):
+        return MODULUS * v * f
+
+
+def test_a_global_tensor_that_requires_grad_gets_its_gradient():
+    # b = E * int f v, so d(sum b)/dE = sum(b) / E; the operator path would drop the global's gradient
+    mesh = Mesh.gen_grid((4, 4))
+    f = torch.ones(mesh.n_points, dtype=F64)
+    for _ in range(2):  # the second call must not come from a cache either
+        MODULUS.grad = None
+        b = _ScaledSource.from_mesh(mesh)(point_data={"f": f})
+        assert b.requires_grad
+        b.sum().backward()
+        assert MODULUS.grad == pytest.approx(float(b.detach().sum()) / 2.0, rel=1e-14)
+
+
+@pytest.mark.parametrize("form", [Source, Mass])
+def test_unchanged_data_gives_the_stored_result_and_a_change_recomputes(form):
+    mesh = Mesh.gen_grid((5, 4))
+    data = torch.linspace(1.0, 2.0, mesh.n_points, dtype=F64)
+    key = "f" if form is Source else "rho"
+    first = _values(form.from_mesh(mesh)(point_data={key: data}))
+    store = mesh.__dict__["_assembly_cache"]["constant"][1]
+    assert len(store) == 1
+    again = _values(form.from_mesh(mesh)(point_data={key: data}))  # a new assembler: the mesh's store
+    assert torch.equal(again, first) and again.data_ptr() != first.data_ptr()
+    again.mul_(7.0)  # a caller's in-place change must not reach the store
+    assert torch.equal(_values(form.from_mesh(mesh)(point_data={key: data})), first)
+    data.mul_(3.0)  # an in-place change of the data bumps its version: recomputed, not stored
+    assert torch.allclose(_values(form.from_mesh(mesh)(point_data={key: data})), 3.0 * first, rtol=1e-14, atol=0)
+
+
+def test_data_that_requires_grad_is_never_served_from_the_store():
+    mesh = Mesh.gen_grid((3, 3))
+    f = torch.ones(mesh.n_points, dtype=F64, requires_grad=True)
+    with torch.no_grad():
+        Source.from_mesh(mesh)(point_data={"f": f})
+    b = Source.from_mesh(mesh)(point_data={"f": f})
+    assert b.requires_grad
+    b.sum().backward()
+    assert torch.allclose(f.grad, Source.from_mesh(mesh)(point_data={"f": torch.ones_like(f.detach())}))

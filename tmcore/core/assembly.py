@@ -87,6 +87,8 @@ CHUNK_EVALUATIONS = 2**20
 # Forms affine in their data are assembled through a sparse operator (see _AffineForm) unless it
 # would hold more entries than this (before summing duplicates); then the integrand is evaluated.
 AFFINE_MAX_ENTRIES = 2**23
+# Results of affine forms on unchanged, gradient-free data kept per mesh (see _Assembler._constant).
+CONSTANT_RESULTS = 8
 
 
 @lru_cache(maxsize=None)
@@ -343,6 +345,56 @@ class _Assembler(nn.Module):
                 )
             yield cells, _integrate(values, weights[cells], len(basis_levels))
 
+    # -- results of unchanged data ----------------------------------------------------------
+
+    def _constant_key(self, sources: dict[str, dict]) -> tuple | None:
+        """A key naming this call's result when it cannot change between calls: the form's settings
+        and the identity and version of every data tensor, none of which may carry a gradient.
+        None when the call must be evaluated (gradients wanted, state the key cannot see)."""
+        items = []
+        for kind, data in sources.items():
+            for name, value in data.items():
+                if isinstance(value, Tensor):
+                    if value.requires_grad and torch.is_grad_enabled():
+                        return None
+                    items.append((kind, name, id(value), value._version))
+                elif is_number(value):
+                    items.append((kind, name, float(value)))
+                else:
+                    return None
+        state = self._form_state()
+        external = _external_state(type(self).forward) if state is not None else None
+        if external is None:
+            return None
+        return (type(self), state, external, self._quadrature_order, self.n_components, tuple(items))
+
+    def _constant(self, sources: dict[str, dict]) -> tuple[tuple | None, Tensor | None]:
+        """(key, values) of an earlier call with the same unchanged data, or (key, None).
+
+        A load vector of a constant source assembled every step of a loop (the chapter's ``b``)
+        is then computed once: the values come from the affine operator (:class:`_AffineForm`),
+        a deterministic function of the data. The cache lives on the mesh (assemblers built
+        afresh each step share it) and holds the data tensors themselves, so an id is never
+        reused while its entry lives; an in-place change bumps the version and misses.
+        """
+        key = self._constant_key(sources)
+        mesh_key = _cache_key(self.mesh)
+        if key is None or mesh_key is None:
+            return None, None
+        store = _mesh_cache(self.mesh, "constant", mesh_key, dict)
+        hit = store.get(key)
+        return key, None if hit is None else hit[1].clone()
+
+    def _keep_constant(self, key: tuple | None, sources: dict[str, dict], values: Tensor) -> None:
+        """Remember ``values`` (from the affine operator) under ``key`` (see :meth:`_constant`)."""
+        if key is None:
+            return
+        store = _mesh_cache(self.mesh, "constant", _cache_key(self.mesh), dict)
+        if len(store) >= CONSTANT_RESULTS:
+            store.pop(next(iter(store), None), None)  # the oldest entry
+        data = [value for entries in sources.values() for value in entries.values()]
+        store[key] = (data, values.detach().clone())
+
     # -- forms affine in their data ---------------------------------------------------------
 
     def _form_state(self) -> tuple | None:
@@ -577,8 +629,8 @@ def _referenced_globals(forward: Callable) -> tuple[str, ...]:
 def _external_state(forward: Callable) -> tuple | None:
     """The values of the module-level variables and closure cells the integrand reads, as a
     cache key: numbers and strings by value, tensors by identity and version; modules,
-    functions and classes are code, not state. None when some other object is read (then
-    the form is always evaluated as written)."""
+    functions and classes are code, not state. None when some other object, or a tensor that
+    requires grad, is read (then the form is always evaluated as written)."""
     module_globals = getattr(forward, "__globals__", {})
     cells = [cell.cell_contents for cell in (getattr(forward, "__closure__", None) or ())]
     state = []
@@ -588,6 +640,8 @@ def _external_state(forward: Callable) -> tuple | None:
         if value is None or isinstance(value, (bool, int, float, str)):
             state.append(value)
         elif isinstance(value, Tensor):
+            if value.requires_grad:  # the gradient must reach it: evaluate the integrand as written
+                return None
             state.append((id(value), value.data_ptr(), value._version, tuple(value.shape)))
         else:
             return None
@@ -743,14 +797,19 @@ class ElementAssembler(_Assembler):
 
     def __call__(self, point_data=None, element_data=None, scalar_data=None) -> SparseMatrix:
         mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
-        degree = self._degree(mesh.element, sources)
-        geometry = _cached_cell_geometry(mesh, degree)
         components = self.n_components
         pattern, slots = _cached_pattern(mesh, components)
+        key, values = self._constant(sources)
+        if values is not None:
+            return SparseMatrix.from_pattern(pattern, values)
+        degree = self._degree(mesh.element, sources)
+        geometry = _cached_cell_geometry(mesh, degree)
         data, batch, dtype = self._resolve(sources)
         with threads_for(slots.numel()):
             values = self._affine_values(data, batch, dtype, geometry, degree, slots, pattern.nnz)
-            if values is None:
+            if values is not None:
+                self._keep_constant(key, sources, values)
+            else:
                 blocks = self._evaluate_blocks(
                     self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry
                 )
@@ -800,6 +859,9 @@ class NodeAssembler(_Assembler):
 
     def __call__(self, point_data=None, element_data=None, scalar_data=None) -> Tensor:
         mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
+        key, values = self._constant(sources)
+        if values is not None:
+            return values
         degree = self._degree(mesh.element, sources)
         geometry = _cached_cell_geometry(mesh, degree)
         components = self.n_components
@@ -808,7 +870,9 @@ class NodeAssembler(_Assembler):
         data, batch, dtype = self._resolve(sources)
         with threads_for(dofs.numel()):
             values = self._affine_values(data, batch, dtype, geometry, degree, dofs.reshape(-1), size)
-            if values is None:
+            if values is not None:
+                self._keep_constant(key, sources, values)
+            else:
                 blocks = self._evaluate_blocks(
                     self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry
                 )
