@@ -11,7 +11,10 @@ forward's factorisation serves the one adjoint solve.
 calls ``apply`` and then ``vector_jacobian_product`` with the same inputs. So ``apply``
 keeps its forward (the autograd graph, which holds the factorisation) in a one-slot cache
 keyed by a digest of every input, and a VJP at the same inputs takes it from there and
-runs only the adjoint solve. The slot is consumed by that VJP (and replaced by the next
+runs only the adjoint solve. The digest of the mesh and boundary conditions is the one the
+set-up cache (:func:`integrations.mosaic.solver.setup_for`) computes anyway, so each call
+reads the mesh arrays once; the rest (rho, source, target, parameters) is hashed per call.
+The slot is consumed by that VJP (and replaced by the next
 ``apply``); ``apply`` itself always computes afresh, and a VJP whose inputs were not the
 last ``apply``'s computes its own forward.
 """
@@ -31,7 +34,7 @@ from torch import Tensor
 
 from tmcore import solvers
 
-from .solver import DTYPE, setup_for, structural_outputs, thermal_outputs
+from .solver import DTYPE, HexSetup, digest_into, setup_for, structural_outputs, thermal_outputs
 
 __all__ = [
     "Problem",
@@ -52,22 +55,31 @@ def default_backend() -> str:
     return "pardiso" if solvers.pardiso_available() else "splu"
 
 
+MESH_INPUTS = ("hex_mesh", "boundary_conditions")  # what the set-up (and its digest) is built from
+
+
 @dataclass(frozen=True)
 class Problem:
     """One mosaic problem: its differentiable inputs/outputs and its evaluation.
 
-    ``evaluate(inputs, leaves)`` returns {output name: 0-d tensor}; ``leaves`` maps each
-    differentiable input name to its float64 tensor (already requiring grad when wanted).
+    ``setup(inputs)`` is the :class:`~integrations.mosaic.solver.HexSetup` of the inputs'
+    mesh and boundary conditions (cached); ``evaluate(setup, inputs, leaves)`` returns
+    {output name: 0-d tensor}, ``leaves`` mapping each differentiable input name to its
+    float64 tensor (already requiring grad when wanted).
     """
 
     name: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
-    evaluate: Callable[[Mapping[str, Any], Mapping[str, Tensor]], dict[str, Tensor]]
+    setup: Callable[[Mapping[str, Any]], HexSetup]
+    evaluate: Callable[[HexSetup, Mapping[str, Any], Mapping[str, Tensor]], dict[str, Tensor]]
 
 
-def _thermal(inputs: Mapping[str, Any], leaves: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    setup = setup_for(inputs["hex_mesh"], inputs["boundary_conditions"], 1, backend=default_backend())
+def _thermal_setup(inputs: Mapping[str, Any]) -> HexSetup:
+    return setup_for(inputs["hex_mesh"], inputs["boundary_conditions"], 1, backend=default_backend())
+
+
+def _thermal(setup: HexSetup, inputs: Mapping[str, Any], leaves: Mapping[str, Tensor]) -> dict[str, Tensor]:
     target = inputs.get("target_temperature")
     out = thermal_outputs(
         setup,
@@ -80,10 +92,12 @@ def _thermal(inputs: Mapping[str, Any], leaves: Mapping[str, Tensor]) -> dict[st
     return {name: out[name] for name in THERMAL.outputs}
 
 
-def _structural(inputs: Mapping[str, Any], leaves: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    setup = setup_for(
-        inputs["hex_mesh"], inputs["boundary_conditions"], 3, nu=float(inputs.get("nu", 0.3)), backend=default_backend()
-    )
+def _structural_setup(inputs: Mapping[str, Any]) -> HexSetup:
+    nu = float(inputs.get("nu", 0.3))
+    return setup_for(inputs["hex_mesh"], inputs["boundary_conditions"], 3, nu=nu, backend=default_backend())
+
+
+def _structural(setup: HexSetup, inputs: Mapping[str, Any], leaves: Mapping[str, Tensor]) -> dict[str, Tensor]:
     out = structural_outputs(
         setup,
         leaves["rho"],
@@ -94,31 +108,20 @@ def _structural(inputs: Mapping[str, Any], leaves: Mapping[str, Tensor]) -> dict
     return {"compliance": out["compliance"]}
 
 
-THERMAL = Problem("thermal_mesh", ("rho", "source"), ("thermal_compliance", "identification_error"), _thermal)
-STRUCTURAL = Problem("structural_mesh", ("rho",), ("compliance",), _structural)
+THERMAL = Problem(
+    "thermal_mesh", ("rho", "source"), ("thermal_compliance", "identification_error"), _thermal_setup, _thermal
+)
+STRUCTURAL = Problem("structural_mesh", ("rho",), ("compliance",), _structural_setup, _structural)
 
 
 def _as_dict(inputs: Any) -> dict[str, Any]:
     return inputs.model_dump() if hasattr(inputs, "model_dump") else dict(inputs)
 
 
-def _digest(value: Any, h: Any) -> None:
-    """Feed a nested structure of arrays, numbers and strings into the hash ``h``."""
-    if isinstance(value, Mapping):
-        for key in sorted(value):
-            h.update(repr(key).encode())
-            _digest(value[key], h)
-    elif isinstance(value, (list, tuple, np.ndarray)) or hasattr(value, "__array__"):
-        array = np.ascontiguousarray(np.asarray(value))
-        h.update(f"{array.dtype.str}{array.shape}".encode())
-        h.update(array.tobytes())
-    else:
-        h.update(repr(value).encode())
-
-
-def _key(problem: Problem, inputs: Mapping[str, Any]) -> str:
-    h = hashlib.sha256(problem.name.encode())
-    _digest(inputs, h)
+def _key(problem: Problem, setup: HexSetup, inputs: Mapping[str, Any]) -> str:
+    """Digest of every input: the set-up's (mesh, boundary conditions) and the rest's."""
+    h = hashlib.sha256(f"{problem.name}:{setup.key}".encode())
+    digest_into(h, {name: value for name, value in inputs.items() if name not in MESH_INPUTS})
     return h.hexdigest()
 
 
@@ -139,23 +142,25 @@ def apply(problem: Problem, inputs: Any) -> dict[str, np.float32]:
     inputs = _as_dict(inputs)
     with _lock:
         _last_forward.clear()  # the kept factorisation goes before a new one is made: one alive at a time
+    setup = problem.setup(inputs)
     leaves = _leaves(problem, inputs, requires_grad=True)
-    outputs = problem.evaluate(inputs, leaves)
+    outputs = problem.evaluate(setup, inputs, leaves)
     with _lock:
-        _last_forward.update(key=_key(problem, inputs), leaves=leaves, outputs=outputs)
+        _last_forward.update(key=_key(problem, setup, inputs), leaves=leaves, outputs=outputs)
     return {name: np.float32(outputs[name].detach().item()) for name in problem.outputs}
 
 
 def _forward_for(problem: Problem, inputs: Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """(leaves, outputs) of the last apply when its inputs were these (consuming it), else a fresh forward."""
-    key = _key(problem, inputs)
+    setup = problem.setup(inputs)
+    key = _key(problem, setup, inputs)
     with _lock:
         if _last_forward.get("key") == key:
             hit = _last_forward["leaves"], _last_forward["outputs"]
             _last_forward.clear()
             return hit
     leaves = _leaves(problem, inputs, requires_grad=True)
-    return leaves, problem.evaluate(inputs, leaves)
+    return leaves, problem.evaluate(setup, inputs, leaves)
 
 
 def vector_jacobian_product(

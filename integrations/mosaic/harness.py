@@ -230,14 +230,17 @@ def _cost_physics(cfg: Any) -> tuple[dict, str, list]:
 def endpoint_timings(problem: str, max_n: int | None = None, repeats: int = 3) -> dict[int, dict[str, float]]:
     """Median wall time (s) of the Tesseract endpoints at the cost suite's mesh sizes.
 
-    {N: {"apply", "vjp_after_apply", "vjp_alone"}}: an ``apply``; a VJP of the problem's
-    output in rho right after an ``apply`` at the same inputs (the adjoint solve only, the
-    forward's factorisation kept); a VJP called alone (its own forward + the adjoint). The
+    {N: {"apply", "vjp_after_apply", "vjp_alone", "jax_grad"}}: an ``apply``; a VJP of the
+    problem's output in rho right after an ``apply`` at the same inputs (the adjoint solve
+    only, the forward's factorisation kept); a VJP called alone (its own forward + the
+    adjoint); mosaic's VJP measurement (its ``_vjp_grad``: ``jax.grad`` through the Tesseract,
+    un-jitted, so an apply, a VJP and JAX's tracing and dispatch around them). The
     inputs are the cost suite's (mosaic's ``make_inputs`` with its physics at each N up to
     ``max_n``); one warm-up of each call first (the mesh set-up is cached, as in mosaic's
     warm-up call); ``repeats`` timed rounds up to N = 128, one above.
     """
     import numpy as np
+    from mosaic.benchmarks.problems.shared.gradient import _vjp_grad
     from tesseract_core import Tesseract
 
     cfg = problem_config(problem)
@@ -253,12 +256,13 @@ def endpoint_timings(problem: str, max_n: int | None = None, repeats: int = 3) -
         def vjp() -> Any:
             return tesseract.vector_jacobian_product(inputs, {wrt}, {output}, {output: np.float32(1.0)})
 
-        calls = {"apply": [], "vjp_after_apply": [], "vjp_alone": []}
+        calls = {"apply": [], "vjp_after_apply": [], "vjp_alone": [], "jax_grad": []}
         for _ in range((repeats if n <= 128 else 1) + 1):  # the first round is the warm-up
             for name, before, call in (
                 ("apply", None, lambda: tesseract.apply(inputs)),
                 ("vjp_after_apply", lambda: tesseract.apply(inputs), vjp),
                 ("vjp_alone", vjp, vjp),  # the VJP before consumed any kept forward
+                ("jax_grad", None, lambda: _vjp_grad(tesseract, inputs, output, wrt)),
             ):
                 if before is not None:
                     before()

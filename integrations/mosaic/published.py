@@ -25,12 +25,20 @@ optimization   final objective: ``final_error`` (thermal conductivity recovery, 
 
 from __future__ import annotations
 
-__all__ = ["HARDWARE", "PUBLISHED", "SOURCE"]
+__all__ = ["HARDWARE", "PUBLISHED", "RECOVERY_SETTINGS", "SOURCE"]
 
 SOURCE = "mosaic 0.2.0 results pages (docs/results_<problem>.qmd at a535cb3, generated 2026-06-15)"
 HARDWARE = (
     "mosaic: GitHub Actions runners, one container per solver; GPU-capable solvers on a Tesla T4 "
     "GPU node, CPU-only solvers on a CPU node. tmcore here: 2 shared CPU cores, no GPU, in-process."
+)
+
+# what the published thermal optimisation numbers are of (their page's "Settings" block)
+RECOVERY_SETTINGS = (
+    "The published conductivity-recovery numbers were made with the experiment's settings of 2026-06 (results "
+    'page: physics `"Lz": 1.0`); mosaic 0.2.0 (commit 7f7a3ef) makes the slab Lz = Lx/nx = 0.125 thick, which '
+    "multiplies the temperatures by 8 and the objective by 64, so the harness's number above is not comparable "
+    "with them."
 )
 
 # problem -> suite -> solver -> values; cost: (N_forward, forward_s, N_vjp, vjp_s)

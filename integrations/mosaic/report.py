@@ -20,7 +20,8 @@ import numpy as np
 from flows.artifacts import atomic_write_bytes, atomic_write_text, dataset_bytes, dataset_from_bytes
 from flows.reports import markdown_table
 
-from .published import HARDWARE, PUBLISHED, SOURCE
+from .published import HARDWARE, PUBLISHED, RECOVERY_SETTINGS, SOURCE
+from .recovery import CONFIGURATIONS as RECOVERY_CONFIGURATIONS
 
 __all__ = [
     "combine",
@@ -35,7 +36,7 @@ __all__ = [
     "write_report",
 ]
 
-CALLS = ("apply", "vjp_after_apply", "vjp_alone")  # the endpoint timings
+CALLS = ("apply", "vjp_after_apply", "vjp_alone", "jax_grad")  # the endpoint timings (harness.endpoint_timings)
 FORWARD_ORDER = ("agreement", "baseline", "source_baseline")  # mosaic's ranking takes the first with errors
 OPTIMIZATION_FINAL = ("final_error", "final_compliance")
 
@@ -144,7 +145,11 @@ def _sci(value: Any) -> str:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return "0" if value == 0 else f"{value:.3g}" if 1e-2 <= abs(value) < 1e4 else f"{value:.2e}"
+    if value == 0:
+        return "0"
+    if 1e3 <= abs(value) < 1e4:
+        return f"{value:.0f}"  # .3g would write 1000.7 as 1e+03
+    return f"{value:.3g}" if 1e-2 <= abs(value) < 1e4 else f"{value:.2e}"
 
 
 def report_dataset(
@@ -153,11 +158,15 @@ def report_dataset(
     endpoints: Mapping[str, Mapping[int, Mapping[str, float]]],
     seconds: Mapping[str, Mapping[str, float]],
     attrs: Mapping[str, Any],
+    recoveries: Mapping[str, Mapping[str, Any]] | None = None,
 ):
     """One Dataset with everything the report shows: status and wall time (problem, experiment),
     cost (problem, pass, n), endpoint timings (problem, call, n), forward errors (problem,
     forward_experiment), FD numbers and optimisation numbers (problem), the optimisation
-    objective (problem, iteration)."""
+    objective (problem, iteration), and the conductivity-recovery study
+    (:func:`integrations.mosaic.recovery.study`, per problem that has one): its initial
+    objective (problem, recovery_configuration) and final objectives (problem,
+    recovery_configuration, recovery_start; start 0: mosaic's, k >= 1: perturbed with seed k)."""
     import xarray as xr
 
     problems = list(summaries)
@@ -187,6 +196,19 @@ def report_dataset(
     for i, problem in enumerate(problems):
         values = summaries[problem]["opt_trace"]
         trace[i, : len(values)] = values
+    recoveries = recoveries or {}
+    configurations = list(RECOVERY_CONFIGURATIONS)
+    starts = 1 + max([len(c["perturbed"]) for r in recoveries.values() for c in r["configurations"].values()] + [0])
+    recovery_initial = np.full((len(problems), len(configurations)), np.nan)
+    recovery_final = np.full((len(problems), len(configurations), starts), np.nan)
+    for i, problem in enumerate(problems):
+        for j, name in enumerate(configurations):
+            entry = recoveries.get(problem, {}).get("configurations", {}).get(name)
+            if entry is not None:
+                recovery_initial[i, j] = entry["initial"]
+                finals = [entry["final"], *entry["perturbed"]]
+                recovery_final[i, j, : len(finals)] = finals
+    perturbation = next((float(r["perturbation"]) for r in recoveries.values()), np.nan)
     forward_experiments = sorted({e for s in summaries.values() for e in s["forward"]})
     forward = np.array([[summaries[p]["forward"].get(e, np.nan) for e in forward_experiments] for p in problems])
     per_problem = {
@@ -223,6 +245,15 @@ def report_dataset(
             ),
             "forward_max_rel_error": (("problem", "forward_experiment"), forward),
             "optimization_objective": (("problem", "iteration"), trace),
+            "recovery_initial": (("problem", "recovery_configuration"), recovery_initial),
+            "recovery_final": (
+                ("problem", "recovery_configuration", "recovery_start"),
+                recovery_final,
+                {
+                    "long_name": "conductivity recovery: final objective after mosaic's L-BFGS iterations",
+                    "perturbation": perturbation,
+                },
+            ),
             **per_problem,
         },
         coords={
@@ -233,6 +264,8 @@ def report_dataset(
             "n": np.array(sizes, dtype=np.int64),
             "forward_experiment": np.array(forward_experiments, dtype=object),
             "iteration": np.arange(iterations),
+            "recovery_configuration": np.array(configurations, dtype=object),
+            "recovery_start": np.arange(starts),
         },
         attrs={**attrs, "published_source": SOURCE, "hardware": HARDWARE},
     )
@@ -397,24 +430,27 @@ def markdown(dataset, plots: Sequence[str] = ()) -> str:
             lines += [
                 "The endpoints alone, outside the harness (median of repeated calls): `apply`; the VJP right after an",
                 "`apply` at the same inputs (what `jax.grad` adds to the apply: the adjoint solve with the kept",
-                "factorisation); the VJP called alone (forward + adjoint):",
+                "factorisation); the VJP called alone (forward + adjoint); mosaic's own VJP measurement repeated here",
+                "(`jax.grad` through the Tesseract, un-jitted) and what it spends outside our two endpoints (JAX's",
+                "tracing and dispatch, the Tesseract runtime's input validation, twice): no backend can remove it:",
                 "",
             ]
-            lines.append(
-                markdown_table(
-                    [
-                        {
-                            "N": int(n),
-                            "apply (s)": _sci(t),
-                            "VJP after apply (s)": _sci(calls["vjp_after_apply"].get(n)),
-                            "VJP after apply / apply": _sci(calls["vjp_after_apply"].get(n, np.nan) / t),
-                            "VJP alone (s)": _sci(calls["vjp_alone"].get(n)),
-                            "VJP alone / apply": _sci(calls["vjp_alone"].get(n, np.nan) / t),
-                        }
-                        for n, t in sorted(calls["apply"].items())
-                    ]
+            rows = []
+            for n, t in sorted(calls["apply"].items()):
+                after, grad = calls["vjp_after_apply"].get(n, np.nan), calls["jax_grad"].get(n, np.nan)
+                rows.append(
+                    {
+                        "N": int(n),
+                        "apply (s)": _sci(t),
+                        "VJP after apply (s)": _sci(after),
+                        "VJP after apply / apply": _sci(after / t),
+                        "VJP alone (s)": _sci(calls["vjp_alone"].get(n)),
+                        "jax.grad (s)": _sci(grad),
+                        "jax.grad / apply": _sci(grad / t),
+                        "outside the endpoints (s)": _sci(grad - t - after),
+                    }
                 )
-            )
+            lines.append(markdown_table(rows))
         lines += ["### Gradient (FD check)", ""]
         ours = (float(d.fd_best_rel_error), float(d.fd_one_minus_cosine))
         lines.append(
@@ -441,10 +477,44 @@ def markdown(dataset, plots: Sequence[str] = ()) -> str:
                 ]
             )
         )
+        lines += _recovery_lines(d)
         mine = [p for p in plots if str(p).startswith(problem + "/")]
         if mine:
             lines += ["### mosaic's plots", ""] + [f"- [{p}]({p})" for p in mine] + [""]
     return "\n".join(lines) + "\n"
+
+
+def _recovery_lines(d) -> list[str]:
+    """The conductivity-recovery study of one problem's slice of the dataset (nothing when it has none)."""
+    if "recovery_final" not in d or not np.isfinite(d.recovery_final.values).any():
+        return []
+    perturbation = float(d.recovery_final.attrs.get("perturbation", np.nan))
+    lines = [
+        "#### Conductivity recovery: configuration and round-off (integrations/mosaic/recovery.py)",
+        "",
+        f"{RECOVERY_SETTINGS} Below, mosaic's loop (its `_run_lbfgs`, IC and inputs) run on tmcore under both",
+        f"configurations, from mosaic's start and from starts perturbed by a relative {_sci(perturbation)} (about 17",
+        "float32 ulps of rho). The spread of the perturbed runs is what round-off alone does to the final objective:",
+        "",
+    ]
+    rows = []
+    for name in d.recovery_configuration.values.tolist():
+        finals = d.recovery_final.sel(recovery_configuration=name).values
+        perturbed = finals[1:][np.isfinite(finals[1:])]
+        rows.append(
+            {
+                "configuration": name,
+                "initial objective": _sci(float(d.recovery_initial.sel(recovery_configuration=name))),
+                "final, mosaic's start": _sci(float(finals[0])),
+                "final, perturbed starts (min / median / max)": " / ".join(
+                    _sci(float(v)) for v in (perturbed.min(), np.median(perturbed), perturbed.max())
+                )
+                if perturbed.size
+                else "—",
+                "starts": int(perturbed.size),
+            }
+        )
+    return lines + [markdown_table(rows)]
 
 
 def write_report(out: Path, dataset, plots: Sequence[str] = (), name: str = "mosaic") -> tuple[Path, Path]:

@@ -1,14 +1,16 @@
 """Run mosaic's harness on tmcore and write the report.
 
     python -m integrations.mosaic.run [--quick] [--problems P ...] [--suites S ...]
-        [--max-cost-n N] [--max-iters N] [--no-endpoints] [--out DIR] [--results DIR]
+        [--max-cost-n N] [--max-iters N] [--no-endpoints] [--recovery-seeds K] [--out DIR] [--results DIR]
 
 For each problem (thermal-mesh, structural-mesh): mosaic's suites in-process
 (:mod:`integrations.mosaic.harness`) and the endpoint timings; then, for every problem with
 results in ``--results``, ``<out>/mosaic.md``, ``<out>/mosaic.nc`` and mosaic's plots under
 ``<out>/<problem>/`` (so ``--suites cost`` after a run of the other suites completes it). ``--quick``: the cost
 sweeps up to N = 64 (thermal) / 8 (structural) and at most 100 optimisation iterations (a
-few minutes); otherwise mosaic's own sizes. Defaults: ``--out reports/mosaic/<full|quick>``,
+few minutes); otherwise mosaic's own sizes. With the thermal optimisation suite, the
+conductivity-recovery study (:mod:`integrations.mosaic.recovery`) runs too.
+Defaults: ``--out reports/mosaic/<full|quick>``,
 ``--results data/mosaic/<full|quick>`` (mosaic's raw result tree, git-ignored; beside the artifact store, not in it).
 Exits 1 when a mosaic status cell is not ok (the report is written first).
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from flows.artifacts import atomic_write_text
 
-from . import harness, report
+from . import harness, recovery, report
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +60,17 @@ def run(
     mode: str,
     suites: Sequence[str] = harness.SUITES,
     endpoints: bool = True,
+    recovery_seeds: int = 5,
 ):
     """Run ``suites`` of ``problems``, then write the report of every problem in ``results``; the report Dataset.
 
     A run replaces the results of the suites it runs and keeps the others, so a long
     benchmark can be run in parts (``--suites cost`` after the rest). Beside mosaic's files,
     ``<results>/<problem>/`` keeps tmcore's own records: ``tmcore_wall_seconds.json`` (per
-    experiment), ``tmcore_endpoints.json`` (endpoint timings per N) and ``tmcore_notes.json``
-    (what the limits left out, per suite).
+    experiment), ``tmcore_endpoints.json`` (endpoint timings per N), ``tmcore_notes.json``
+    (what the limits left out, per suite) and, with the thermal optimisation suite,
+    ``tmcore_recovery.json`` (:func:`integrations.mosaic.recovery.study`, ``recovery_seeds``
+    perturbed starts per configuration; 0: not run).
     """
     for problem in problems:
         folder = Path(results) / problem
@@ -84,6 +89,9 @@ def run(
                 by_suite["cost"].append(
                     f"{problem} endpoint timings: up to N = {max(timed)} (larger: mosaic's cost suite only)"
                 )
+        if problem == "thermal-mesh" and "optimization" in suites and recovery_seeds > 0:
+            study = recovery.study(seeds=range(1, recovery_seeds + 1))
+            atomic_write_text(folder / "tmcore_recovery.json", json.dumps(study, indent=1, sort_keys=True) + "\n")
         _merge_json(folder / "tmcore_notes.json", by_suite)
         logger.info("%s: %.0f s", problem, time.perf_counter() - start)
     return write(results, out, mode)
@@ -95,7 +103,7 @@ def write(results: Path, out: Path, mode: str):
     import torch
 
     present = [p for p in harness.PROBLEMS if (Path(results) / p).is_dir()]
-    summaries, statuses, timings, seconds, notes = {}, {}, {}, {}, []
+    summaries, statuses, timings, seconds, recoveries, notes = {}, {}, {}, {}, {}, []
     for problem in present:
         folder = Path(results) / problem
         summaries[problem] = report.summarize(results, problem)
@@ -104,6 +112,8 @@ def write(results: Path, out: Path, mode: str):
         recorded = _merge_json(folder / "tmcore_endpoints.json", {}).get("timings", {})
         timings[problem] = {int(n): t for n, t in recorded.items()}
         notes += [n for lines in _merge_json(folder / "tmcore_notes.json", {}).values() for n in lines]
+        if (folder / "tmcore_recovery.json").is_file():
+            recoveries[problem] = json.loads((folder / "tmcore_recovery.json").read_text())
     attrs = {
         "mode": mode,
         "date": _dt.datetime.now(_dt.timezone.utc).date().isoformat(),
@@ -112,7 +122,7 @@ def write(results: Path, out: Path, mode: str):
         "mosaic_version": _version("mosaic-bench"),
         "tesseract_core_version": _version("tesseract-core"),
     }
-    dataset = report.report_dataset(summaries, statuses, timings, seconds, attrs)
+    dataset = report.report_dataset(summaries, statuses, timings, seconds, attrs, recoveries)
     plots = report.copy_plots(results, out, present)
     netcdf, text = report.write_report(out, dataset, plots)
     logger.info("report: %s (+ %s, %d plots)", text, netcdf.name, len(plots))
@@ -138,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--max-iters", type=int, default=None, help="optimisation iteration cap (overrides the mode)")
     parser.add_argument("--no-endpoints", action="store_true", help="skip the endpoint timings")
+    parser.add_argument(
+        "--recovery-seeds",
+        type=int,
+        default=None,
+        help="perturbed starts of the conductivity-recovery study per configuration (default 5, quick 3; 0: skip)",
+    )
     parser.add_argument("--report-only", action="store_true", help="run nothing: write the report of --results again")
     parser.add_argument("--out", type=Path, default=None, help="report folder (default reports/mosaic/<mode>)")
     parser.add_argument("--results", type=Path, default=None, help="mosaic's result tree (default data/mosaic/<mode>)")
@@ -153,7 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report_only:
         dataset = write(results, out, mode)
     else:
-        dataset = run(args.problems, limits, results, out, mode, args.suites, endpoints=not args.no_endpoints)
+        seeds = args.recovery_seeds if args.recovery_seeds is not None else (3 if args.quick else 5)
+        dataset = run(
+            args.problems,
+            limits,
+            results,
+            out,
+            mode,
+            args.suites,
+            endpoints=not args.no_endpoints,
+            recovery_seeds=seeds,
+        )
     failed = report.failed_checks(dataset)
     print(f"mosaic ({mode}): {len(failed)} status cell(s) not ok; report {out / 'mosaic.md'}")
     for line in failed:

@@ -51,6 +51,7 @@ from tmcore.forms import BoundaryFlux, Diffusion, LinearElasticity, Source, Trac
 __all__ = [
     "HexSetup",
     "K_MIN_RATIO",
+    "digest_into",
     "parse_mesh",
     "setup_for",
     "structural_outputs",
@@ -109,13 +110,19 @@ def _node_groups(part: Mapping[str, Any] | None, n: int, components: int, label:
     return mask, values
 
 
-def _digest(*arrays: Any) -> str:
-    h = hashlib.sha256()
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        h.update(str((array.dtype.str, array.shape)).encode())
-        h.update(array.tobytes())
-    return h.hexdigest()
+def digest_into(h: Any, value: Any) -> None:
+    """Feed a nested structure of mappings, arrays, numbers and strings into the hash ``h``
+    (arrays by dtype, shape and bytes, read in place: no copy of a contiguous array)."""
+    if isinstance(value, Mapping):
+        for key in sorted(value):
+            h.update(repr(key).encode())
+            digest_into(h, value[key])
+    elif isinstance(value, (list, tuple, np.ndarray)) or hasattr(value, "__array__"):
+        array = np.ascontiguousarray(np.asarray(value))
+        h.update(f"{array.dtype.str}{array.shape}".encode())
+        h.update(array if array.dtype != object else repr(array.tolist()).encode())
+    else:
+        h.update(repr(value).encode())
 
 
 class HexSetup:
@@ -130,7 +137,8 @@ class HexSetup:
         backend: the linear solver (``SparseMatrix.solve``'s ``backend``).
 
     Attributes: ``mesh``, ``load`` (n c,) the Neumann load f_N, ``condenser``, ``unit``
-    (m, K, K) the element matrices of a unit conductivity / modulus.
+    (m, K, K) the element matrices of a unit conductivity / modulus, ``key`` (the digest of
+    the inputs it was built from, set by :func:`setup_for`; "" otherwise).
     """
 
     def __init__(
@@ -146,6 +154,7 @@ class HexSetup:
             raise ValueError(f"components must be 1 (heat) or 3 (elasticity), got {components!r}")
         self.components = components
         self.backend = backend
+        self.key = ""
         n = points.shape[0]
         self.mesh = Mesh(torch.as_tensor(points, dtype=DTYPE), {"hexahedron": torch.as_tensor(cells)})
         m = self.mesh.n_cells
@@ -196,21 +205,19 @@ def setup_for(
     nu: float = 0.3,
     backend: str = "auto",
 ) -> HexSetup:
-    """The :class:`HexSetup` of this mesh and boundary, from the cache when seen before
-    (keyed by the bytes of the points, cells, masks and values, ``nu`` and ``backend``)."""
-    points, cells = parse_mesh(hex_mesh)
-    bc = boundary_conditions or {}
-    parts = []
-    for name in ("dirichlet", "neumann"):
-        part = bc.get(name) or {}
-        parts += [
-            np.asarray(part.get("mask", []), dtype=np.int64),
-            np.asarray(part.get("values", np.nan), dtype=np.float64),
-        ]
-    key = _digest(points, cells, *parts, np.asarray([components, nu]), np.frombuffer(backend.encode(), dtype=np.uint8))
+    """The :class:`HexSetup` of this mesh and boundary, from the cache when seen before.
+
+    The cache key (``setup.key``) is a SHA-256 of the arrays as given (dtype, shape, bytes) with
+    ``components``, ``nu`` and ``backend``; the mesh is parsed and converted only on a miss.
+    """
+    h = hashlib.sha256()
+    digest_into(h, {"hex_mesh": hex_mesh, "bc": boundary_conditions or {}, "setup": (components, nu, backend)})
+    key = h.hexdigest()
     setup = _SETUPS.get(key)
     if setup is None:
-        setup = HexSetup(points, cells, bc, components, nu=nu, backend=backend)
+        points, cells = parse_mesh(hex_mesh)
+        setup = HexSetup(points, cells, boundary_conditions or {}, components, nu=nu, backend=backend)
+        setup.key = key
         _SETUPS[key] = setup
         while len(_SETUPS) > SETUP_CACHE_SIZE:
             _SETUPS.popitem(last=False)

@@ -152,6 +152,34 @@ def test_padded_inputs_give_padded_gradients_and_bad_requests_are_refused(struct
         structural.vector_jacobian_product(inputs, {"rho"}, {"stress"}, {"stress": np.float32(1.0)})
 
 
+def test_a_vjp_reuses_the_apply_at_the_same_inputs_only(thermal, monkeypatch):
+    """jax.grad's apply + VJP pair evaluates tmcore once; a VJP whose rho or target differ from the
+    last apply's (the mesh the same) computes its own forward and gets that point's gradient."""
+    from integrations.mosaic import endpoints
+
+    calls = []
+    outputs = endpoints.thermal_outputs
+    monkeypatch.setattr(endpoints, "thermal_outputs", lambda *a, **k: calls.append(1) or outputs(*a, **k))
+    inputs = thermal_mesh.make_default_inputs(nx=6, ny=3, nz=1)
+    cotangent = {"identification_error": np.float32(1.0)}
+    inputs["target_temperature"] = np.full(inputs["target_temperature"].shape, 0.3, np.float32)
+    other = dict(inputs, rho=np.full_like(inputs["rho"], 0.8))
+    moved = dict(inputs, target_temperature=inputs["target_temperature"] + np.float32(0.1))
+
+    def vjp(x):
+        return thermal.vector_jacobian_product(x, {"rho"}, set(cotangent), cotangent)["rho"]
+
+    alone = {name: vjp(x) for name, x in (("other", other), ("moved", moved))}
+    calls.clear()
+    thermal.apply(inputs)
+    vjp(inputs)
+    assert len(calls) == 1
+    for name, x in (("other", other), ("moved", moved)):
+        thermal.apply(inputs)
+        np.testing.assert_array_equal(vjp(x), alone[name])
+    assert len(calls) == 1 + 2 * 2
+
+
 @pytest.mark.parametrize(
     "problem, physics, index",
     [
