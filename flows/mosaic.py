@@ -54,6 +54,7 @@ INTEGRATION = (
     "integrations.mosaic.run",
     "integrations.mosaic.published",
     "integrations.mosaic.compat",
+    "integrations.mosaic.recovery",
 )
 
 
