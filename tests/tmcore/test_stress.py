@@ -170,21 +170,58 @@ def test_the_example_runs_at_small_size(monkeypatch):
     assert math.isfinite(result["solid"])
 
 
-@pytest.mark.slow
-def test_full_l_bracket(monkeypatch, tmp_path):
-    """The example at full size (n = 100, 6400 cells, limit 65, 300 steps): the stress criterion of issue 15.
+@pytest.mark.parametrize("x0", [0.5, 1.0])
+def test_from_a_uniform_start_the_corner_cell_is_where_material_lowers_the_stress_most(x0):
+    """Why the re-entrant corner stays filled (docs/optimisation.md): on a uniform design the corner cell carries
+    the largest stress, and adding material there lowers the aggregated stress most, twice as much as at any
+    other cell, so MMA's first steps reinforce the corner instead of cutting it back."""
+    n = 40
+    problem = l_bracket(n)
+    design = StressDesign(problem, limit=45.0, density_filter=ConeFilter(problem.mesh, 1.5 / n))
+    mesh = problem.mesh
+    distance = (mesh.points[mesh.elements].mean(dim=1) - 0.4).norm(dim=1) * n  # in cells
+    corner = distance < 1.0  # the three cells that touch the corner point
+    x = torch.full((mesh.n_cells,), x0, requires_grad=True)
+    (grad,) = torch.autograd.grad(design.aggregated_stress(x), x)
+    relaxed, _ = design.element_stress(x.detach())
+    assert int(corner.sum()) == 3 and bool(corner[relaxed.argmax()]) and bool(corner[grad.argmin()])
+    assert float(grad[~corner].min()) > 0.6 * float(grad.min())  # elsewhere: at most about half the pull
 
-    Defaults: x = 0.5, MMA move 0.05, cone filter 2 cells, Heaviside projection beta 1 -> 16 (doubling
-    every 40 steps). Measured (shared machine): volume 0.333, max von Mises / limit over rho > 0.5 1.040
-    (relaxed and solid). The re-entrant corner is NOT rounded yet: its cell stays solid (the design makes a
-    45-degree gusset below it instead of a fillet around it); reported as xfail."""
-    result = run_example("stress_topology.py", monkeypatch, 100, "--png", tmp_path / "l.png")["results"]
+
+@pytest.fixture(scope="module")
+def full_l_bracket(tmp_path_factory):
+    """The example at full size with its defaults (n = 100, 6400 cells, limit 65, 300 steps), run once."""
+    png = tmp_path_factory.mktemp("stress") / "l.png"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        result = run_example("stress_topology.py", monkeypatch, 100, "--png", png)["results"]
+    return result, png
+
+
+@pytest.mark.slow
+def test_full_l_bracket_meets_the_stress_limit(full_l_bracket):
+    """The stress criterion of issue 15 on the full-size L-bracket: max von Mises over cells with rho > 0.5,
+    no aggregation, <= 1.05 of the limit, relaxed and solid; the volume well below the full bracket's."""
+    result, png = full_l_bracket
     run = result["run"]
-    assert result["relaxed"] <= 1.05 and result["solid"] <= 1.05
+    assert result["relaxed"] <= 1.05 and result["solid"] <= 1.05, (result["relaxed"], result["solid"])
     assert float(run.design.volume(run.x)) < 0.45
-    assert (tmp_path / "l.png").exists()
-    if run.corner_clearance() <= 2.0:
-        pytest.xfail(f"re-entrant corner not rounded: nearest solid cell {run.corner_clearance():.2f} cells away")
+    assert abs(run.constraint[-1]) < 0.05
+    assert png.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="not achieved: from x = 0.5 (or x = 1) the first, infeasible steps reinforce the corner cell and every "
+    "schedule tried ends in that basin (docs/optimisation.md, the stress section)",
+)
+def test_full_l_bracket_rounds_the_re_entrant_corner(full_l_bracket):
+    """Rounded means: no cell with rho > 0.5 has its centroid within 3 cell sizes of the re-entrant corner point.
+
+    A corner filled with material (and the 45-degree gusset the optimiser makes) gives 0.71 cells, the corner
+    cell's own centroid; material that follows an arc of radius R cells around the corner gives about R."""
+    result, _ = full_l_bracket
+    assert result["run"].corner_clearance() >= 3.0, result["run"].corner_clearance()
 
 
 def test_aggregated_stress_gradient_through_the_projection(small):
