@@ -6,7 +6,8 @@ the order they run:
 
 - ``duplicate cells``: two cells with the same vertex set;
 - ``degenerate cells`` / ``inverted cells``: det(dx/dxi) zero or negative at a node of a cell;
-- ``overlapping cells``: a facet shared by more than two cells (a second layer of cells);
+- ``overlapping cells``: a facet shared by more than two cells (a second layer of cells), or
+  two cells on the same side of a facet (a cell folded over its neighbour);
 - ``unused nodes``: nodes no cell uses (each leaves a zero row in every assembled matrix);
 - ``coincident nodes``: distinct nodes closer than ``rtol`` times the shortest vertex edge
   (a crack exported with doubled nodes, two overlapping copies of a mesh, a file written
@@ -19,17 +20,25 @@ keeps them (a deliberate crack, whose two faces are then boundary facets and can
 a facet set of their own), ``unused="drop"`` removes unused nodes and ``unused="allow"``
 keeps them (see :func:`merge_coincident`, :func:`drop_unused`).
 
-Cost: every check is a vectorised pass over the cells or one sort of int64 keys; the
-coincident-node search buckets the nodes on a grid finer than the shortest edge, so only
-nodes sharing a bucket (or lying within the tolerance of a bucket face) are compared. At
-1e6 nodes the checks take a fraction of reading the file (docs/reliability.md gives the
-measured numbers). Not detected: two pieces of mesh that overlap without sharing a node
-position, a facet or a vertex set (e.g. a copy shifted by a fraction of a cell).
+Cost: each check first runs a cheap test that a good mesh passes, and only a mesh that fails
+it pays for locating the offending entities (exact, slower code that also keeps the order
+above). Orientation: one pass over the cells in blocks for the smallest det(dx/dxi).
+Duplicate and overlapping cells: once every cell is positively oriented, the two cells of an
+interior facet lie on opposite sides of it, so every facet of every cell, keyed by its
+vertices and the turn of its outward cycle, must be unique: one sort of (facets x cells)
+int64 keys covers duplicates (equal keys for every facet), facets of three or more cells (two
+of them on one side) and folds. Unused nodes: one scatter into a boolean per node. Coincident
+nodes: one sort of n int64 bucket keys (below), with the tolerance from the shortest edge of a
+sample of the cells (an upper bound; the exact shortest edge is measured only when candidates
+turn up). docs/reliability.md gives the measured cost against reading the file
+(``benchmarks/mesh_checks.py``). Not detected: two pieces of mesh that overlap without sharing
+a node position, a facet or a vertex set (e.g. a copy shifted by a fraction of a cell).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -82,29 +91,54 @@ def _sorted_columns(columns: list[np.ndarray]) -> list[np.ndarray]:
     return columns
 
 
-def _keys(columns: list[np.ndarray], base: int) -> np.ndarray:
-    """One int64 key per row of sorted index columns: exact (base-``base`` digits) when that fits
-    in 63 bits, else a 64-bit hash whose collisions :func:`_groups_of_repeats` weeds out."""
-    if base ** len(columns) < 2**63:
+def _keys(columns: list[np.ndarray], base: int, flag: np.ndarray | None = None) -> np.ndarray:
+    """One int64 key per row of index columns (and of an optional bool ``flag``): exact
+    (base-``base`` digits, then the flag as a last binary digit) when that fits in 63 bits, else
+    a 64-bit hash whose collisions the exact checks that follow a repeated key weed out."""
+    if (1 if flag is None else 2) * base ** len(columns) < 2**63:
         keys = columns[0].astype(np.int64, copy=True)
         for column in columns[1:]:
             keys *= base
             keys += column
+        if flag is not None:
+            keys *= 2
+            keys += flag
         return keys
     keys = np.zeros(columns[0].shape, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for column in columns:
+        for column in columns if flag is None else [*columns, flag]:
             keys = (keys ^ column.astype(np.uint64)) * _MIX
             keys ^= keys >> np.uint64(29)
     return keys.view(np.int64)
 
 
+def _turn(columns: list[np.ndarray]) -> np.ndarray:
+    """Which way the cycle of a facet's vertex indices runs, a bool per row: a rotation of the
+    cycle keeps it, a reversal flips it (for two vertices: whether the first is the smaller)."""
+    if len(columns) == 2:
+        return columns[0] < columns[1]
+    if len(columns) == 3:  # a 3-cycle has one or two descents; reversal swaps the counts
+        c0, c1, c2 = columns
+        return (c1 < c0) ^ (c2 < c1) ^ (c0 < c2)
+    lowest = np.minimum.reduce(columns)
+    after = before = lowest
+    for j, column in enumerate(columns):
+        at = column == lowest
+        after = np.where(at, columns[(j + 1) % len(columns)], after)
+        before = np.where(at, columns[j - 1], before)
+    return after < before
+
+
 def _repeats(keys: np.ndarray, times: int) -> bool:
-    """True if some key occurs at least ``times`` times (one sort, no index arrays)."""
-    if keys.size < times:
-        return False
-    ordered = np.sort(keys)
-    return bool((ordered[times - 1 :] == ordered[: ordered.size - times + 1]).any())
+    """True if some key occurs at least ``times`` times (one in-place sort of ``keys``, then a
+    comparison of neighbours chunk by chunk)."""
+    keys.sort()
+    step = 1 << 20
+    for start in range(0, keys.size - times + 1, step):
+        chunk = keys[start : start + step + times - 1]
+        if (chunk[times - 1 :] == chunk[: chunk.size - times + 1]).any():
+            return True
+    return False
 
 
 def _groups_of_repeats(rows: np.ndarray, times: int) -> list[np.ndarray]:
@@ -126,50 +160,92 @@ def _det(jac: np.ndarray) -> np.ndarray:
     return (a * np.cross(b, c)).sum(-1)
 
 
-def _blocks(m: int):
-    """Slices of at most _BLOCK rows: temporaries stay in cache and reuse the heap's pages
+def _blocks(m: int, size: int = _BLOCK):
+    """Slices of at most ``size`` rows: temporaries stay in cache and reuse the heap's pages
     (cell-sized temporaries cost more in fresh-page faults than in arithmetic)."""
-    for start in range(0, m, _BLOCK):
-        yield slice(start, min(m, start + _BLOCK))
+    for start in range(0, m, size):
+        yield slice(start, min(m, start + size))
 
 
-def cell_geometry(points: np.ndarray, conn: np.ndarray, element: Element) -> tuple[np.ndarray, float]:
-    """det(dx/dxi) (m, q) at the element's reference nodes (q = 1 for P1 simplices, whose map
-    is affine) and the length of the shortest vertex-to-vertex edge, block by block on
-    coordinate columns (np.take; fancy indexing and reductions over a length-2 axis are
-    several times slower at a million cells)."""
+def _geometry_blocks(points: np.ndarray, conn: np.ndarray, element: Element, shortest: bool = True):
+    """Per block of cells: (slice, det(dx/dxi) (b, q) at the element's reference nodes, squared
+    length of the block's shortest vertex edge, or inf unless ``shortest``). q = 1 for P1
+    simplices, whose map is affine. A block's node coordinates are gathered as rows (np.take in
+    runs of 1024 cells: fewer cache misses than per-coordinate gathers) into reused buffers, then
+    laid out coordinate-major so that the arithmetic runs on contiguous vectors (strided columns,
+    fancy indexing and fresh cell-sized temporaries each cost several times more)."""
+    m, k = conn.shape
     dim = points.shape[1]
     simplex = element.order == 1 and element.n_nodes == element.dim + 1  # P1 triangle / tetra: one Jacobian
     grads = None if simplex else element.basis_gradients(element.reference_nodes.double()).numpy()  # (q, k, dim)
-    xs = [np.ascontiguousarray(points[:, d]) for d in range(dim)]
-    det = np.empty((conn.shape[0], 1 if simplex else grads.shape[0]))
-    h2 = math.inf
-    for block in _blocks(conn.shape[0]):
-        coords = [np.take(x, conn[block]) for x in xs]  # dim x (b, k)
-        for a, b in element.edges:
-            h2 = min(h2, float(sum(np.square(c[:, a] - c[:, b]) for c in coords).min()))
-        if simplex:
-            e = [[c[:, i] - c[:, 0] for c in coords] for i in range(1, dim + 1)]  # e[i][d]: edge from node 0
-            if dim == 2:
-                det[block, 0] = e[0][0] * e[1][1] - e[1][0] * e[0][1]
-            else:
-                (a0, a1, a2), (b0, b1, b2), (c0, c1, c2) = e
-                det[block, 0] = a0 * (b1 * c2 - b2 * c1) - a1 * (b0 * c2 - b2 * c0) + a2 * (b0 * c1 - b1 * c0)
+    size, inf = _BLOCK // 4, math.inf  # inf: no shortest edge asked for
+    rows, coords = np.empty((size, k, dim)), np.empty((dim, k, size))
+    edges, products, det = np.empty((dim, dim, size)), np.empty((2, size)), np.empty(size)
+    for block in _blocks(m, size):
+        b = block.stop - block.start
+        for part in _blocks(b, 1024):
+            np.take(points, conn[block.start + part.start : block.start + part.stop], axis=0, out=rows[part])
+        if not simplex:
+            x = rows[:b]  # (b, k, dim)
+            h2 = min(float(np.square(x[:, a] - x[:, z]).sum(-1).min()) for a, z in element.edges) if shortest else inf
+            yield block, _det(np.einsum("qkr,mkd->mqdr", grads, x)), h2
+            continue
+        x = coords[:, :, :b]
+        np.copyto(x, rows[:b].transpose(2, 1, 0))  # x[d, i]: coordinate d of vertex i, per cell
+        h2 = min(float(sum(np.square(c[a] - c[z]) for c in x).min()) for a, z in element.edges) if shortest else inf
+        e = np.subtract(x[:, 1:], x[:, :1], out=edges[:, :, :b])  # e[d, i]: coordinate d of edge (0, i + 1)
+        u, v = products[:, :b]
+        out = det[:b]
+        if dim == 2:
+            np.multiply(e[0, 0], e[1, 1], out=out)
+            out -= np.multiply(e[1, 0], e[0, 1], out=v)
         else:
-            det[block] = _det(np.einsum("qkr,mkd->mqdr", grads, np.stack(coords, axis=-1)))
+            (a0, b0, c0), (a1, b1, c1), (a2, b2, c2) = e  # a, b, c: the three edges; 0, 1, 2: their coordinates
+            np.multiply(a0, np.subtract(np.multiply(b1, c2, out=u), np.multiply(b2, c1, out=v), out=u), out=out)
+            out -= np.multiply(a1, np.subtract(np.multiply(b0, c2, out=u), np.multiply(b2, c0, out=v), out=u), out=u)
+            out += np.multiply(a2, np.subtract(np.multiply(b0, c1, out=u), np.multiply(b1, c0, out=v), out=u), out=u)
+        yield block, out[:, None], h2
+
+
+def cell_geometry(points: np.ndarray, conn: np.ndarray, element: Element) -> tuple[np.ndarray, float]:
+    """det(dx/dxi) (m, q) at the element's reference nodes (q = 1 for P1 simplices) and the
+    length of the shortest vertex-to-vertex edge (coordinate units)."""
+    det, h2 = None, math.inf
+    for block, block_det, block_h2 in _geometry_blocks(points, conn, element):
+        if det is None:
+            det = np.empty((conn.shape[0], block_det.shape[1]))
+        det[block] = block_det
+        h2 = min(h2, block_h2)
     return det, math.sqrt(h2)
 
 
-def _facet_keys(cells: np.ndarray, local: list, base: int) -> np.ndarray:
-    """Keys (f * m,) of every facet of every cell (facet-major), block by block."""
+def _oriented_facet_keys(cells: np.ndarray, element: Element, base: int) -> np.ndarray:
+    """Keys (f * m,) of every facet of every cell (facet-major): its vertex set and the turn of
+    its outward vertex cycle (the element's facets are listed outward; an edge's key is simply
+    its directed pair when that fits). In a mesh of positively oriented cells the two cells of
+    an interior facet lie on opposite sides of it and give it different keys; a repeated key is
+    a duplicate cell or two cells on the same side of a facet (every facet of more than two
+    cells has such a pair)."""
+    r = get_element(element.facet_type).n_vertices
+    local = [f[:r] for f in element.facets]
     m = cells.shape[0]
     keys = np.empty(len(local) * m, dtype=np.int64)
     for block in _blocks(m):
         for i, facet in enumerate(local):
-            keys[i * m + block.start : i * m + block.stop] = _keys(
-                _sorted_columns([cells[block, v] for v in facet]), base
-            )
+            columns = [cells[block, v] for v in facet]
+            out = keys[i * m + block.start : i * m + block.stop]
+            if r == 2 and base**2 < 2**63:
+                np.multiply(columns[0], base, out=out)
+                out += columns[1]
+            else:
+                out[:] = _keys(_sorted_columns(columns), base, _turn(columns))
     return keys
+
+
+def _sampled_shortest_edge(points: np.ndarray, conn: np.ndarray, element: Element) -> float:
+    """The shortest vertex edge of about 2**16 cells spread over the mesh: an upper bound of the
+    mesh's shortest edge, at a small fraction of the cost of measuring every cell."""
+    return cell_geometry(points, conn[:: max(1, conn.shape[0] >> 16)], element)[1]
 
 
 def shortest_edge(points: Tensor, conn: Tensor, element: Element) -> float:
@@ -179,6 +255,13 @@ def shortest_edge(points: Tensor, conn: Tensor, element: Element) -> float:
 
 def _np_points(points: Tensor) -> np.ndarray:
     return points.detach().cpu().double().numpy()
+
+
+def _bounds(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest and highest coordinates (dim,) of points (n, dim), column by column (numpy's
+    reductions over axis 0 of a narrow array are several times slower)."""
+    columns = [points[:, d] for d in range(points.shape[1])]
+    return np.array([c.min() for c in columns]), np.array([c.max() for c in columns])
 
 
 # -- coincident nodes -------------------------------------------------------------------------
@@ -198,8 +281,8 @@ def coincident_pairs(points: np.ndarray, tol: float, spacing: float) -> np.ndarr
     if n < 2:
         return np.zeros((0, 2), dtype=np.int64)
     size = spacing / (math.sqrt(dim) * math.sqrt(2.0))
-    low = points.min(axis=0)
-    extent = points.max(axis=0) - low
+    low, high = _bounds(points)
+    extent = high - low
     counts = np.floor(extent / size) + 2 if size > 0 else np.full(dim, np.inf)
     if not size > 8 * tol or not np.all(np.isfinite(counts)) or float(np.prod(counts + 1)) >= 2.0**62:
         candidates = np.arange(n)  # no useful grid: compare everything through the tree
@@ -207,18 +290,26 @@ def coincident_pairs(points: np.ndarray, tol: float, spacing: float) -> np.ndarr
         # an irrational offset keeps structured grids' nodes off the bucket faces
         margin = 2.0 * tol / size
         keys = np.empty(n, dtype=np.int64)
-        border = np.empty(n, dtype=bool)
+        border = np.zeros(n, dtype=bool)
         strides = [int(np.prod(counts[axis + 1 :] + 1)) for axis in range(dim)]
         for block in _blocks(n):
-            scaled = (points[block] - low) / size + 0.31830988618379067
-            cell = np.floor(scaled)
-            fraction = scaled - cell
-            border[block] = ((fraction < margin) | (fraction > 1.0 - margin)).any(axis=1)
-            keys[block] = cell.astype(np.int64) @ np.asarray(strides, dtype=np.int64)
+            for axis in range(dim):
+                scaled = points[block, axis] - low[axis]
+                scaled *= 1.0 / size
+                scaled += 0.31830988618379067
+                cell = np.floor(scaled)
+                scaled -= cell  # the position inside the bucket, in [0, 1)
+                border[block] |= np.abs(scaled - 0.5) > 0.5 - margin
+                digit = cell.astype(np.int64)
+                digit *= strides[axis]
+                if axis:
+                    keys[block] += digit
+                else:
+                    keys[block] = digit
         ordered = np.sort(keys)
         shared = ordered[1:] == ordered[:-1]
         if shared.any():
-            crowded = np.unique(ordered[1:][shared])
+            crowded = ordered[1:][shared]
             border |= np.isin(keys, crowded)
         candidates = np.nonzero(border)[0]
     if candidates.size < 2:
@@ -256,27 +347,83 @@ def find_coincident(
 
 
 def check_mesh(
-    points: Tensor, conn: Tensor, cell_type: str, coincident: str = "error", unused: str = "error", rtol: float = RTOL
+    points: Tensor,
+    conn: Tensor,
+    cell_type: str,
+    coincident: str = "error",
+    unused: str = "error",
+    rtol: float = RTOL,
+    timings: dict[str, float] | None = None,
 ) -> None:
-    """Every check of the module docstring, in its order; MeshError naming the first that fails.
+    """Every check of the module docstring; MeshError naming the first that fails, in the
+    docstring's order.
 
-    ``coincident``/``unused`` "allow" skip those checks.
+    ``coincident``/``unused`` "allow" skip those checks. Each check first runs a cheap test that
+    a good mesh passes (one vectorised pass, or one sort); only when it fails are the offending
+    entities located, by exact (slower) code that also decides which message comes first.
+    ``timings``, when given, receives the seconds each check took (for benchmarks).
     """
     element = get_element(cell_type)
     pts, cells = _np_points(points), conn.detach().cpu().numpy()
-    n, k = pts.shape[0], element.n_vertices
+    n = pts.shape[0]
+    clock = _Clock(timings)
 
-    # duplicate cells
-    if _repeats(_facet_keys(cells, [tuple(range(k))], n), 2) and _groups_of_repeats(np.sort(cells[:, :k], axis=1), 2):
-        from tmcore.core.mesh import topology
-
-        dup = topology.duplicate_cells(conn, k)
-        raise MeshError(f"{dup.numel()} duplicate cells (same vertices), e.g. cells {dup[:_SHOW].tolist()}")
-
-    # degenerate and inverted cells
-    det, h = cell_geometry(pts, cells, element)
-    extent = float(np.linalg.norm(pts.max(0) - pts.min(0)))
+    # degenerate and inverted cells: the smallest det(dx/dxi) over all cells and nodes
+    low, high = _bounds(pts)
+    extent = float(np.linalg.norm(high - low))
     tol = 64 * torch.finfo(points.dtype).eps * extent ** pts.shape[1]
+    lowest = math.inf
+    for _, det, _ in _geometry_blocks(pts, cells, element, shortest=False):
+        lowest = min(lowest, float(det.min()))
+    if not lowest > tol:
+        _raise_cell_faults(conn, cells, element, n)  # a duplicate cell is named before a bad one
+        _raise_bad_cells(cell_geometry(pts, cells, element)[0], tol)
+    clock("degenerate and inverted cells")
+
+    # duplicate and overlapping cells: no two cells on the same side of a facet
+    if _repeats(_oriented_facet_keys(cells, element, n), 2):
+        _raise_cell_faults(conn, cells, element, n, same_side=True)
+    clock("duplicate and overlapping cells")
+
+    if unused != "allow":
+        used = np.zeros(n, dtype=bool)
+        used[cells] = True
+        if not used.all():
+            idx = np.nonzero(~used)[0]
+            raise _failed(
+                "unused nodes",
+                f"{idx.size} of {n} nodes belong to no cell, e.g. nodes {idx[:_SHOW].tolist()} at "
+                f"{_coords(points, idx[:2])} (each leaves a zero row in every assembled matrix: a singular solve); "
+                "remove them with unused='drop', or keep them with unused='allow'",
+            )
+        clock("unused nodes")
+    if coincident != "allow":
+        # candidates within rtol x an upper bound of the shortest edge; the shortest edge of all cells
+        # (a full pass over the cells) only if some are found
+        h = _sampled_shortest_edge(pts, cells, element)
+        pairs = coincident_pairs(pts, rtol * h, h)
+        if pairs.size:
+            h = shortest_edge(points, conn, element)
+            pairs = pairs[np.linalg.norm(pts[pairs[:, 0]] - pts[pairs[:, 1]], axis=1) <= rtol * h]
+        if pairs.size:
+            raise _coincident_error(points, conn, element, pairs, rtol * h, rtol)
+        clock("coincident nodes")
+
+
+class _Clock:
+    """Records the seconds since the previous call under each name, into ``timings`` (if given)."""
+
+    def __init__(self, timings: dict[str, float] | None):
+        self.timings, self.last = timings, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[name] = now - self.last
+            self.last = now
+
+
+def _raise_bad_cells(det: np.ndarray, tol: float) -> None:
     degenerate = (np.abs(det) <= tol).any(axis=1)
     if degenerate.any():
         idx = np.nonzero(degenerate)[0]
@@ -289,35 +436,41 @@ def check_mesh(
             "Mesh.from_meshio(..., orient=True) reorders simplex nodes"
         )
 
-    # overlapping cells: a facet of more than two cells
-    n_facet_vertices = get_element(element.facet_type).n_vertices
-    local = [f[:n_facet_vertices] for f in element.facets]
-    if _repeats(_facet_keys(cells, local, n), 3):
-        facets = np.sort(cells[:, np.asarray(local)], axis=2).transpose(1, 0, 2).reshape(-1, n_facet_vertices)
-        groups = _groups_of_repeats(facets, 3)
-        if groups:
-            m = cells.shape[0]
-            example = "; ".join(f"facet {facets[g[0]].tolist()} in cells {(g % m).tolist()}" for g in groups[:2])
-            raise _failed(
-                "overlapping cells",
-                f"{len(groups)}{'+' if len(groups) == _SHOW else ''} facets are shared by more than two cells "
-                f"(a second layer of cells overlaps the first), e.g. {example}",
-            )
 
-    if unused != "allow":
-        used = np.bincount(cells.ravel(), minlength=n) > 0
-        if not used.all():
-            idx = np.nonzero(~used)[0]
-            raise _failed(
-                "unused nodes",
-                f"{idx.size} of {n} nodes belong to no cell, e.g. nodes {idx[:_SHOW].tolist()} at "
-                f"{_coords(points, idx[:2])} (each leaves a zero row in every assembled matrix: a singular solve); "
-                "remove them with unused='drop', or keep them with unused='allow'",
-            )
-    if coincident != "allow":
-        pairs = coincident_pairs(pts, rtol * h, h)
-        if pairs.size:
-            raise _coincident_error(points, conn, element, pairs, rtol * h, rtol)
+def _raise_cell_faults(conn: Tensor, cells: np.ndarray, element: Element, n: int, same_side: bool = False) -> None:
+    """Exact: MeshError for duplicate cells, then for facets of more than two cells, then (with
+    ``same_side``, for positively oriented cells) for two cells on the same side of a facet;
+    returns if there are none (a hash collision of the cheap test)."""
+    k = element.n_vertices
+    if _groups_of_repeats(np.sort(cells[:, :k], axis=1), 2):
+        from tmcore.core.mesh import topology
+
+        dup = topology.duplicate_cells(conn, k)
+        raise MeshError(f"{dup.numel()} duplicate cells (same vertices), e.g. cells {dup[:_SHOW].tolist()}")
+    if not same_side:
+        return
+    r = get_element(element.facet_type).n_vertices
+    local = np.asarray([f[:r] for f in element.facets])
+    m = cells.shape[0]
+    cycles = cells[:, local].transpose(1, 0, 2).reshape(-1, r)  # facet-major, as the keys
+    facets = np.sort(cycles, axis=1)
+    groups = _groups_of_repeats(facets, 3)
+    if groups:
+        example = "; ".join(f"facet {facets[g[0]].tolist()} in cells {(g % m).tolist()}" for g in groups[:2])
+        raise _failed(
+            "overlapping cells",
+            f"{len(groups)}{'+' if len(groups) == _SHOW else ''} facets are shared by more than two cells "
+            f"(a second layer of cells overlaps the first), e.g. {example}",
+        )
+    turn = _turn(list(cycles.T))
+    groups = _groups_of_repeats(np.column_stack([facets, turn]), 2)
+    if groups:
+        example = "; ".join(f"facet {facets[g[0]].tolist()} in cells {(g % m).tolist()}" for g in groups[:2])
+        raise _failed(
+            "overlapping cells",
+            f"{len(groups)}{'+' if len(groups) == _SHOW else ''} facets have two cells on the same side "
+            f"(the cells overlap), e.g. {example}",
+        )
 
 
 def _coords(points: Tensor, idx) -> str:

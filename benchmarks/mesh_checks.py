@@ -1,0 +1,140 @@
+"""The cost of the mesh checks (tmcore.core.mesh.validate) beside the cost of reading the file.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.mesh_checks [--sizes 1e5 1e6] [--cells triangle tetra]
+        [--order shuffled natural] [--repeats 5] [--out reports/benchmarks]
+
+For each cell type, size (nodes) and node order: a structured grid (``Mesh.gen_grid``) written as a
+binary gmsh 4.1 ``.msh`` into a temporary directory; ``Mesh.read(path, check=False)`` (meshio's
+reader and the Mesh built from it, no checks) against ``validate.check_mesh`` on the same arrays,
+with the seconds of each check from its ``timings``. ``shuffled`` renumbers the nodes and reorders
+the cells at random (the worst case for the coordinate gathers: every node a cache miss);
+``natural`` keeps the grid's numbering (nodes near in space near in number, as gmsh writes them).
+Medians over ``--repeats`` runs after one warm-up, on one thread.
+
+Writes ``<out>/<date>-mesh-checks.md`` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flows.artifacts import atomic_write_text
+from tmcore import Mesh
+from tmcore.core.mesh import validate
+
+ROOT = Path(__file__).absolute().parent.parent
+
+
+def grid_mesh(cell_type: str, nodes: float, order: str, seed: int = 0) -> Mesh:
+    """A unit square (triangles) or cube (tetrahedra) grid of about ``nodes`` nodes, numbered
+    ``order`` ("natural" or "shuffled")."""
+    dim = 2 if cell_type == "triangle" else 3
+    per_axis = max(1, round(nodes ** (1 / dim)) - 1)
+    mesh = Mesh.gen_grid((per_axis,) * dim, element_type=cell_type)
+    if order == "natural":
+        return mesh
+    rng = np.random.default_rng(seed)
+    new_of_old = torch.from_numpy(rng.permutation(mesh.n_points))
+    points = torch.empty_like(mesh.points)
+    points[new_of_old] = mesh.points
+    cells = new_of_old[mesh.elements][torch.from_numpy(rng.permutation(mesh.n_cells))]
+    return Mesh(points, {cell_type: cells}, check=False)
+
+
+def median_s(run, repeats: int) -> tuple[float, list]:
+    """Median seconds of ``run()`` over ``repeats`` runs after one warm-up, and each run's result."""
+    run()
+    times, results = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        results.append(run())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), results
+
+
+def measure(cell_type: str, nodes: float, order: str, repeats: int, tmp: Path) -> dict:
+    """Read and check times (s) of one mesh: read, total, and one entry per check."""
+    mesh = grid_mesh(cell_type, nodes, order)
+    path = tmp / f"{cell_type}-{nodes:g}-{order}.msh"
+    mesh.write(path, binary=True)
+    read, _ = median_s(lambda: Mesh.read(path, check=False), repeats)
+
+    def check():
+        timings = {}
+        validate.check_mesh(mesh.points, mesh.elements, mesh.cell_type, timings=timings)
+        return timings
+
+    total, runs = median_s(check, repeats)
+    path.unlink()
+    row = {
+        "cells": cell_type,
+        "nodes": mesh.n_points,
+        "n_cells": mesh.n_cells,
+        "order": order,
+        "read": read,
+        "checks": total,
+    }
+    row.update({name: statistics.median(run[name] for run in runs) for name in runs[0]})
+    return row
+
+
+def report(rows: list[dict], argv: list[str]) -> str:
+    names = [k for k in rows[0] if k not in ("cells", "nodes", "n_cells", "order", "read", "checks")]
+    load = os.getloadavg()
+    lines = [
+        f"# Mesh checks against reading the file ({dt.date.today().isoformat()})",
+        "",
+        f"`OMP_NUM_THREADS=1 python -m benchmarks.mesh_checks {' '.join(argv)}`; {platform.processor() or 'CPU'} "
+        f"({os.cpu_count()} cores), numpy {np.__version__}, torch {torch.__version__}, one thread; load average "
+        f"{load[0]:.1f} at the end (a shared machine: medians, and the ratios mean more than the seconds).",
+        "",
+        "| cells | nodes | cells | numbering | read .msh (s) | checks (s) | checks / read | "
+        + " | ".join(names)
+        + " |",
+        "|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(names),
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['cells']} | {r['nodes']:.3g} | {r['n_cells']:.3g} | {r['order']} | {r['read']:.3f} | "
+            f"{r['checks']:.3f} | {r['checks'] / r['read']:.2f} | " + " | ".join(f"{r[k]:.3f}" for k in names) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1e5, 1e6])
+    parser.add_argument("--cells", nargs="+", default=["triangle", "tetra"], choices=["triangle", "tetra"])
+    parser.add_argument("--order", nargs="+", default=["shuffled", "natural"], choices=["shuffled", "natural"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mesh-checks-") as tmp:
+        for cell_type in args.cells:
+            for nodes in args.sizes:
+                for order in args.order:
+                    rows.append(measure(cell_type, nodes, order, args.repeats, Path(tmp)))
+                    sys.stderr.write(f"{rows[-1]}\n")
+    text = report(rows, argv)
+    path = args.out / f"{dt.date.today().isoformat()}-mesh-checks.md"
+    atomic_write_text(path, text)
+    sys.stdout.write(text + f"\nwritten: {path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""The mesh checks' cheap tests against exact answers (tmcore.core.mesh.validate): every cell
+type, faults at the edges of the blocks the passes run in, hash collisions, the coincidence
+tolerance when the sampled shortest edge is only an upper bound, and folds the old facet count
+missed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tmcore import Mesh, MeshError
+from tmcore.core.mesh import validate
+
+SHAPES = {
+    "triangle": ((3, 3), {}),
+    "quad": ((3, 3), {"element_type": "quad"}),
+    "triangle6": ((3, 3), {"order": 2}),
+    "tetra": ((2, 2, 2), {}),
+    "hexahedron": ((2, 2, 2), {"element_type": "hexahedron"}),
+    "tetra10": ((2, 2, 2), {"order": 2}),
+}
+
+
+def grid(cell_type: str) -> Mesh:
+    shape, kwargs = SHAPES[cell_type]
+    return Mesh.gen_grid(shape, **kwargs)
+
+
+@pytest.mark.parametrize("cell_type", list(SHAPES))
+def test_a_grid_passes_and_a_duplicate_of_its_last_cell_is_named(cell_type):
+    mesh = grid(cell_type)
+    validate.check_mesh(mesh.points, mesh.elements, mesh.cell_type)
+    cells = torch.cat([mesh.elements, mesh.elements[-1:]])
+    last = mesh.n_cells - 1
+    with pytest.raises(MeshError, match=rf"2 duplicate cells \(same vertices\), e\.g\. cells \[{last}, {last + 1}\]"):
+        validate.check_mesh(mesh.points, cells, mesh.cell_type)
+
+
+@pytest.mark.parametrize("cell_type", ["triangle", "tetra"])
+def test_a_bad_cell_is_found_in_every_block(cell_type):
+    """Meshes of several blocks of the passes (8192 cells for the geometry, 32768 for the
+    facet keys): an inverted cell last, and a duplicate of the last cell, are both named."""
+    mesh = Mesh.gen_grid((130, 130) if cell_type == "triangle" else (18, 18, 18), element_type=cell_type)
+    assert mesh.n_cells > 32768
+    last = mesh.n_cells - 1
+    flipped = mesh.elements.clone()
+    flipped[-1, [0, 1]] = flipped[-1, [1, 0]]
+    with pytest.raises(MeshError, match=rf"1 inverted cells .* e\.g\. cells \[{last}\]"):
+        validate.check_mesh(mesh.points, flipped, cell_type)
+    with pytest.raises(MeshError, match=rf"2 duplicate cells .* e\.g\. cells \[{last}, {last + 1}\]"):
+        validate.check_mesh(mesh.points, torch.cat([mesh.elements, mesh.elements[-1:]]), cell_type)
+
+
+def test_a_cell_folded_over_its_neighbour_is_refused():
+    """Two triangles on the same side of their common edge (the second inside the first): no
+    facet has three cells, so the facet count alone let this through."""
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.8, 0.2]], dtype=torch.float64)
+    with pytest.raises(
+        MeshError,
+        match=r"check 'overlapping cells' failed: 1 facets have two cells on the same side \(the cells overlap\), "
+        r"e\.g\. facet \[0, 2\] in cells \[0, 1\]",
+    ):
+        Mesh(points, torch.tensor([[0, 1, 2], [0, 3, 2]]))
+    # the same two cells on opposite sides of the edge are a good mesh
+    Mesh(torch.cat([points[:3], torch.tensor([[0.0, 1.0]], dtype=torch.float64)]), torch.tensor([[0, 1, 2], [0, 2, 3]]))
+
+
+def test_a_tetrahedron_folded_over_its_neighbour_is_refused():
+    points = torch.tensor(
+        [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.1, 0.1, 0.1]], dtype=torch.float64
+    )
+    # both have the face (0, 1, 2) with the apex above it: the second lies inside the first
+    with pytest.raises(MeshError, match=r"two cells on the same side .* facet \[0, 1, 2\] in cells \[0, 1\]"):
+        Mesh(points, torch.tensor([[0, 1, 2, 3], [0, 1, 2, 4]]))
+
+
+@pytest.mark.parametrize("cell_type", ["tetra", "hexahedron"])
+def test_a_hash_collision_of_the_facet_keys_does_not_refuse_a_good_mesh(cell_type, monkeypatch):
+    """Past 63 bits the facet keys are hashes: a repeated key is checked exactly before any
+    error. Here every key collides."""
+    mesh = grid(cell_type)
+    monkeypatch.setattr(validate, "_keys", lambda columns, base, flag=None: np.zeros(columns[0].shape, np.int64))
+    validate.check_mesh(mesh.points, mesh.elements, mesh.cell_type)
+    with pytest.raises(MeshError, match="duplicate cells"):
+        validate.check_mesh(mesh.points, torch.cat([mesh.elements, mesh.elements[:1]]), mesh.cell_type)
+
+
+@pytest.mark.parametrize("separation, refused", [(0.5, True), (10.0, False)])
+def test_the_tolerance_is_rtol_times_the_shortest_edge_of_all_cells(separation, refused, monkeypatch):
+    """The candidates come from an upper bound of the shortest edge (a sample of the cells; here
+    a hundred times too long); the tolerance applied is rtol x the mesh's true shortest edge."""
+    mesh = Mesh.gen_grid((8, 8))
+    h = 1 / 8
+    monkeypatch.setattr(validate, "_sampled_shortest_edge", lambda points, conn, element: 100 * h)
+    points = torch.cat([mesh.points, mesh.points[:1] + torch.tensor([separation * validate.RTOL * h, 0.0])])
+    cells = mesh.elements.clone()
+    cells[0, cells[0] == 0] = mesh.n_points  # the first cell takes the copy of node 0 (a crack at one corner)
+    if refused:
+        with pytest.raises(MeshError, match=r"check 'coincident nodes' failed: 1 nodes lie within 1\.25e-07 "):
+            validate.check_mesh(points, cells, "triangle")
+    else:
+        validate.check_mesh(points, cells, "triangle")
+
+
+def test_timings_name_every_check():
+    mesh = grid("triangle")
+    timings = {}
+    validate.check_mesh(mesh.points, mesh.elements, mesh.cell_type, timings=timings)
+    assert list(timings) == [
+        "degenerate and inverted cells",
+        "duplicate and overlapping cells",
+        "unused nodes",
+        "coincident nodes",
+    ]
+    assert all(t >= 0 for t in timings.values())
