@@ -12,7 +12,7 @@ from tmcore.methods.gradcheck import finite_difference_check, taylor_test
 from tmcore.topology import ConeFilter, optimise
 from tmcore.topology.filters import HeavisideProjection
 from tmcore.topology.mma import MMA
-from tmcore.topology.problems import heat_conduction
+from tmcore.topology.problems import heat_conduction, simp
 from tmcore.topology.stress import (
     StressDesign,
     centroid_gradients,
@@ -84,6 +84,14 @@ def small():
     design = StressDesign(problem, limit=20.0, density_filter=ConeFilter(problem.mesh, 0.15))
     x = 0.3 + 0.7 * torch.rand(problem.mesh.n_cells, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     return design, x
+
+
+def test_the_diagonally_scaled_solve_gives_the_unscaled_displacements(small):
+    design, x = small
+    rho = design.physical(x)
+    E = simp(rho, design.penal, design.problem.e_min, design.problem.e0)
+    plain = design.problem.solve(E).reshape(-1, 2)
+    assert torch.allclose(design.displacement(rho), plain, rtol=1e-10, atol=1e-12 * float(plain.abs().max()))
 
 
 def test_first_scale_makes_the_constraint_the_true_maximum_then_follows_le_et_al(small):
