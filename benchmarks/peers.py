@@ -1,7 +1,9 @@
 """The chapter's two steps on TensorMesh 0.2.1, timed: the peer side of ``python -m benchmarks.steps``.
 
 Runs in the peers' environment (``.venv-peers``, made by ``benchmarks/peers_setup.sh``), never in
-``.venv``: it imports only TensorMesh, torch, NumPy and meshio, and nothing of this repository.
+``.venv``: it imports only TensorMesh, torch, NumPy and meshio, and of this repository only the
+file ``flows/benchmarks/chapter.py`` (the chapter's steps, written once for tmcore and TensorMesh,
+loaded by path: it needs nothing but torch).
 
     .venv-peers/bin/python benchmarks/peers.py --problem identification --mesh MESH.npz --steps 30 --warmup 3
 
@@ -10,7 +12,7 @@ MESH.npz holds ``points`` (n, 2), ``triangles`` (m, 3) and ``boundary`` (n,) boo
 tmcore and scikit-fem get. Prints one JSON object: ``seconds`` (per timed step), ``values``
 (loss or compliance per timed step), ``first_values`` (the warm-up steps'), versions.
 
-The code is the chapter's, with one change that TensorMesh needs to run it on a CPU: its
+The step code (:func:`chapter_step` there) is the chapter's, with one change that TensorMesh needs to run it on a CPU: its
 Condenser checks "same sparsity pattern" by the memory address and version counter of the
 matrix's index tensors (``layout_signature``), so a matrix from an assembler built inside
 ``fem_solve`` (the topology step as written) fails that check on the second step. Here the
@@ -24,10 +26,13 @@ record that it fails (``AssertionError: the layout of the matrix is changed``).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import meshio
 import numpy as np
@@ -35,19 +40,22 @@ import torch
 from tensormesh import Condenser, ElementAssembler, Mesh, NodeAssembler
 from tensormesh.optimizer import OCOptimizer
 
-# the chapter's constants (the same as flows.benchmarks.steps)
-ADAM_LR = 3e-2
-VF, P_SIMP, KMIN, SIGMA, MOVE_LIMIT = 0.4, 3.0, 1e-3, 0.08, 0.15
+
+def _chapter_module():
+    """``flows/benchmarks/chapter.py`` (the chapter's steps, written once for any library with the
+    chapter's API), loaded from its file: this environment has neither Prefect nor tmcore, so the
+    ``flows`` package cannot be imported, and that module needs only torch."""
+    path = Path(__file__).resolve().parent.parent / "flows" / "benchmarks" / "chapter.py"
+    spec = importlib.util.spec_from_file_location("tmcore_benchmark_chapter", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class WeightedLaplace(ElementAssembler):
-    def forward(self, gradu, gradv, kappa):
-        return kappa * (gradu @ gradv)
-
-
-class Source(NodeAssembler):
-    def forward(self, v, f):
-        return v * f
+CHAPTER = _chapter_module()
+TENSORMESH = SimpleNamespace(
+    ElementAssembler=ElementAssembler, NodeAssembler=NodeAssembler, Condenser=Condenser, OCOptimizer=OCOptimizer
+)
 
 
 def load_mesh(path: str) -> Mesh:
@@ -55,64 +63,6 @@ def load_mesh(path: str) -> Mesh:
     with np.load(path) as data:
         points, triangles, boundary = data["points"], data["triangles"], data["boundary"]
     return Mesh(meshio.Mesh(points, [("triangle", triangles)], point_data={"is_boundary": boundary.astype(bool)}))
-
-
-def identification_step(mesh: Mesh):
-    cond = Condenser(mesh.boundary_mask)
-    laplace, source = WeightedLaplace.from_mesh(mesh), Source.from_mesh(mesh)
-
-    def fem_solve(kappa, f_vals):
-        K = laplace(point_data={"kappa": kappa}).double()
-        b = source(point_data={"f": f_vals}).double()
-        K_, b_ = cond(K, b)
-        return cond.recover(K_.solve(b_))
-
-    x, y = mesh.points[:, 0], mesh.points[:, 1]
-    kappa_true = 1.0 + 0.6 * torch.sin(2 * torch.pi * x) * torch.cos(2 * torch.pi * y)
-    f_vals = torch.ones(mesh.n_points, dtype=torch.float64)
-    with torch.no_grad():
-        u_obs = fem_solve(kappa_true, f_vals)
-    theta = torch.zeros(mesh.n_points, dtype=torch.float64, requires_grad=True)
-    optim = torch.optim.Adam([theta], lr=ADAM_LR)
-
-    def step() -> float:
-        optim.zero_grad()
-        kappa = 1.0 + torch.tanh(theta)
-        u = fem_solve(kappa, f_vals)
-        loss = ((u - u_obs) ** 2).sum()
-        loss.backward()
-        optim.step()
-        return loss.item()
-
-    return step
-
-
-def topology_step(mesh: Mesh, fresh_condenser: bool = True):
-    n_elem = mesh.cells["triangle"].shape[0]
-    x, y = mesh.points[:, 0], mesh.points[:, 1]
-    f_field = torch.exp(-((x - 0.5) ** 2 + (y - 0.5) ** 2) / (2 * SIGMA**2))
-    rho = torch.full((n_elem,), VF, dtype=torch.float64, requires_grad=True)
-    optim = OCOptimizer(rho, vf=VF, move_limit=MOVE_LIMIT)
-    chapter_cond = Condenser(mesh.boundary_mask)
-
-    def fem_solve(rho):
-        kappa = KMIN + (1.0 - KMIN) * rho**P_SIMP
-        K = WeightedLaplace.from_mesh(mesh)(element_data={"kappa": kappa}).double()
-        b = Source.from_mesh(mesh)(point_data={"f": f_field}).double()
-        # the one change: a fresh Condenser per step (see the docstring); --one-condenser: the chapter's code
-        cond = Condenser(mesh.boundary_mask) if fresh_condenser else chapter_cond
-        K_, b_ = cond(K, b)
-        return cond.recover(K_.solve(b_)), b
-
-    def step() -> float:
-        optim.zero_grad()
-        u, b = fem_solve(rho)
-        compliance = (b * u).sum()
-        compliance.backward()
-        optim.step()
-        return compliance.item()
-
-    return step
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     mesh = load_mesh(args.mesh)
-    if args.problem == "identification":
-        step = identification_step(mesh)
-    else:
-        step = topology_step(mesh, fresh_condenser=not args.one_condenser)
+    step = CHAPTER.chapter_step(TENSORMESH, args.problem, mesh, fresh_condenser=not args.one_condenser)
     first_values = [step() for _ in range(args.warmup)]
     seconds, values = [], []
     for _ in range(args.steps):

@@ -26,19 +26,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from .chapter import ADAM_LR, KMIN, MOVE_LIMIT, P_SIMP, SIGMA, VF, Lap, Step, chapter_step, no_lap
+
 PROBLEMS = ("identification", "topology")
 IMPLEMENTATIONS = ("tmcore", "scikit-fem+scipy")
 CHAPTER_CHARA_LENGTH = {"identification": 0.04, "topology": 0.025}  # 790 and 1935 nodes
-
-# the chapter's constants
-ADAM_LR = 3e-2
-VF, P_SIMP, KMIN, SIGMA, MOVE_LIMIT = 0.4, 3.0, 1e-3, 0.08, 0.15
 
 
 @dataclass(frozen=True)
@@ -97,13 +95,7 @@ class StepMesh:
         return cls.from_mesh(Mesh.gen_grid((cells_per_side, cells_per_side), element_type="triangle"))
 
 
-Step = Callable[[], float]  # one optimisation step; returns the loss (identification) or compliance (topology)
-Lap = Callable[[str], None]  # called with a phase's name when that phase of a step ends
 PHASES = ("assemble K", "assemble b", "condense", "factor+solve", "backward", "optimiser", "rest")
-
-
-def _no_lap(phase: str) -> None:
-    return None
 
 
 class PhaseClock:
@@ -149,96 +141,23 @@ def _sources(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tmcore_step(problem: str, mesh: StepMesh, fresh_condenser: bool = True, lap: Lap | None = None) -> Step:
-    """The chapter's step on tmcore, its set-up done; ``fresh_condenser`` only matters for topology.
+    """The chapter's step on tmcore (:func:`flows.benchmarks.chapter.chapter_step` with tmcore's
+    classes), its set-up done; ``fresh_condenser`` only matters for topology.
 
     ``lap(phase)`` (see :class:`PhaseClock`) is called after each statement group of the step; the
     default does nothing.
     """
-    lap = lap or _no_lap
-    from tmcore import Condenser, ElementAssembler, Mesh, NodeAssembler
+    import tmcore
     from tmcore.topology import OCOptimizer
 
-    # the chapter's own integrands, verbatim (a user's code, not the library's forms)
-    class WeightedLaplace(ElementAssembler):
-        def forward(self, gradu, gradv, kappa):
-            return kappa * (gradu @ gradv)
-
-    class Source(NodeAssembler):
-        def forward(self, v, f):
-            return v * f
-
-    tm_mesh = Mesh(torch.from_numpy(mesh.points), {"triangle": torch.from_numpy(mesh.triangles)})
-    kappa_true_np, f_field_np = _sources(mesh.points)
-
-    if problem == "identification":
-        cond = Condenser(tm_mesh.boundary_mask)
-        laplace, source = WeightedLaplace.from_mesh(tm_mesh), Source.from_mesh(tm_mesh)
-
-        def fem_solve(kappa, f_vals):
-            K = laplace(point_data={"kappa": kappa}).double()
-            lap("assemble K")
-            b = source(point_data={"f": f_vals}).double()
-            lap("assemble b")
-            K_, b_ = cond(K, b)
-            lap("condense")
-            u = cond.recover(K_.solve(b_))
-            lap("factor+solve")
-            return u
-
-        f_vals = torch.ones(tm_mesh.n_points, dtype=torch.float64)
-        with torch.no_grad():
-            u_obs = fem_solve(torch.from_numpy(kappa_true_np), f_vals)
-        theta = torch.zeros(tm_mesh.n_points, dtype=torch.float64, requires_grad=True)
-        optim = torch.optim.Adam([theta], lr=ADAM_LR)
-
-        def step() -> float:
-            optim.zero_grad()
-            kappa = 1.0 + torch.tanh(theta)
-            lap("rest")
-            u = fem_solve(kappa, f_vals)
-            loss = ((u - u_obs) ** 2).sum()
-            loss.backward()
-            lap("backward")
-            optim.step()
-            lap("optimiser")
-            return loss.item()
-
-        return step
-
-    if problem == "topology":
-        f_field = torch.from_numpy(f_field_np)
-        rho = torch.full((tm_mesh.n_cells,), VF, dtype=torch.float64, requires_grad=True)
-        optim = OCOptimizer(rho, vf=VF, move_limit=MOVE_LIMIT)
-        chapter_cond = Condenser(tm_mesh.boundary_mask)
-
-        def fem_solve(rho):
-            kappa = KMIN + (1.0 - KMIN) * rho**P_SIMP
-            lap("rest")
-            K = WeightedLaplace.from_mesh(tm_mesh)(element_data={"kappa": kappa}).double()
-            lap("assemble K")
-            b = Source.from_mesh(tm_mesh)(point_data={"f": f_field}).double()
-            lap("assemble b")
-            cond = Condenser(tm_mesh.boundary_mask) if fresh_condenser else chapter_cond
-            K_, b_ = cond(K, b)
-            lap("condense")
-            u = cond.recover(K_.solve(b_))
-            lap("factor+solve")
-            return u, b
-
-        def step() -> float:
-            optim.zero_grad()
-            lap("optimiser")
-            u, b = fem_solve(rho)
-            compliance = (b * u).sum()
-            compliance.backward()
-            lap("backward")
-            optim.step()
-            lap("optimiser")
-            return compliance.item()
-
-        return step
-
-    raise ValueError(f"problem must be one of {PROBLEMS}, got {problem!r}")
+    library = SimpleNamespace(
+        ElementAssembler=tmcore.ElementAssembler,
+        NodeAssembler=tmcore.NodeAssembler,
+        Condenser=tmcore.Condenser,
+        OCOptimizer=OCOptimizer,
+    )
+    tm_mesh = tmcore.Mesh(torch.from_numpy(mesh.points), {"triangle": torch.from_numpy(mesh.triangles)})
+    return chapter_step(library, problem, tm_mesh, fresh_condenser, lap)
 
 
 # -- scikit-fem + SciPy, written by hand -----------------------------------------------------
@@ -258,7 +177,7 @@ def skfem_step(problem: str, mesh: StepMesh, lap: Lap | None = None) -> Step:
 
     ``lap`` as in :func:`tmcore_step`.
     """
-    lap = lap or _no_lap
+    lap = lap or no_lap
     import scipy.sparse.linalg
     import skfem
     from skfem.helpers import dot, grad
