@@ -12,9 +12,9 @@ MESH.npz holds ``points`` (n, 2), ``triangles`` (m, 3) and ``boundary`` (n,) boo
 tmcore and scikit-fem get. Prints one JSON object: ``seconds`` (per timed step), ``values``
 (loss or compliance per timed step), ``first_values`` (the warm-up steps'), versions.
 
-The step code (:func:`chapter_step` there) is the chapter's, with one change that TensorMesh needs to run it on a CPU: its
-Condenser checks "same sparsity pattern" by the memory address and version counter of the
-matrix's index tensors (``layout_signature``), so a matrix from an assembler built inside
+The step code (:func:`chapter_step` there) is the chapter's, with one change that TensorMesh
+needs to run it on a CPU: its Condenser checks "same sparsity pattern" by the memory address and
+version counter of the matrix's index tensors (``layout_signature``), so a matrix from an assembler built inside
 ``fem_solve`` (the topology step as written) fails that check on the second step. Here the
 topology step builds a fresh ``Condenser(mesh.boundary_mask)`` inside ``fem_solve``. The
 identification step builds its assemblers and Condenser once (as the benchmark defines that
