@@ -141,20 +141,44 @@ def test_a_global_tensor_that_requires_grad_gets_its_gradient():
         assert MODULUS.grad == pytest.approx(float(b.detach().sum()) / 2.0, rel=1e-14)
 
 
+def _store(mesh):
+    return mesh.__dict__["_assembly_cache"]["constant"][1]
+
+
 @pytest.mark.parametrize("form", [Source, Mass])
 def test_unchanged_data_gives_the_stored_result_and_a_change_recomputes(form):
     mesh = Mesh.gen_grid((5, 4))
     data = torch.linspace(1.0, 2.0, mesh.n_points, dtype=F64)
     key = "f" if form is Source else "rho"
     first = _values(form.from_mesh(mesh)(point_data={key: data}))
-    store = mesh.__dict__["_assembly_cache"]["constant"][1]
-    assert len(store) == 1
-    again = _values(form.from_mesh(mesh)(point_data={key: data}))  # a new assembler: the mesh's store
-    assert torch.equal(again, first) and again.data_ptr() != first.data_ptr()
-    again.mul_(7.0)  # a caller's in-place change must not reach the store
+    (entry,) = _store(mesh).values()
+    assert entry[1] is None  # seen once: noted, nothing copied
+    second = _values(form.from_mesh(mesh)(point_data={key: data}))  # a new assembler: the mesh's store
+    (entry,) = _store(mesh).values()
+    assert torch.equal(entry[1], first)  # seen twice: kept
+    served = _values(form.from_mesh(mesh)(point_data={key: data}))
+    assert torch.equal(served, first) and served.data_ptr() not in (first.data_ptr(), second.data_ptr())
+    served.mul_(7.0)  # a caller's in-place change must not reach the store
     assert torch.equal(_values(form.from_mesh(mesh)(point_data={key: data})), first)
-    data.mul_(3.0)  # an in-place change of the data bumps its version: recomputed, not stored
+    data.mul_(3.0)  # an in-place change of the data bumps its version: recomputed
     assert torch.allclose(_values(form.from_mesh(mesh)(point_data={key: data})), 3.0 * first, rtol=1e-14, atol=0)
+
+
+def test_fresh_data_every_call_is_never_copied_and_freed_data_leaves_the_store():
+    mesh = Mesh.gen_grid((4, 4))
+    source = Source.from_mesh(mesh)
+    alive = [torch.full((mesh.n_points,), float(step), dtype=F64) for step in range(3 * assembly.CONSTANT_RESULTS)]
+    for f in alive:
+        source(point_data={"f": f})
+    assert len(_store(mesh)) == assembly.CONSTANT_RESULTS  # bounded
+    assert all(values is None for _, values in _store(mesh).values())  # each key seen once: nothing copied
+    del alive, f
+    assert len(_store(mesh)) == 0  # freed data leaves the store
+    f = torch.ones(mesh.n_points, dtype=F64)
+    source(point_data={"f": f})
+    assert len(_store(mesh)) == 1  # the freed tensors' entries are gone, f's is there
+    del f
+    assert len(_store(mesh)) == 0
 
 
 def test_data_that_requires_grad_is_never_served_from_the_store():

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -87,8 +88,10 @@ CHUNK_EVALUATIONS = 2**20
 # Forms affine in their data are assembled through a sparse operator (see _AffineForm) unless it
 # would hold more entries than this (before summing duplicates); then the integrand is evaluated.
 AFFINE_MAX_ENTRIES = 2**23
-# Results of affine forms on unchanged, gradient-free data kept per mesh (see _Assembler._constant).
+# Results of affine forms on unchanged, gradient-free data kept per mesh (see _Assembler._keep_constant):
+# at most this many entries, each result at most this many values (8 MiB in float64).
 CONSTANT_RESULTS = 8
+CONSTANT_MAX_ENTRIES = 2**20
 
 
 @lru_cache(maxsize=None)
@@ -372,28 +375,43 @@ class _Assembler(nn.Module):
         """(key, values) of an earlier call with the same unchanged data, or (key, None).
 
         A load vector of a constant source assembled every step of a loop (the chapter's ``b``)
-        is then computed once: the values come from the affine operator (:class:`_AffineForm`),
-        a deterministic function of the data. The cache lives on the mesh (assemblers built
-        afresh each step share it) and holds the data tensors themselves, so an id is never
-        reused while its entry lives; an in-place change bumps the version and misses.
+        is then computed twice and looked up from then on: the values come from the affine
+        operator (:class:`_AffineForm`), a deterministic function of the data. The store lives on
+        the mesh (assemblers built afresh each step share it); see :meth:`_keep_constant`.
         """
         key = self._constant_key(sources)
         mesh_key = _cache_key(self.mesh)
         if key is None or mesh_key is None:
             return None, None
-        store = _mesh_cache(self.mesh, "constant", mesh_key, dict)
-        hit = store.get(key)
-        return key, None if hit is None else hit[1].clone()
+        hit = _mesh_cache(self.mesh, "constant", mesh_key, dict).get(key)
+        return key, None if hit is None or hit[1] is None else hit[1].clone()
 
     def _keep_constant(self, key: tuple | None, sources: dict[str, dict], values: Tensor) -> None:
-        """Remember ``values`` (from the affine operator) under ``key`` (see :meth:`_constant`)."""
-        if key is None:
+        """Note ``key`` the first time it is seen and keep a copy of ``values`` the second time.
+
+        A key seen once costs nothing but its entry, so calls on fresh tensors (a coefficient
+        recomputed every step) never pay for a copy; results above ``CONSTANT_MAX_ENTRIES`` are not
+        kept. Entries hold weak references to the data tensors and leave the store when one of
+        them is freed, so an id is never reused while its entry lives; an in-place change bumps a
+        tensor's version, so the key no longer matches. At most ``CONSTANT_RESULTS`` entries.
+        """
+        mesh_key = _cache_key(self.mesh)
+        if key is None or mesh_key is None:
             return
-        store = _mesh_cache(self.mesh, "constant", _cache_key(self.mesh), dict)
+        store = _mesh_cache(self.mesh, "constant", mesh_key, dict)
+        entry = store.get(key)
+        if entry is not None:
+            if entry[1] is None and values.numel() <= CONSTANT_MAX_ENTRIES:
+                store[key] = (entry[0], values.detach().clone())
+            return
         if len(store) >= CONSTANT_RESULTS:
             store.pop(next(iter(store), None), None)  # the oldest entry
-        data = [value for entries in sources.values() for value in entries.values()]
-        store[key] = (data, values.detach().clone())
+
+        def forget(_reference, store=store, key=key):
+            store.pop(key, None)
+
+        tensors = [value for data in sources.values() for value in data.values() if isinstance(value, Tensor)]
+        store[key] = ([weakref.ref(tensor, forget) for tensor in tensors], None)
 
     # -- forms affine in their data ---------------------------------------------------------
 
