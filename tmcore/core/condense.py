@@ -126,7 +126,7 @@ class Condenser(nn.Module):
         with threads_for(K.values.numel()):
             # index_select, not values[..., index]: a third of the cost at 1e3 unknowns, same backward
             K_free = SparseMatrix.from_pattern(split.free_pattern, K.values.index_select(-1, split.ff_slots))
-            b_free = b.index_select(-1, self.free_index)
+            b_free = b.index_select(-1, self.free_index.to(b.device))
             g = self.dirichlet_value
             if g is not None:
                 g = g.to(device=b.device, dtype=torch.promote_types(g.dtype, b.dtype))
