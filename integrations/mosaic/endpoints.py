@@ -11,12 +11,12 @@ forward's factorisation serves the one adjoint solve.
 calls ``apply`` and then ``vector_jacobian_product`` with the same inputs. So ``apply``
 keeps its forward (the autograd graph, which holds the factorisation) in a one-slot cache
 keyed by a digest of every input, and a VJP at the same inputs takes it from there and
-runs only the adjoint solve. The digest of the mesh and boundary conditions is the one the
-set-up cache (:func:`integrations.mosaic.solver.setup_for`) computes anyway, so each call
-reads the mesh arrays once; the rest (rho, source, target, parameters) is hashed per call.
-The slot is consumed by that VJP (and replaced by the next
+runs only the adjoint solve. The slot is consumed by that VJP (and replaced by the next
 ``apply``); ``apply`` itself always computes afresh, and a VJP whose inputs were not the
-last ``apply``'s computes its own forward.
+last ``apply``'s computes its own forward. The digest of the mesh and boundary conditions
+is the one the set-up cache (:func:`integrations.mosaic.solver.setup_for`) computes anyway,
+so each call reads the mesh arrays once; the rest (rho, source, target, parameters) is
+hashed per call.
 """
 
 from __future__ import annotations

@@ -394,7 +394,9 @@ def markdown(dataset, plots: Sequence[str] = ()) -> str:
             "### Cost",
             "",
             "mosaic's cost suite: mean of 3 trials after a warm-up call. Its VJP time is one `jax.grad` through the",
-            "Tesseract: an `apply` and a `vector_jacobian_product`.",
+            "Tesseract: an `apply` and a `vector_jacobian_product`. The forward and the VJP trials run minutes",
+            "apart, so on a shared machine their ratio moves with the load (a VJP / forward below 1 is load, not",
+            "speed): the endpoint table below times the calls side by side.",
             "",
         ]
         lines.append(
@@ -432,7 +434,8 @@ def markdown(dataset, plots: Sequence[str] = ()) -> str:
                 "`apply` at the same inputs (what `jax.grad` adds to the apply: the adjoint solve with the kept",
                 "factorisation); the VJP called alone (forward + adjoint); mosaic's own VJP measurement repeated here",
                 "(`jax.grad` through the Tesseract, un-jitted) and what it spends outside our two endpoints (JAX's",
-                "tracing and dispatch, the Tesseract runtime's input validation, twice): no backend can remove it:",
+                "tracing and dispatch, the Tesseract runtime's input validation, twice), which no backend can remove",
+                "(a difference of medians taken at different moments: on a loaded machine it can come out negative):",
                 "",
             ]
             rows = []
