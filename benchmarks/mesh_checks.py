@@ -9,7 +9,7 @@ reader and the Mesh built from it, no checks) against ``validate.check_mesh`` on
 with the seconds of each check from its ``timings``. ``shuffled`` renumbers the nodes and reorders
 the cells at random (the worst case for the coordinate gathers: every node a cache miss);
 ``natural`` keeps the grid's numbering (nodes near in space near in number, as gmsh writes them).
-Medians over ``--repeats`` runs after one warm-up, on one thread.
+Medians over ``--repeats`` runs after one warm-up (reads and checks alternating), on one thread.
 
 Writes ``<out>/<date>-mesh-checks.md`` (atomically).
 """
@@ -52,41 +52,44 @@ def grid_mesh(cell_type: str, nodes: float, order: str, seed: int = 0) -> Mesh:
     return Mesh(points, {cell_type: cells}, check=False)
 
 
-def median_s(run, repeats: int) -> tuple[float, list]:
-    """Median seconds of ``run()`` over ``repeats`` runs after one warm-up, and each run's result."""
-    run()
-    times, results = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        results.append(run())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), results
-
-
 def measure(cell_type: str, nodes: float, order: str, repeats: int, tmp: Path) -> dict:
-    """Read and check times (s) of one mesh: read, total, and one entry per check."""
+    """Read and check seconds of one mesh (medians): the read, the checks in all, each check.
+    Reads and checks alternate, so that a shared machine's load falls on both alike."""
     mesh = grid_mesh(cell_type, nodes, order)
     path = tmp / f"{cell_type}-{nodes:g}-{order}.msh"
     mesh.write(path, binary=True)
-    read, _ = median_s(lambda: Mesh.read(path, check=False), repeats)
-
-    def check():
+    reads, totals, runs = [], [], []
+    for repeat in range(repeats + 1):  # the first is a warm-up
+        start = time.perf_counter()
+        Mesh.read(path, check=False)
+        read = time.perf_counter() - start
         timings = {}
+        start = time.perf_counter()
         validate.check_mesh(mesh.points, mesh.elements, mesh.cell_type, timings=timings)
-        return timings
-
-    total, runs = median_s(check, repeats)
+        total = time.perf_counter() - start
+        if repeat:
+            reads.append(read)
+            totals.append(total)
+            runs.append(timings)
     path.unlink()
     row = {
         "cells": cell_type,
         "nodes": mesh.n_points,
         "n_cells": mesh.n_cells,
         "order": order,
-        "read": read,
-        "checks": total,
+        "read": statistics.median(reads),
+        "checks": statistics.median(totals),
     }
     row.update({name: statistics.median(run[name] for run in runs) for name in runs[0]})
     return row
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def report(rows: list[dict], argv: list[str]) -> str:
@@ -95,7 +98,7 @@ def report(rows: list[dict], argv: list[str]) -> str:
     lines = [
         f"# Mesh checks against reading the file ({dt.date.today().isoformat()})",
         "",
-        f"`OMP_NUM_THREADS=1 python -m benchmarks.mesh_checks {' '.join(argv)}`; {platform.processor() or 'CPU'} "
+        f"`OMP_NUM_THREADS=1 python -m benchmarks.mesh_checks {' '.join(argv)}`; {_cpu()} "
         f"({os.cpu_count()} cores), numpy {np.__version__}, torch {torch.__version__}, one thread; load average "
         f"{load[0]:.1f} at the end (a shared machine: medians, and the ratios mean more than the seconds).",
         "",
