@@ -1,7 +1,7 @@
 """The cost of the mesh checks (tmcore.core.mesh.validate) beside the cost of reading the file.
 
     OMP_NUM_THREADS=1 python -m benchmarks.mesh_checks [--sizes 1e5 1e6] [--cells triangle tetra]
-        [--order shuffled natural] [--repeats 5] [--out reports/benchmarks]
+        [--order shuffled natural] [--repeats 5] [--baseline GIT_REVISION] [--out reports/benchmarks]
 
 For each cell type, size (nodes) and node order: a structured grid (``Mesh.gen_grid``) written as a
 binary gmsh 4.1 ``.msh`` into a temporary directory; ``Mesh.read(path, check=False)`` (meshio's
@@ -10,6 +10,8 @@ with the seconds of each check from its ``timings``. ``shuffled`` renumbers the 
 the cells at random (the worst case for the coordinate gathers: every node a cache miss);
 ``natural`` keeps the grid's numbering (nodes near in space near in number, as gmsh writes them).
 Medians over ``--repeats`` runs after one warm-up (reads and checks alternating), on one thread.
+``--baseline REV`` also times ``check_mesh`` of ``tmcore/core/mesh/validate.py`` as it was at
+that git revision (its total only), in the same alternation.
 
 Writes ``<out>/<date>-mesh-checks.md`` (atomically).
 """
@@ -21,9 +23,11 @@ import datetime as dt
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -52,17 +56,39 @@ def grid_mesh(cell_type: str, nodes: float, order: str, seed: int = 0) -> Mesh:
     return Mesh(points, {cell_type: cells}, check=False)
 
 
-def measure(cell_type: str, nodes: float, order: str, repeats: int, tmp: Path) -> dict:
+def baseline_module(revision: str) -> types.ModuleType:
+    """tmcore/core/mesh/validate.py as it was at a git revision, as a module (on today's package)."""
+    path = "tmcore/core/mesh/validate.py"
+    source = subprocess.run(
+        ["git", "show", f"{revision}:{path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    module = types.ModuleType(f"validate_at_{revision}")
+    exec(compile(source, f"{revision}:{path}", "exec"), module.__dict__)
+    return module
+
+
+def measure(
+    cell_type: str, nodes: float, order: str, repeats: int, tmp: Path, baseline: types.ModuleType | None = None
+) -> dict:
     """Read and check seconds of one mesh (medians): the read, the checks in all, each check.
     Reads and checks alternate, so that a shared machine's load falls on both alike."""
     mesh = grid_mesh(cell_type, nodes, order)
     path = tmp / f"{cell_type}-{nodes:g}-{order}.msh"
     mesh.write(path, binary=True)
-    reads, totals, runs = [], [], []
+    reads, totals, runs, before = [], [], [], []
     for repeat in range(repeats + 1):  # the first is a warm-up
         start = time.perf_counter()
         Mesh.read(path, check=False)
         read = time.perf_counter() - start
+        if baseline is not None:
+            start = time.perf_counter()
+            baseline.check_mesh(mesh.points, mesh.elements, mesh.cell_type)
+            if repeat:
+                before.append(time.perf_counter() - start)
         timings = {}
         start = time.perf_counter()
         validate.check_mesh(mesh.points, mesh.elements, mesh.cell_type, timings=timings)
@@ -80,6 +106,8 @@ def measure(cell_type: str, nodes: float, order: str, repeats: int, tmp: Path) -
         "read": statistics.median(reads),
         "checks": statistics.median(totals),
     }
+    if before:
+        row["baseline"] = statistics.median(before)
     row.update({name: statistics.median(run[name] for run in runs) for name in runs[0]})
     return row
 
@@ -93,7 +121,8 @@ def _cpu() -> str:
 
 
 def report(rows: list[dict], argv: list[str]) -> str:
-    names = [k for k in rows[0] if k not in ("cells", "nodes", "n_cells", "order", "read", "checks")]
+    names = [k for k in rows[0] if k not in ("cells", "nodes", "n_cells", "order", "read", "checks", "baseline")]
+    baseline = "baseline" in rows[0]
     load = os.getloadavg()
     lines = [
         f"# Mesh checks against reading the file ({dt.date.today().isoformat()})",
@@ -102,15 +131,20 @@ def report(rows: list[dict], argv: list[str]) -> str:
         f"({os.cpu_count()} cores), numpy {np.__version__}, torch {torch.__version__}, one thread; load average "
         f"{load[0]:.1f} at the end (a shared machine: medians, and the ratios mean more than the seconds).",
         "",
-        "| cells | nodes | cells | numbering | read .msh (s) | checks (s) | checks / read | "
+        "| cells | nodes | cells | numbering | read .msh (s) | "
+        + ("baseline checks (s) | baseline / read | " if baseline else "")
+        + "checks (s) | checks / read | "
         + " | ".join(names)
         + " |",
-        "|---|---:|---:|---|---:|---:|---:|" + "---:|" * len(names),
+        "|---|---:|---:|---|---:|" + ("---:|---:|" if baseline else "") + "---:|---:|" + "---:|" * len(names),
     ]
     for r in rows:
         lines.append(
             f"| {r['cells']} | {r['nodes']:.3g} | {r['n_cells']:.3g} | {r['order']} | {r['read']:.3f} | "
-            f"{r['checks']:.3f} | {r['checks'] / r['read']:.2f} | " + " | ".join(f"{r[k]:.3f}" for k in names) + " |"
+            + (f"{r['baseline']:.3f} | {r['baseline'] / r['read']:.2f} | " if baseline else "")
+            + f"{r['checks']:.3f} | {r['checks'] / r['read']:.2f} | "
+            + " | ".join(f"{r[k]:.3f}" for k in names)
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -122,15 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="+", default=["triangle", "tetra"], choices=["triangle", "tetra"])
     parser.add_argument("--order", nargs="+", default=["shuffled", "natural"], choices=["shuffled", "natural"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--baseline", help="a git revision whose validate.py is timed too")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    baseline = baseline_module(args.baseline) if args.baseline else None
     rows = []
     with tempfile.TemporaryDirectory(prefix="mesh-checks-") as tmp:
         for cell_type in args.cells:
             for nodes in args.sizes:
                 for order in args.order:
-                    rows.append(measure(cell_type, nodes, order, args.repeats, Path(tmp)))
+                    rows.append(measure(cell_type, nodes, order, args.repeats, Path(tmp), baseline))
                     sys.stderr.write(f"{rows[-1]}\n")
     text = report(rows, argv)
     path = args.out / f"{dt.date.today().isoformat()}-mesh-checks.md"

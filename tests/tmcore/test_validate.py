@@ -114,3 +114,14 @@ def test_timings_name_every_check():
         "coincident nodes",
     ]
     assert all(t >= 0 for t in timings.values())
+
+
+@pytest.mark.parametrize("cell_type", ["triangle", "tetra", "hexahedron"])
+def test_hashed_facet_keys_still_find_a_duplicate_cell(cell_type):
+    """Past 63 bits (about 1.7e6 nodes for tetrahedra) the keys are 64-bit hashes: forced here
+    with a huge base, a good mesh has no repeated key and a duplicated cell has."""
+    mesh = grid(cell_type)
+    cells = mesh.elements.numpy()
+    assert not validate._repeats(validate._oriented_facet_keys(cells, mesh.element, 2**40), 2)
+    doubled = np.concatenate([cells, cells[-1:]])
+    assert validate._repeats(validate._oriented_facet_keys(doubled, mesh.element, 2**40), 2)
