@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+import scipy.sparse
 import torch
 from torch import Tensor
 
@@ -30,26 +32,42 @@ class SparseLinearMap:
         self.nnz = int(coo.values().numel())
         with warnings.catch_warnings():  # "sparse CSR support is in beta": matrix-vector products are all we use
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            self.matrix = coo.to_sparse_csr()
-            self.transpose = coo.t().coalesce().to_sparse_csr()
+            forward, transpose = coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
+        self.matrix, self.transpose = _Operand(forward), _Operand(transpose)
 
     def __call__(self, x: Tensor) -> Tensor:
         """A x for x (n_in,) -> (n_out,), or (B, n_in) -> (B, n_out)."""
         return _Apply.apply(x, self.matrix, self.transpose)
 
 
-def _product(matrix: Tensor, x: Tensor) -> Tensor:
-    with threads_for(matrix.values().numel()):
-        if x.ndim == 1:
-            return matrix @ x
-        return (matrix @ x.T).T
+class _Operand:
+    """One sparse matrix of a map: torch's CSR tensor, and on the CPU a SciPy CSR view of the same
+    arrays. SciPy's product costs a fraction of torch's there (torch's CSR ``addmv`` builds an MKL
+    handle, zero-fills and copies on every call: 0.2 against 0.05 ms per chapter step at 2.3e4
+    non-zeros); other devices use torch's."""
+
+    def __init__(self, csr: Tensor):
+        self.csr = csr
+        self.host = None
+        if csr.device.type == "cpu" and csr.dtype in (torch.float32, torch.float64):
+            self.host = scipy.sparse.csr_array(
+                (csr.values().numpy(), csr.col_indices().numpy(), csr.crow_indices().numpy()), shape=tuple(csr.shape)
+            )
+
+    def __matmul__(self, x: Tensor) -> Tensor:
+        """This matrix times x (n_in,) -> (n_out,), or each row of x (B, n_in) -> (B, n_out)."""
+        if self.host is not None and x.device.type == "cpu":
+            array = x.detach().numpy()
+            return torch.from_numpy(np.ascontiguousarray(self.host @ array if x.ndim == 1 else (self.host @ array.T).T))
+        with threads_for(self.csr.values().numel()):
+            return self.csr @ x if x.ndim == 1 else (self.csr @ x.T).T
 
 
 class _Apply(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, matrix: Tensor, transpose: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, matrix: _Operand, transpose: _Operand) -> Tensor:
         ctx.matrix, ctx.transpose = matrix, transpose
-        return _product(matrix, x.to(matrix.dtype))
+        return matrix @ x.to(matrix.csr.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
