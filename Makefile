@@ -46,6 +46,7 @@ bench: setup
 	$(BIN)/python -m benchmarks.studies $(if $(QUICK),--quick,)
 	$(BIN)/python -m benchmarks.steps $(if $(QUICK),--quick,)
 	$(BIN)/python -m benchmarks.paths
+	$(BIN)/python -m benchmarks.mesh_checks $(if $(QUICK),--sizes 1e5,)
 
 # the methods' examples at full size, their figures in reports/figures (tens of minutes on 2 cores)
 bench-examples: setup
