@@ -220,8 +220,8 @@ def test_full_l_bracket_meets_the_stress_limit(full_l_bracket):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="not achieved: from x = 0.5 (or x = 1) the first, infeasible steps reinforce the corner cell and every "
-    "schedule tried ends in that basin (docs/optimisation.md, the stress section)",
+    reason="not achieved: every schedule tried ends with the corner cell solid (a 45-degree gusset below it), and MMA "
+    "refills the corner even from a rounded design (docs/optimisation.md, the stress section)",
 )
 def test_full_l_bracket_rounds_the_re_entrant_corner(full_l_bracket):
     """Rounded means: no cell with rho > 0.5 has its centroid within 3 cell sizes of the re-entrant corner point.
