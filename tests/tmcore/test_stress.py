@@ -217,19 +217,27 @@ def test_full_l_bracket_meets_the_stress_limit(full_l_bracket):
     assert png.exists()
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="not achieved: every schedule tried ends with the corner cell solid (a 45-degree gusset below it), and MMA "
-    "refills the corner even from a rounded design (docs/optimisation.md, the stress section)",
-)
-def test_full_l_bracket_rounds_the_re_entrant_corner(full_l_bracket):
-    """Rounded means: no cell with rho > 0.5 has its centroid within 3 cell sizes of the re-entrant corner point.
+VOID_START = ("200", "--x0", "0.01", "--move", "0.1", "--radius", "4", "--beta-from", "200", "--steps", "600")
 
-    A corner filled with material (and the 45-degree gusset the optimiser makes) gives 0.71 cells, the corner
-    cell's own centroid; material that follows an arc of radius R cells around the corner gives about R."""
-    result, _ = full_l_bracket
-    assert result["run"].corner_clearance() >= 3.0, result["run"].corner_clearance()
+
+@pytest.mark.slow
+def test_l_bracket_grown_from_void_rounds_the_re_entrant_corner(monkeypatch, tmp_path):
+    """n = 200 (25600 cells) from x = 0.01 with move 0.1, cone filter 4 cells, beta 1 until step 200 then
+    doubling every 40 steps up to 8, 600 steps (about 5 minutes): the design that grows from near void goes
+    around the corner. Rounded means: no cell with rho > 0.5 has its centroid within 3 cell sizes of the
+    re-entrant corner point (a filled corner, or the 45-degree gusset the runs from x = 0.5 make, gives 0.71
+    cells: a cell touching the corner point; material that follows an arc of radius R cells gives about R).
+    Measured: 3.54 cells, volume 0.297 (the run from x = 0.5 at n = 200: 0.460, corner filled), relaxed max
+    0.995. The solid-material stress of the gray cells with rho > 0.5 reaches 1.28 of the limit (not asserted)."""
+    png = tmp_path / "void.png"
+    args = (*VOID_START, "--backend", "splu", "--png", png)
+    result = run_example("stress_topology.py", monkeypatch, *args)["results"]
+    run = result["run"]
+    assert run.corner_clearance() >= 3.0, run.corner_clearance()
+    assert result["relaxed"] <= 1.05, result["relaxed"]
+    assert float(run.design.volume(run.x)) < 0.35
+    assert abs(run.constraint[-1]) < 0.05
+    assert png.exists()
 
 
 def test_aggregated_stress_gradient_through_the_projection(small):
