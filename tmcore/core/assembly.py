@@ -689,15 +689,18 @@ class _AffineForm:
         self.constant = constant  # (size,)
         self.maps = maps  # name -> SparseLinearMap (size, n_in)
         self.sizes = sizes  # name -> n_in
+        # most forms are linear, not just affine (kappa grad u . grad v): no constant term to add
+        self.linear = bool(maps) and not bool(constant.any())
 
     def __call__(self, data: dict, batch: int | None) -> Tensor:
-        values = self.constant if batch is None else self.constant.expand(batch, -1)
+        values = None if self.linear else self.constant if batch is None else self.constant.expand(batch, -1)
         for name, linear_map in self.maps.items():
             value, _, batched = data[name]
             flat = value.reshape(batch, -1) if batched else value.reshape(-1)
             if batch is not None and not batched:
                 flat = flat.expand(batch, -1)
-            values = values + linear_map(flat.to(self.constant.dtype))
+            product = linear_map(flat.to(self.constant.dtype))
+            values = product if values is None else values + product
         return values if self.maps else values.clone()
 
     @staticmethod
