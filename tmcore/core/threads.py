@@ -10,15 +10,14 @@ tmcore's own calls on small data therefore run on one thread; large ones keep to
 The BLAS behind SciPy (OpenBLAS) has a thread pool of its own, which torch's setting does not
 reach: a 790-node banded Cholesky solve took 63 ms beside a busy process with OpenBLAS's default
 two threads, against 0.5 ms on one. :func:`one_blas_thread` limits it for a small factorisation,
-through threadpoolctl's per-library controllers (about 1 us per use when BLAS runs on one thread
-already, a few us when it has to switch).
+through threadpoolctl (about 10 us per use; 1 us when BLAS runs on one thread already).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -52,23 +51,16 @@ def _blas_pools():
     return ThreadpoolController().select(user_api="blas")
 
 
-@contextmanager
-def one_blas_thread() -> Iterator[None]:
+def one_blas_thread():
     """A context in which the BLAS libraries behind SciPy run on one thread (restored after).
 
-    Each library's thread count is read and, where it is not one already, set and restored
-    through threadpoolctl's per-library controllers: about 1 us per library when it is one
-    already (OMP_NUM_THREADS=1), against about 10 us for threadpoolctl's ``limit`` context.
+    Nothing to do (about 1 us) when every BLAS library runs on one thread already
+    (OMP_NUM_THREADS=1); otherwise threadpoolctl's ``limit`` (about 10 us), which lets one
+    Python thread at a time control OpenBLAS's process-wide pool. (A hand-rolled set-and-restore
+    from every thread measured 2-4x slower per step for the chapter's two studies run in two
+    threads beside a busy process, as ``make figures`` runs them.)
     """
     pools = _blas_pools()
-    changed = []
-    for library in () if pools is None else pools.lib_controllers:
-        threads = library.num_threads
-        if threads != 1:
-            library.set_num_threads(1)
-            changed.append((library, threads))
-    try:
-        yield
-    finally:
-        for library, threads in changed:
-            library.set_num_threads(threads)
+    if pools is None or all(library.num_threads == 1 for library in pools.lib_controllers):
+        return nullcontext()
+    return pools.limit(limits=1)
