@@ -2,13 +2,20 @@
 
 - :mod:`tmcore.topology.problems`: :class:`ComplianceProblem` (physics), :class:`DensityDesign`
   (the design-problem protocol: objective, constraints, physical densities), benchmark set-ups;
-- :mod:`tmcore.topology.filters`: :class:`ConeFilter`, :class:`HelmholtzFilter`, the sensitivity filter;
+- :mod:`tmcore.topology.filters`: :class:`ConeFilter`, :class:`HelmholtzFilter`, :class:`HeavisideProjection`,
+  the sensitivity filter;
 - :mod:`tmcore.topology.optimizers`: :class:`OCOptimizer`;
 - :mod:`tmcore.topology.driver`: :func:`optimise` and :class:`TopologyResult`.
 """
 
 from tmcore.topology.driver import StepRecord, TopologyResult, optimise
-from tmcore.topology.filters import ConeFilter, HelmholtzFilter, default_filter_radius, sensitivity_filter
+from tmcore.topology.filters import (
+    ConeFilter,
+    HeavisideProjection,
+    HelmholtzFilter,
+    default_filter_radius,
+    sensitivity_filter,
+)
 from tmcore.topology.optimizers import OCOptimizer
 from tmcore.topology.problems import (
     ComplianceProblem,
@@ -28,6 +35,7 @@ __all__ = [
     "ConeFilter",
     "DensityDesign",
     "DesignProblem",
+    "HeavisideProjection",
     "HelmholtzFilter",
     "OCOptimizer",
     "StepRecord",
