@@ -120,12 +120,99 @@ def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _choose_api() -> tuple[str, str | None]:
+def _spawn_api_server() -> tuple[Any, int] | None:
+    """Start Prefect's API server at once, before this process has imported Prefect: the command
+    Prefect's own temporary server runs (``SubprocessASGIServer``: uvicorn on
+    ``prefect.server.api.server:create_app``, UI off, ephemeral), on a free loopback port.
+
+    Prefect's client starts that server only after importing its server module (about 2 s here),
+    and the server then needs about 3 s to answer: started first, the server comes up while this
+    process imports Prefect, torch and tmcore. Returns (process, port), or None without Prefect.
+    """
+    import atexit
+    import importlib.util
+    import socket
+    import subprocess
+    import sys
+
+    spec = importlib.util.find_spec("prefect")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOCAL_HOST, 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        str(Path(next(iter(spec.submodule_search_locations))).parent),
+    ]
+    command += ["--factory", "prefect.server.api.server:create_app", "--host", LOCAL_HOST, "--port", str(port)]
+    command += ["--log-level", "error", "--lifespan", "on"]
+    environment = {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+    }
+    process = subprocess.Popen(command, env=environment)
+    atexit.register(_stop_spawned, (process, port))  # whatever way this process ends (an early exit included)
+    return process, port
+
+
+def _stop_spawned(spawned: tuple[Any, int] | None) -> None:
+    """Stop a server started by :func:`_spawn_api_server` (nothing if it has exited)."""
+    if spawned is not None and spawned[0].poll() is None:
+        spawned[0].terminate()
+        try:
+            spawned[0].wait(timeout=10)
+        except Exception:  # noqa: BLE001  (it will not stop: kill it)
+            spawned[0].kill()
+
+
+def _adopt(spawned: tuple[Any, int], timeout: float) -> str | None:
+    """Wait for the spawned server to answer and make it the temporary server Prefect's client
+    uses (and stops at exit); its API URL, or None if it exits or stays silent."""
+    import atexit
+    import time
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    process, port = spawned
+    url = f"http://{LOCAL_HOST}:{port}/api"
+    deadline = time.monotonic() + timeout
+    while not api_healthy(url, timeout=1.0):
+        if process.poll() is not None or time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+    server = SubprocessASGIServer()  # the instance Prefect's client asks for when no API URL is set
+    if server.running:  # Prefect started one meanwhile: use that
+        return None
+    server.port, server.server_process, server.running = port, process, True
+    atexit.register(server.stop)
+    return url
+
+
+def _choose_api(spawned: tuple[Any, int] | None = None) -> tuple[str, str | None]:
     from prefect.settings import get_current_settings
 
-    url = get_current_settings().api.url
+    settings = get_current_settings()
+    url = settings.api.url
     if url and api_healthy(url):
+        _stop_spawned(spawned)
         return "server", url
+    if spawned is not None and not url:
+        try:
+            adopted = _adopt(spawned, settings.server.ephemeral.startup_timeout_seconds)
+        except Exception as error:  # noqa: BLE001  (Prefect's internals moved: let Prefect start its own)
+            import logging
+
+            logging.getLogger(__name__).warning("the early Prefect server could not be used (%s)", error)
+            adopted = None
+        if adopted is not None:
+            return "temporary", adopted
+    _stop_spawned(spawned)
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # Prefect's own temporary server: the one its client starts and reuses
@@ -139,8 +226,9 @@ def prepare_api() -> Any:
 
     - ``("server", url)``: ``PREFECT_API_URL`` is set and a server answers there (``make
       serve``'s, say): the run reports to it, and no temporary server is started;
-    - ``("temporary", url)``: no URL set: Prefect's temporary server, started now, so that
-      its start-up (several seconds) overlaps the import of torch and tmcore;
+    - ``("temporary", url)``: no URL set: a temporary server, Prefect's own command started
+      here at once (:func:`_spawn_api_server`), so that its start-up (several seconds)
+      overlaps the import of Prefect, torch and tmcore, and handed to Prefect's client;
     - ``("unreachable", url)``: a URL is set and nothing answers: a temporary server is
       started all the same, and the caller runs with the URL unset (:func:`api_settings`)
       and says so.
@@ -149,8 +237,10 @@ def prepare_api() -> Any:
     """
     import concurrent.futures
 
+    # a URL in the environment is (almost always) a running server: nothing to start
+    spawned = None if os.environ.get("PREFECT_API_URL") else _spawn_api_server()
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-api")
-    future = executor.submit(_choose_api)
+    future = executor.submit(_choose_api, spawned)
     executor.shutdown(wait=False)
     return future
 
