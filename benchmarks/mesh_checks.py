@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flows.artifacts import atomic_write_text
+from benchmarks import write_report
 from tmcore import Mesh
 from tmcore.core.mesh import validate
 
@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(measure(cell_type, nodes, order, args.repeats, Path(tmp), baseline))
                     sys.stderr.write(f"{rows[-1]}\n")
     text = report(rows, argv)
-    path = args.out / f"{dt.date.today().isoformat()}-mesh-checks.md"
-    atomic_write_text(path, text)
-    sys.stdout.write(text + f"\nwritten: {path}\n")
+    write_report(args.out, "mesh-checks", text)
     return 0
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from flows.artifacts import atomic_write_text
+from benchmarks import write_report
 from tmcore import Condenser, Mesh, dof_mask
 from tmcore.forms import Diffusion, LinearElasticity, Source
 from tmcore.topology import ComplianceProblem, mbb_beam, point_load, simp
@@ -234,9 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     args = parser.parse_args(argv)
     text = report(args.repeats)
-    path = args.out / f"{dt.date.today().isoformat()}-paths.md"
-    atomic_write_text(path, text)
-    sys.stdout.write(text + f"\nwritten: {path}\n")
+    write_report(args.out, "paths", text)
     return 0
 
 
