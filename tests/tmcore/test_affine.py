@@ -190,3 +190,15 @@ def test_data_that_requires_grad_is_never_served_from_the_store():
     assert b.requires_grad
     b.sum().backward()
     assert torch.allclose(f.grad, Source.from_mesh(mesh)(point_data={"f": torch.ones_like(f.detach())}))
+
+
+def test_second_derivatives_through_the_operator_path():
+    # the operator's backward is itself differentiable (create_graph=True): gradgradcheck against FD
+    mesh = Mesh.gen_grid((2, 2))
+    kappa = (1.0 + torch.rand(mesh.n_points, dtype=F64, generator=torch.Generator().manual_seed(1))).requires_grad_()
+    diffusion = Diffusion.from_mesh(mesh)
+
+    def squared_values(k):
+        return diffusion(point_data={"kappa": k}).values ** 2
+
+    assert torch.autograd.gradgradcheck(squared_values, (kappa,))
