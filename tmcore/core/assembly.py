@@ -380,8 +380,8 @@ class _Assembler(nn.Module):
         the mesh (assemblers built afresh each step share it); see :meth:`_keep_constant`.
         """
         key = self._constant_key(sources)
-        mesh_key = _cache_key(self.mesh)
-        if key is None or mesh_key is None:
+        mesh_key = None if key is None else _cache_key(self.mesh)
+        if mesh_key is None:
             return None, None
         hit = _mesh_cache(self.mesh, "constant", mesh_key, dict).get(key)
         return key, None if hit is None or hit[1] is None else hit[1].clone()
@@ -395,8 +395,8 @@ class _Assembler(nn.Module):
         them is freed, so an id is never reused while its entry lives; an in-place change bumps a
         tensor's version, so the key no longer matches. At most ``CONSTANT_RESULTS`` entries.
         """
-        mesh_key = _cache_key(self.mesh)
-        if key is None or mesh_key is None:
+        mesh_key = None if key is None else _cache_key(self.mesh)
+        if mesh_key is None:
             return
         store = _mesh_cache(self.mesh, "constant", mesh_key, dict)
         entry = store.get(key)
