@@ -197,10 +197,11 @@ def _member(i: int, batch: int) -> str:
 
 def _check_pivots(pivots: np.ndarray, kind: str, i: int = 0, batch: int = 1) -> None:
     pivots = np.abs(pivots)
-    if not np.all(np.isfinite(pivots)) or pivots.min() <= PIVOT_RATIO_TOL * pivots.max():
+    low, high = float(pivots.min()), float(pivots.max())  # NaN if any pivot is NaN
+    if not (np.isfinite(high) and low > PIVOT_RATIO_TOL * high):
         raise SingularMatrixError(
             f"{_member(i, batch)}the matrix is singular to working precision (smallest/largest {kind} pivot "
-            f"{pivots.min():.3e}/{pivots.max():.3e}); is a Dirichlet condition missing "
+            f"{low:.3e}/{high:.3e}); is a Dirichlet condition missing "
             "(a pure Neumann problem has a null space)?"
         )
 
@@ -297,10 +298,7 @@ class _Banded(Factorization):
                         f"{_member(i, self.batch)}the matrix is singular or not positive definite (banded "
                         f"Cholesky: leading minor {info} of {n} is not positive); is a Dirichlet condition missing?"
                     )
-                diagonal = factor[layout.bandwidth]  # positive after a successful Cholesky
-                low, high = float(diagonal.min()), float(diagonal.max())
-                if not (np.isfinite(high) and low * low > PIVOT_RATIO_TOL * high * high):
-                    _check_pivots(diagonal**2, "Cholesky", i, self.batch)  # raises, naming the pivots
+                _check_pivots(factor[layout.bandwidth] ** 2, "Cholesky", i, self.batch)
                 self.factors.append(factor)
 
     def _solve(self, rhs, transpose):  # symmetric: A^T = A
@@ -753,38 +751,28 @@ def _check_residual(values: Tensor, pattern: SparsityPattern, b: Tensor, u: Tens
     u = u.detach()
     values, b = values.detach().to(u.dtype), b.detach().to(u.dtype)
     host = _on_host(values)[0]
-    if values.shape[0] == 1 and u.shape[2] == 1 and isinstance(host, np.ndarray):
-        # one matrix, one column (a design loop's solve): the same test without the batch's arrays
-        matrix, lock = _host_csr(pattern)
-        rhs = b.numpy()[0, :, 0]
-        with lock, np.errstate(over="ignore", invalid="ignore"):
-            matrix.data = host[0]
-            residual, scale = _norm(matrix @ u.numpy()[0, :, 0] - rhs), _norm(rhs)
-        if residual <= tolerance * max(scale, 1e-300):  # False for a NaN residual too
-            return
     with np.errstate(over="ignore", invalid="ignore"):  # a non-finite residual is reported below
-        if isinstance(_on_host(values)[0], np.ndarray):  # in NumPy/SciPy: each torch call costs ~10 us on small systems
+        if isinstance(host, np.ndarray):  # in NumPy/SciPy: each torch call costs ~10 us on small systems
             matrix, lock = _host_csr(pattern)
             residuals = []
             with lock:  # one matrix object per pattern: threads take turns swapping their values in
-                for v, x, r in zip(values.numpy(), u.numpy(), b.numpy()):
+                for v, x, r in zip(host, u.numpy(), b.numpy()):
                     matrix.data = v  # the values are in CSR order already
-                    residuals.append(_norm(matrix @ x - r))
-            residual = np.array(residuals)
-            scale = np.array([_norm(r) for r in b.numpy()])
+                    product = matrix @ x[:, 0] if x.shape[1] == 1 else matrix @ x  # a vector: SciPy's fast path
+                    residuals.append(_norm(product - r[:, 0] if x.shape[1] == 1 else product - r))
+            scales = [_norm(r) for r in b.numpy()]
         else:
             difference = (batched_matvec(values, pattern.rows, pattern.cols, u) - b).flatten(1).cpu().numpy()
-            residual = np.array([_norm(row) for row in difference])
-            scale = np.array([_norm(row) for row in b.flatten(1).cpu().numpy()])
-        bad = ~np.isfinite(residual) | (residual > tolerance * np.maximum(scale, 1e-300))
-        i = int(np.flatnonzero(bad)[0]) if bad.any() else -1
-        relative = float(residual[i] / scale[i]) if bad.any() and scale[i] > 0 else float(residual[i])
-    if bad.any():
-        where = f" (matrix {i} of a batch of {values.shape[0]})" if values.shape[0] > 1 else ""
-        raise SolverError(
-            f"the solve did not reach a trustworthy solution{where}: relative residual "
-            f"{relative:.3e} > {tolerance:g} (the matrix is probably singular or extremely ill-conditioned)"
-        )
+            residuals = [_norm(row) for row in difference]
+            scales = [_norm(row) for row in b.flatten(1).cpu().numpy()]
+    for i, (residual, scale) in enumerate(zip(residuals, scales)):
+        if not residual <= tolerance * max(scale, 1e-300):  # a NaN residual fails too
+            relative = residual / scale if scale > 0 else residual
+            where = f" (matrix {i} of a batch of {values.shape[0]})" if values.shape[0] > 1 else ""
+            raise SolverError(
+                f"the solve did not reach a trustworthy solution{where}: relative residual "
+                f"{relative:.3e} > {tolerance:g} (the matrix is probably singular or extremely ill-conditioned)"
+            )
 
 
 def _normalise_rhs(pattern: SparsityPattern, values: Tensor, b: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
