@@ -372,7 +372,8 @@ class _Assembler(nn.Module):
         return (type(self), state, external, self._quadrature_order, self.n_components, tuple(items))
 
     def _constant(self, sources: dict[str, dict]) -> tuple[tuple | None, Tensor | None]:
-        """(key, values) of an earlier call with the same unchanged data, or (key, None).
+        """(slot, values): the store and key of this call (None when it cannot be stored), and the
+        values of an earlier call with the same unchanged data, or None.
 
         A load vector of a constant source assembled every step of a loop (the chapter's ``b``)
         is then computed twice and looked up from then on: the values come from the affine
@@ -383,11 +384,13 @@ class _Assembler(nn.Module):
         mesh_key = None if key is None else _cache_key(self.mesh)
         if mesh_key is None:
             return None, None
-        hit = _mesh_cache(self.mesh, "constant", mesh_key, dict).get(key)
-        return key, None if hit is None or hit[1] is None else hit[1].clone()
+        store = _mesh_cache(self.mesh, "constant", mesh_key, dict)
+        hit = store.get(key)
+        return (store, key), None if hit is None or hit[1] is None else hit[1].clone()
 
-    def _keep_constant(self, key: tuple | None, sources: dict[str, dict], values: Tensor) -> None:
-        """Note ``key`` the first time it is seen and keep a copy of ``values`` the second time.
+    def _keep_constant(self, slot: tuple | None, sources: dict[str, dict], values: Tensor) -> None:
+        """Note the slot's key (from :meth:`_constant`) the first time it is seen and keep a copy of
+        ``values`` the second time.
 
         A key seen once costs nothing but its entry, so calls on fresh tensors (a coefficient
         recomputed every step) never pay for a copy; results above ``CONSTANT_MAX_ENTRIES`` are not
@@ -395,10 +398,9 @@ class _Assembler(nn.Module):
         them is freed, so an id is never reused while its entry lives; an in-place change bumps a
         tensor's version, so the key no longer matches. At most ``CONSTANT_RESULTS`` entries.
         """
-        mesh_key = None if key is None else _cache_key(self.mesh)
-        if mesh_key is None:
+        if slot is None:
             return
-        store = _mesh_cache(self.mesh, "constant", mesh_key, dict)
+        store, key = slot
         entry = store.get(key)
         if entry is not None:
             if entry[1] is None and values.numel() <= CONSTANT_MAX_ENTRIES:
@@ -820,7 +822,7 @@ class ElementAssembler(_Assembler):
         mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
         components = self.n_components
         pattern, slots = _cached_pattern(mesh, components)
-        key, values = self._constant(sources)
+        slot, values = self._constant(sources)
         if values is not None:
             return SparseMatrix.from_pattern(pattern, values)
         degree = self._degree(mesh.element, sources)
@@ -829,7 +831,7 @@ class ElementAssembler(_Assembler):
         with threads_for(slots.numel()):
             values = self._affine_values(data, batch, dtype, geometry, degree, slots, pattern.nnz)
             if values is not None:
-                self._keep_constant(key, sources, values)
+                self._keep_constant(slot, sources, values)
             else:
                 blocks = self._evaluate_blocks(
                     self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry
@@ -880,7 +882,7 @@ class NodeAssembler(_Assembler):
 
     def __call__(self, point_data=None, element_data=None, scalar_data=None) -> Tensor:
         mesh, sources = self.mesh, _sources(point_data, element_data, scalar_data)
-        key, values = self._constant(sources)
+        slot, values = self._constant(sources)
         if values is not None:
             return values
         degree = self._degree(mesh.element, sources)
@@ -892,7 +894,7 @@ class NodeAssembler(_Assembler):
         with threads_for(dofs.numel()):
             values = self._affine_values(data, batch, dtype, geometry, degree, dofs.reshape(-1), size)
             if values is not None:
-                self._keep_constant(key, sources, values)
+                self._keep_constant(slot, sources, values)
             else:
                 blocks = self._evaluate_blocks(
                     self._arguments(data, geometry, dtype, _identity), batch, dtype, geometry
