@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,14 +120,42 @@ def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+# What a temporary server (one command's lifetime) is started without, unless the environment
+# says otherwise: automations (the triggers service and the actions it runs, whose start builds a
+# second copy of the API app: 0.3-0.4 s before the server answered).
+TEMPORARY_SERVER_SETTINGS = {"PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false"}
+# ... and, on a database that a server has used before, the block-type registration: even when
+# it has nothing to do, deciding so imports every installed Prefect collection (prefect-dask and
+# dask.distributed: 0.2-0.3 s before the server answered). `make serve`'s server still registers.
+KNOWN_DATABASE_SETTINGS = {
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+}
+DATABASE_URL_VARIABLES = ("PREFECT_API_DATABASE_CONNECTION_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL")
+
+
+def temporary_server_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The settings a temporary server is started with (:data:`TEMPORARY_SERVER_SETTINGS`, and
+    :data:`KNOWN_DATABASE_SETTINGS` when ``$PREFECT_HOME/prefect.db`` exists and no other
+    database is configured); variables in ``environ`` (default ``os.environ``) win."""
+    environ = os.environ if environ is None else environ
+    settings = dict(TEMPORARY_SERVER_SETTINGS)
+    home = environ.get("PREFECT_HOME")
+    if home and not any(environ.get(name) for name in DATABASE_URL_VARIABLES):
+        if (Path(home).expanduser() / "prefect.db").is_file():
+            settings.update(KNOWN_DATABASE_SETTINGS)
+    return {**settings, **{k: v for k, v in environ.items() if k in settings}}
+
+
 def _spawn_api_server() -> tuple[Any, int] | None:
     """Start Prefect's API server at once, before this process has imported Prefect: the command
     Prefect's own temporary server runs (``SubprocessASGIServer``: uvicorn on
-    ``prefect.server.api.server:create_app``, UI off, ephemeral), on a free loopback port.
+    ``prefect.server.api.server:create_app``, UI off, ephemeral), on a free loopback port, without
+    what a temporary server does not need (:func:`temporary_server_settings`).
 
-    Prefect's client starts that server only after importing its server module (about 2 s here),
-    and the server then needs about 3 s to answer: started first, the server comes up while this
-    process imports Prefect, torch and tmcore. Returns (process, port), or None without Prefect.
+    The server needs about 3 s to answer (2 s of it importing its own modules): started first,
+    it comes up while this process imports Prefect, torch and tmcore. It is stopped when this
+    process exits, however it ends. Returns (process, port), or None without Prefect.
     """
     import atexit
     import importlib.util
@@ -152,10 +180,12 @@ def _spawn_api_server() -> tuple[Any, int] | None:
     command += ["--log-level", "error", "--lifespan", "on"]
     environment = {
         **os.environ,
+        **temporary_server_settings(),
         "PREFECT_UI_ENABLED": "0",
         "PREFECT__SERVER_EPHEMERAL": "1",
         "PREFECT__SERVER_FINAL": "1",
     }
+    environment.pop("PREFECT_API_URL", None)
     process = subprocess.Popen(command, env=environment)
     atexit.register(_stop_spawned, (process, port))  # whatever way this process ends (an early exit included)
     return process, port
@@ -171,47 +201,104 @@ def _stop_spawned(spawned: tuple[Any, int] | None) -> None:
             spawned[0].kill()
 
 
-def _adopt(spawned: tuple[Any, int], timeout: float) -> str | None:
-    """Wait for the spawned server to answer and make it the temporary server Prefect's client
-    uses (and stops at exit); its API URL, or None if it exits or stays silent."""
-    import atexit
+def _set_api_url(url: str | None) -> bool:
+    """Make ``url`` Prefect's API URL for the whole process (None: unset it): the environment
+    variable, and Prefect's process-wide settings rebuilt from it
+    (``prefect.context.refresh_global_settings_context``, what Prefect itself calls after its
+    plugins set variables), so every thread, Prefect's log and event workers included, reports
+    there. False if Prefect's settings do not follow (its internals moved)."""
+    if url is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = url
+    try:
+        from prefect.context import refresh_global_settings_context
+        from prefect.settings import get_current_settings
+
+        refresh_global_settings_context()
+        return get_current_settings().api.url == url
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _hand_over(spawned: tuple[Any, int]) -> str | None:
+    """Make the spawned server Prefect's API (:func:`_set_api_url`) unless an API URL is
+    configured otherwise (a profile, ``prefect.toml``); its URL, or None."""
+    from prefect.settings import get_current_settings
+
+    if get_current_settings().api.url:
+        return None
+    url = f"http://{LOCAL_HOST}:{spawned[1]}/api"
+    if _set_api_url(url):
+        return url
+    _set_api_url(None)
+    return None
+
+
+def _wait_healthy(spawned: tuple[Any, int], url: str, timeout: float) -> bool:
+    """Wait until the spawned server answers at ``url``; False if it exits or stays silent."""
     import time
 
-    from prefect.server.api.server import SubprocessASGIServer
-
-    process, port = spawned
-    url = f"http://{LOCAL_HOST}:{port}/api"
+    process = spawned[0]
     deadline = time.monotonic() + timeout
     while not api_healthy(url, timeout=1.0):
         if process.poll() is not None or time.monotonic() > deadline:
-            return None
-        time.sleep(0.05)
-    server = SubprocessASGIServer()  # the instance Prefect's client asks for when no API URL is set
-    if server.running:  # Prefect started one meanwhile: use that
-        return None
-    server.port, server.server_process, server.running = port, process, True
-    atexit.register(server.stop)
-    return url
+            return False
+        time.sleep(0.02)
+    return True
 
 
-def _choose_api(spawned: tuple[Any, int] | None = None) -> tuple[str, str | None]:
+def _first_request(url: str) -> None:
+    """Send the request Prefect's client sends first (the API version). The server builds its
+    routes on the first request it routes (0.2-0.4 s here, ``/health`` excepted): done now, it
+    overlaps whatever this process still has to import."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/admin/version", timeout=10) as response:
+            response.read()
+    except OSError:  # the client will find out and say so
+        pass
+
+
+def preload(modules: Iterable[str]) -> Any:
+    """Import ``modules`` in a background thread (those not installed are skipped); returns the
+    started thread. For the idle wait while the API server starts: ``join()`` it before the
+    work that needs them (and before importing anything else, so the two threads never import
+    into each other)."""
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+
+    thread = threading.Thread(target=run, name="preload", daemon=True)
+    thread.start()
+    return thread
+
+
+def _choose_api(spawned: tuple[Any, int] | None = None, handed: str | None = None) -> tuple[str, str | None]:
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
+    if spawned is not None and handed is not None:
+        if _wait_healthy(spawned, handed, settings.server.ephemeral.startup_timeout_seconds):
+            _first_request(handed)
+            return "temporary", handed
+        import logging
+
+        logging.getLogger(__name__).warning("the early Prefect server did not answer; Prefect starts its own")
+        _stop_spawned(spawned)
+        _set_api_url(None)
+        return "temporary", None  # Prefect's client starts its temporary server when it first needs one
     url = settings.api.url
     if url and api_healthy(url):
         _stop_spawned(spawned)
         return "server", url
-    if spawned is not None and not url:
-        try:
-            adopted = _adopt(spawned, settings.server.ephemeral.startup_timeout_seconds)
-        except Exception as error:  # noqa: BLE001  (Prefect's internals moved: let Prefect start its own)
-            import logging
-
-            logging.getLogger(__name__).warning("the early Prefect server could not be used (%s)", error)
-            adopted = None
-        if adopted is not None:
-            return "temporary", adopted
     _stop_spawned(spawned)
     from prefect.server.api.server import SubprocessASGIServer
 
@@ -226,35 +313,45 @@ def prepare_api() -> Any:
 
     - ``("server", url)``: ``PREFECT_API_URL`` is set and a server answers there (``make
       serve``'s, say): the run reports to it, and no temporary server is started;
-    - ``("temporary", url)``: no URL set: a temporary server, Prefect's own command started
-      here at once (:func:`_spawn_api_server`), so that its start-up (several seconds)
-      overlaps the import of Prefect, torch and tmcore, and handed to Prefect's client;
+    - ``("temporary", url)``: no URL set: a temporary server, Prefect's own server command
+      started here at once (:func:`_spawn_api_server`), so that its start-up (about 3 s)
+      overlaps the import of Prefect, torch and tmcore, and made Prefect's API URL for this
+      process (:func:`_set_api_url`): Prefect's client never imports its server code (2 s of
+      this process's time, beside the server's own start, on two cores);
     - ``("unreachable", url)``: a URL is set and nothing answers: a temporary server is
       started all the same, and the caller runs with the URL unset (:func:`api_settings`)
       and says so.
 
-    Call it before the heavy imports; ``.result()`` before the first flow runs.
+    Call it before the heavy imports (it imports Prefect's settings); ``.result()`` before the
+    first flow runs.
     """
     import concurrent.futures
 
     # a URL in the environment is (almost always) a running server: nothing to start
     spawned = None if os.environ.get("PREFECT_API_URL") else _spawn_api_server()
+    handed = _hand_over(spawned) if spawned is not None else None
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-api")
-    future = executor.submit(_choose_api, spawned)
+    future = executor.submit(_choose_api, spawned, handed)
     executor.shutdown(wait=False)
     return future
 
 
 def api_settings(kind: str) -> Any:
-    """The settings context a run uses for the API ``kind`` chosen by :func:`prepare_api`
-    (unreachable: the URL unset, so Prefect starts its temporary server)."""
+    """The settings context a run uses for the API ``kind`` chosen by :func:`prepare_api`.
+
+    Unreachable: the URL unset, so Prefect starts its temporary server. Temporary (and
+    unreachable): no flow-run heartbeats. They let a server's automations find crashed runs;
+    a temporary server runs none and ends with the command, and the heartbeat thread, which
+    sleeps in one-second steps, held the end of every run for up to 1 s (0.5 s on average).
+    """
     import contextlib
 
-    if kind != "unreachable":
+    if kind not in ("temporary", "unreachable"):
         return contextlib.nullcontext()
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    return temporary_settings(restore_defaults={PREFECT_API_URL})
+    updates = {"flows.heartbeat_frequency": None}
+    return temporary_settings(updates=updates, restore_defaults={PREFECT_API_URL} if kind == "unreachable" else None)
 
 
 def exit_now(code: int = 0) -> None:
