@@ -125,3 +125,38 @@ def test_hashed_facet_keys_still_find_a_duplicate_cell(cell_type):
     assert not validate._repeats(validate._oriented_facet_keys(cells, mesh.element, 2**40), 2)
     doubled = np.concatenate([cells, cells[-1:]])
     assert validate._repeats(validate._oriented_facet_keys(doubled, mesh.element, 2**40), 2)
+
+
+@pytest.mark.parametrize("cell_type", ["triangle", "tetra"])
+def test_the_geometry_pass_gives_torchs_determinants_on_shuffled_numbers(cell_type):
+    """The coordinate-column gathers of the geometry pass against torch.linalg.det of the
+    Jacobians, on a mesh of several blocks whose node and cell numbers are shuffled (every gather
+    a jump), with the shortest edge against the edges measured directly."""
+    mesh = Mesh.gen_grid((130, 130) if cell_type == "triangle" else (14, 14, 14), element_type=cell_type)
+    generator = torch.Generator().manual_seed(0)
+    new_of_old = torch.randperm(mesh.n_points, generator=generator)
+    points = torch.empty_like(mesh.points)
+    points[new_of_old] = mesh.points * torch.tensor([1.0, 2.0, 3.0][: mesh.dim], dtype=mesh.points.dtype)
+    cells = new_of_old[mesh.elements][torch.randperm(mesh.n_cells, generator=generator)]
+    assert cells.shape[0] > 8192
+    shuffled = Mesh(points, {cell_type: cells})
+    det, shortest = validate.cell_geometry(points.numpy(), cells.numpy(), shuffled.element)
+    expected = shuffled.jacobian_determinants(shuffled.element.reference_nodes.double()[:1])
+    np.testing.assert_allclose(det, expected.numpy(), rtol=1e-12)
+    edges = [points[cells[:, a]] - points[cells[:, z]] for a, z in shuffled.element.edges]
+    assert shortest == pytest.approx(min(float(e.norm(dim=1).min()) for e in edges), rel=1e-12)
+
+
+def test_scrambling_keeps_equal_keys_equal_and_distinct_keys_distinct():
+    """The facet keys are multiplied by an odd constant modulo 2**64 before the sort: a bijection,
+    so exactly the repeats of the keys are repeats of the scrambled keys (extremes included)."""
+    rng = np.random.default_rng(0)
+    keys = np.concatenate(
+        [rng.integers(-(2**63), 2**63 - 1, 10000, dtype=np.int64), np.array([0, 1, -1, 2**63 - 1, -(2**63)])]
+    )
+    keys = np.concatenate([keys, keys[:7]])  # seven repeats
+    scrambled = keys.copy()
+    validate._scramble(scrambled)
+    assert np.unique(scrambled).size == np.unique(keys).size == keys.size - 7
+    assert (scrambled[-7:] == scrambled[:7]).all()
+    assert not np.array_equal(np.sort(scrambled), np.sort(keys))

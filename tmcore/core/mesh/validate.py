@@ -230,6 +230,9 @@ def _oriented_facet_keys(cells: np.ndarray, element: Element, base: int) -> np.n
     different keys; a repeated key is a duplicate cell or two cells on the same side of a facet
     (every facet of more than two cells has such a pair).
 
+    The keys are scrambled by :func:`_scramble` (equal keys stay equal, distinct stay distinct),
+    block by block while they are in cache.
+
     An edge's key is its directed pair when that fits. A simplex's vertices are sorted once:
     the facet without the i-th smallest vertex lists the others in increasing order, outward
     when i and the parity of the cell's sorting permutation are both even or both odd."""
@@ -254,13 +257,26 @@ def _oriented_facet_keys(cells: np.ndarray, element: Element, base: int) -> np.n
             for i, facet in enumerate(local):
                 columns = [cells[block, v] for v in facet]
                 keys[i * m + block.start : i * m + block.stop] = _keys(_sorted_columns(columns), base, _turn(columns))
+        for i in range(len(local)):
+            _scramble(keys[i * m + block.start : i * m + block.stop])
     return keys
+
+
+def _scramble(keys: np.ndarray) -> None:
+    """Multiply int64 keys in place by an odd constant, modulo 2**64: a bijection, so repeats are
+    kept exactly, that makes structured keys look random to the sort. NumPy's quicksort is slow on
+    the facet keys of a structured numbering: sorting the 2.3e7 keys of a 1e6-node tetrahedral
+    grid in its natural numbering took 0.37 s, scrambled 0.23 s (with the scrambling; 0.24 s
+    either way for shuffled numbers)."""
+    scrambled = keys.view(np.uint64)
+    scrambled *= _MIX
 
 
 def _sampled_shortest_edge(points: np.ndarray, conn: np.ndarray, element: Element) -> float:
     """The shortest vertex edge of about 2**14 cells spread over the mesh: an upper bound of the
     mesh's shortest edge, at a small fraction of the cost of measuring every cell."""
-    return cell_geometry(points, conn[:: max(1, conn.shape[0] >> 14)], element)[1]
+    x = points[conn[:: max(1, conn.shape[0] >> 14)]]  # (s, k, dim)
+    return math.sqrt(min(float(np.square(x[:, a] - x[:, z]).sum(-1).min()) for a, z in element.edges))
 
 
 def shortest_edge(points: Tensor, conn: Tensor, element: Element) -> float:
@@ -469,22 +485,23 @@ def _raise_cell_faults(conn: Tensor, cells: np.ndarray, element: Element, n: int
     m = cells.shape[0]
     cycles = cells[:, local].transpose(1, 0, 2).reshape(-1, r)  # facet-major, as the keys
     facets = np.sort(cycles, axis=1)
-    groups = _groups_of_repeats(facets, 3)
-    if groups:
-        example = "; ".join(f"facet {facets[g[0]].tolist()} in cells {(g % m).tolist()}" for g in groups[:2])
-        raise _failed(
-            "overlapping cells",
-            f"{len(groups)}{'+' if len(groups) == _SHOW else ''} facets are shared by more than two cells "
-            f"(a second layer of cells overlaps the first), e.g. {example}",
-        )
+    _raise_repeated_facets(
+        facets, facets, m, 3, "are shared by more than two cells (a second layer of cells overlaps the first)"
+    )
     turn = _turn(list(cycles.T))
-    groups = _groups_of_repeats(np.column_stack([facets, turn]), 2)
+    _raise_repeated_facets(
+        np.column_stack([facets, turn]), facets, m, 2, "have two cells on the same side (the cells overlap)"
+    )
+
+
+def _raise_repeated_facets(rows: np.ndarray, facets: np.ndarray, m: int, times: int, what: str) -> None:
+    """MeshError ('overlapping cells') if some row of ``rows`` (one per facet of a cell, facet-major:
+    row j is a facet of cell j % m, with vertices ``facets[j]``) occurs ``times`` times or more."""
+    groups = _groups_of_repeats(rows, times)
     if groups:
         example = "; ".join(f"facet {facets[g[0]].tolist()} in cells {(g % m).tolist()}" for g in groups[:2])
         raise _failed(
-            "overlapping cells",
-            f"{len(groups)}{'+' if len(groups) == _SHOW else ''} facets have two cells on the same side "
-            f"(the cells overlap), e.g. {example}",
+            "overlapping cells", f"{len(groups)}{'+' if len(groups) == _SHOW else ''} facets {what}, e.g. {example}"
         )
 
 
