@@ -36,10 +36,13 @@ _STARTED = time.perf_counter()
 from .runners import prepare_api  # noqa: E402  (light: no Prefect, torch or tmcore import)
 
 if __name__ == "__main__":  # python -m flows.differentiability: start choosing the API while torch and tmcore import
-    from .preflight import run_or_exit_argv  # noqa: E402  (issue 17: store, --out, PREFECT_HOME checked before any work)
 
-    run_or_exit_argv(default_out="reports/figures")
-    _API = prepare_api()
+    def _preflight() -> None:  # issue 17: store, --out, PREFECT_HOME checked before any work
+        from .preflight import run_or_exit_argv
+
+        run_or_exit_argv(default_out="reports/figures")
+
+    _API = prepare_api(_preflight)
 
 import argparse  # noqa: E402
 import json  # noqa: E402

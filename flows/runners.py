@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -307,7 +307,7 @@ def _choose_api(spawned: tuple[Any, int] | None = None, handed: str | None = Non
     return ("unreachable", url) if url else ("temporary", server.api_url)
 
 
-def prepare_api() -> Any:
+def prepare_api(preflight: Callable[[], Any] | None = None) -> Any:
     """Choose the Prefect API of a command-line run, in a background thread; returns a
     future of ``(kind, url)``:
 
@@ -323,12 +323,15 @@ def prepare_api() -> Any:
       and says so.
 
     Call it before the heavy imports (it imports Prefect's settings); ``.result()`` before the
-    first flow runs.
+    first flow runs. ``preflight``: the command's checks, run once the server's process is
+    started (they import numpy: 0.06-0.1 s earlier start); an exit there stops the server.
     """
     import concurrent.futures
 
     # a URL in the environment is (almost always) a running server: nothing to start
     spawned = None if os.environ.get("PREFECT_API_URL") else _spawn_api_server()
+    if preflight is not None:
+        preflight()
     handed = _hand_over(spawned) if spawned is not None else None
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefect-api")
     future = executor.submit(_choose_api, spawned, handed)
