@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from tmcore.core.checks import is_int, is_number
 from tmcore.core.elements import Element, get_element, quadrature
 from tmcore.core.errors import AssemblyError
+from tmcore.core.host import all_finite
 from tmcore.core.linalg.linear_map import SparseLinearMap
 from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
 from tmcore.core.mesh import Mesh
@@ -579,7 +580,7 @@ def _check_tensor(label: str, value: Any, device: torch.device) -> Tensor:
         raise AssemblyError(f"{label} must be a floating-point tensor, got {value.dtype} (convert with .double())")
     if value.device != device:
         raise AssemblyError(f"{label} is on {value.device} but the mesh is on {device}; move one with .to()")
-    if not torch.isfinite(value).all():
+    if not all_finite(value):
         raise AssemblyError(f"{label} contains NaN or inf")
     return value
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from tmcore.core.checks import is_number
+from tmcore.core.host import all_finite
 from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
 from tmcore.core.threads import threads_for
 
@@ -83,7 +84,7 @@ class Condenser(nn.Module):
             raise TypeError(f"dirichlet_value must be None, a float or a tensor, got {type(value).__name__}")
         if not value.is_floating_point():
             raise TypeError(f"dirichlet_value must be floating point, got {value.dtype}")
-        if not torch.isfinite(value).all():
+        if not all_finite(value):
             raise ValueError("dirichlet_value contains NaN or inf")
         n, n_d = self.n, self.dirichlet_index.numel()
         if value.ndim == 0:

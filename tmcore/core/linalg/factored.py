@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -84,7 +85,11 @@ def _values_gradient(pattern: SparsityPattern, left: Tensor, right: Tensor) -> T
     rows, cols = pattern.rows, pattern.cols
     if not torch.is_grad_enabled() and left.device.type == "cpu" and left.dtype == right.dtype == torch.float64:
         rows_, cols_ = pattern.host_index
-        product = left.detach().numpy()[:, rows_, :] * right.detach().numpy()[:, cols_, :]
+        left_, right_ = left.detach().numpy(), right.detach().numpy()
+        if left_.shape[0] == left_.shape[2] == 1:  # one matrix, one column: 1-D takes, a third of the 3-D gathers
+            product = left_[0, :, 0].take(rows_) * right_[0, :, 0].take(cols_)
+            return torch.from_numpy(np.negative(product, out=product)).unsqueeze(0)
+        product = left_[:, rows_, :] * right_[:, cols_, :]
         return torch.from_numpy(-product.sum(-1))
     with threads_for(rows.numel() * left.shape[0] * left.shape[2]):
         return -(left.index_select(1, rows) * right.index_select(1, cols)).sum(-1)

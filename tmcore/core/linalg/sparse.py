@@ -87,6 +87,8 @@ class SparseMatrix(SparseTensor):
         if isinstance(device, torch.dtype):
             device, dtype = None, device
         values = self.values.to(device=device, dtype=dtype)
+        if values is self.values:  # nothing to move or cast: this matrix itself, as Tensor.to returns self
+            return self
         return self._with_values(values, self.pattern.to(values.device))
 
     def double(self) -> "SparseMatrix":
