@@ -160,3 +160,18 @@ def test_scrambling_keeps_equal_keys_equal_and_distinct_keys_distinct():
     assert np.unique(scrambled).size == np.unique(keys).size == keys.size - 7
     assert (scrambled[-7:] == scrambled[:7]).all()
     assert not np.array_equal(np.sort(scrambled), np.sort(keys))
+
+
+@pytest.mark.parametrize("n", [0, 1, 511, 512, 513, 5000])
+@pytest.mark.parametrize("dim", [2, 3])
+def test_bounds_read_as_wide_rows_are_numpys_column_extremes(n, dim):
+    """The bounds fold 512-point rows; the points left over, fewer than 512, and Fortran-ordered
+    points (not viewable as wide rows) give NumPy's column minima and maxima exactly."""
+    points = np.random.default_rng(n).normal(size=(n, dim))
+    for layout in (points, np.asfortranarray(points)):
+        low, high = validate._bounds(layout)
+        if n:
+            np.testing.assert_array_equal(low, points.min(axis=0))
+            np.testing.assert_array_equal(high, points.max(axis=0))
+        else:
+            assert (low == np.inf).all() and (high == -np.inf).all()

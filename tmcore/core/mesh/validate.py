@@ -289,19 +289,33 @@ def _np_points(points: Tensor) -> np.ndarray:
 
 
 def _bounds(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The lowest and highest coordinates (dim,) of points (n, dim), column by column (numpy's
-    reductions over axis 0 of a narrow array are several times slower)."""
-    columns = [points[:, d] for d in range(points.shape[1])]
-    return np.array([c.min() for c in columns]), np.array([c.max() for c in columns])
+    """The lowest and highest coordinates (dim,) of C-contiguous points (n, dim).
+
+    NumPy reduces over axis 0 of a narrow array row by row (1e6 x 3 points: 35 ms), and a strided
+    column at a time (5 ms); the points read as wide rows of 512 points, (n / 512, 512 dim),
+    reduce over axis 0 with contiguous vector operations (2 ms), then fold the 512 partial results."""
+    n, dim = points.shape
+    whole = n - n % 512
+    wide = points[:whole].reshape(-1, 512 * dim)
+    low = np.minimum(
+        wide.min(axis=0, initial=np.inf).reshape(512, dim).min(axis=0), points[whole:].min(axis=0, initial=np.inf)
+    )
+    high = np.maximum(
+        wide.max(axis=0, initial=-np.inf).reshape(512, dim).max(axis=0), points[whole:].max(axis=0, initial=-np.inf)
+    )
+    return low, high
 
 
 # -- coincident nodes -------------------------------------------------------------------------
 
 
-def coincident_pairs(points: np.ndarray, tol: float, spacing: float) -> np.ndarray:
+def coincident_pairs(
+    points: np.ndarray, tol: float, spacing: float, bounds: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """Pairs (k, 2), i < j, of nodes at most ``tol`` apart (Euclidean).
 
-    ``spacing``: a length below which distinct nodes are rare (the shortest edge). Nodes are
+    ``spacing``: a length below which distinct nodes are rare (the shortest edge). ``bounds``: the
+    points' lowest and highest coordinates (dim,), when already known. Nodes are
     bucketed on a grid of cells of diagonal < spacing / 1.4; only nodes sharing a bucket, or
     lying within tol of a bucket face, are compared (a k-d tree on those few), so a mesh
     without coincident nodes costs one sort of n int64 keys.
@@ -312,7 +326,7 @@ def coincident_pairs(points: np.ndarray, tol: float, spacing: float) -> np.ndarr
     if n < 2:
         return np.zeros((0, 2), dtype=np.int64)
     size = spacing / (math.sqrt(dim) * math.sqrt(2.0))
-    low, high = _bounds(points)
+    low, high = _bounds(points) if bounds is None else bounds
     extent = high - low
     counts = np.floor(extent / size) + 2 if size > 0 else np.full(dim, np.inf)
     if not size > 8 * tol or not np.all(np.isfinite(counts)) or float(np.prod(counts + 1)) >= 2.0**62:
@@ -400,8 +414,8 @@ def check_mesh(
     clock = _Clock(timings)
 
     # degenerate and inverted cells: the smallest det(dx/dxi) over all cells and nodes
-    low, high = _bounds(pts)
-    extent = float(np.linalg.norm(high - low))
+    bounds = _bounds(pts)
+    extent = float(np.linalg.norm(bounds[1] - bounds[0]))
     tol = 64 * torch.finfo(points.dtype).eps * extent ** pts.shape[1]
     lowest = math.inf
     for _, det, _ in _geometry_blocks(pts, cells, element, shortest=False):
@@ -432,7 +446,7 @@ def check_mesh(
         # candidates within rtol x an upper bound of the shortest edge; the shortest edge of all cells
         # (a full pass over the cells) only if some are found
         h = _sampled_shortest_edge(pts, cells, element)
-        pairs = coincident_pairs(pts, rtol * h, h)
+        pairs = coincident_pairs(pts, rtol * h, h, bounds)
         if pairs.size:
             h = shortest_edge(points, conn, element)
             pairs = pairs[np.linalg.norm(pts[pairs[:, 0]] - pts[pairs[:, 1]], axis=1) <= rtol * h]
