@@ -2,7 +2,7 @@
 
 Artifacts are files addressed by the sha256 of their bytes::
 
-    <root>/objects/<sha[:2]>/<sha>.<ext>     netCDF datasets (.nc) and rendered figures (.png)
+    <root>/objects/<sha[:2]>/<sha>.<ext>     netCDF datasets (.nc), rendered figures (.png), summaries (.json)
     <root>/index/<stage key>.json            which artifacts a stage run produced (flows.caching)
     <root>/results/<cache key>               Prefect's result records (JSON, small references)
     <root>/checkpoints/<stage key>.json      the latest checkpoint of a long stage (a reference)
@@ -57,7 +57,7 @@ DEFAULT_ROOT = Path("data") / "artifacts"
 # Bump when the layout of any dataset written by the flows changes: it is part of every
 # cache key (flows.caching), so old artifacts are recomputed rather than misread.
 SCHEMA_VERSION = 1
-KINDS = ("mesh", "system", "fields", "history", "gradcheck", "benchmark", "figure", "checkpoint")
+KINDS = ("mesh", "system", "fields", "history", "gradcheck", "benchmark", "figure", "checkpoint", "summary")
 RUN_PREFIX = "run_"  # attributes that vary between identical computations (timings, dates)
 _CHUNK = 1 << 20
 # the only paths a reference may hold: objects/<sha[:2]>/<sha256><suffix>

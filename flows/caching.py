@@ -341,6 +341,55 @@ def record(stage: Stage, parameters: Mapping[str, Any], result: Any, key: str | 
     )
 
 
+def stage_source(fn: Callable, sources: Iterable[str] = ()) -> str:
+    """sha256 of a stage function's source and of the modules ``sources`` (its Stage's ``source``)."""
+    if "store" not in inspect.signature(fn).parameters:
+        raise TypeError(f"stage function {fn.__name__} must take a 'store' argument")
+    digest = hashlib.sha256(function_hash(fn).encode())
+    for module in sources:
+        digest.update(module_hash(module).encode())
+    return digest.hexdigest()
+
+
+def memoised(store: Store, name: str, fn: Callable, sources: Iterable[str] = (), **parameters: Any) -> Any:
+    """``fn(store=store, **parameters)`` computed once per content, outside Prefect (no task run).
+
+    For small results derived from a run's artifacts on every run (a summary, a combined
+    table). ``fn`` returns artifact references (JSON); they are recorded in the store's index
+    under the stage identity of ``name``, ``parameters`` and the code (as a cached task's:
+    ``fn``'s source and the ``sources`` modules, tmcore's sources, torch's version), and the
+    input artifacts by their bytes' sha256 (not only their content: ``fn`` may read ``run_*``
+    attributes, timings), and returned from there while every one of them verifies by its
+    sha256. A missing or corrupt one (moved to ``quarantine/``), or a change of input or code:
+    ``fn`` runs again. Everything such a result says lives in the referenced artifacts, so
+    nothing unverified is ever returned.
+    """
+    stage = Stage(name, fn, stage_source(fn, sources))
+    files = hashlib.sha256(" ".join(ref["sha256"] for ref in iter_refs(parameters)).encode()).hexdigest()
+    identity = f"{stage.identity(parameters)}-{files[:16]}"
+    entry = store.read_index(identity)
+    if entry is not None and entry.get("task") == name:
+        refs = list(iter_refs(entry.get("result")))
+        try:
+            if refs and all([store.verify(ref) for ref in refs]):  # every one checked: corrupt ones all moved aside
+                return entry["result"]
+        except (ValueError, ArtifactError) as error:  # names something outside the store, or is stuck in place
+            logger.warning("%s: index entry not used (%s); recomputing", name, error)
+    result = fn(store=store, **parameters)
+    if not list(iter_refs(result)):
+        raise TypeError(f"{name}: a memoised function returns artifact references, got {result!r:.80}")
+    store.write_index(
+        identity,
+        {
+            "task": name,
+            "parameters": canonical(stage.arguments(parameters)),
+            "result": result,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    return result
+
+
 def cached_task(
     name: str,
     sources: Iterable[str] = (),
@@ -363,12 +412,7 @@ def cached_task(
     sources = tuple(sources)
 
     def decorate(fn: Callable) -> Any:
-        if "store" not in inspect.signature(fn).parameters:
-            raise TypeError(f"stage function {fn.__name__} must take a 'store' argument")
-        digest = hashlib.sha256(function_hash(fn).encode())
-        for module in sources:
-            digest.update(module_hash(module).encode())
-        stage = Stage(name, fn, digest.hexdigest(), dict(normalise or {}), tuple(unkeyed))
+        stage = Stage(name, fn, stage_source(fn, sources), dict(normalise or {}), tuple(unkeyed))
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:

@@ -51,12 +51,11 @@ from collections.abc import Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import xarray as xr  # noqa: E402
 from prefect import flow, get_run_logger, tags, unmapped  # noqa: E402
 
 from . import tasks  # noqa: E402
-from .artifacts import Store, content_identity, iter_refs  # noqa: E402
-from .caching import Bound  # noqa: E402
+from .artifacts import Store, content_hash, content_identity, dataset_bytes, iter_refs  # noqa: E402
+from .caching import Bound, memoised  # noqa: E402
 from .parameters import Checkpoints, Exponent, LearningRate, MeshSize, NonNegative, Probes, Steps, VolumeFraction  # noqa: E402
 from .reports import (  # noqa: E402
     figures_markdown,
@@ -67,7 +66,7 @@ from .reports import (  # noqa: E402
     ui_link,
     ui_markdown,
     ui_table,
-    write_table,
+    write_markdown_table,
 )
 from .runners import api_settings, preload, run_tags, tag_flow_run, task_runner  # noqa: E402
 
@@ -98,7 +97,7 @@ CHAPTER = {
 }
 
 
-def gradient_table(store: Store, checks: Sequence[dict]) -> xr.Dataset:
+def gradient_table(store: Store, checks: Sequence[dict]) -> Any:
     """One gradient-check table (dim probe) from the per-target tables.
 
     Its attribute ``sources`` lists the per-target tables by
@@ -106,6 +105,8 @@ def gradient_table(store: Store, checks: Sequence[dict]) -> xr.Dataset:
     file sha256: those change with the tables' ``run_*`` attributes (time, duration, host),
     and the published ``gradient_check.nc`` must repeat byte for byte across cold runs.
     """
+    import xarray as xr
+
     parts = [store.open_dataset(ref, "gradcheck") for ref in checks]
     table = xr.concat(parts, dim="probe", combine_attrs="drop")
     table.attrs = {
@@ -146,13 +147,53 @@ def topology_numbers(store: Store, study: Mapping[str, Any]) -> dict[str, float]
 
 def summary(store: Store, artifacts: dict) -> dict[str, float]:
     """The key numbers of a figures run, read back from its artifacts."""
-    checks = gradient_table(store, artifacts["gradient_checks"])
+    return _numbers(store, artifacts, gradient_table(store, artifacts["gradient_checks"]))
+
+
+def _numbers(store: Store, artifacts: Mapping[str, Any], checks: Any) -> dict[str, float]:
     return {
         **identification_numbers(store, artifacts["identification"]),
         **topology_numbers(store, artifacts["topology"]),
         "gradcheck_median_digits": float(checks.attrs["median_digits"]),
         "gradcheck_min_digits": float(checks.attrs["min_digits"]),
     }
+
+
+def _summarise(store: Store, identification: Mapping, topology: Mapping, gradient_checks: Sequence) -> dict:
+    """The gradient-check table (a ``gradcheck`` artifact, the bytes ``gradient_check.nc`` is
+    published with) and a ``summary`` artifact (JSON: its rows for people and the key numbers)."""
+    artifacts = {"identification": identification, "topology": topology}
+    table = gradient_table(store, gradient_checks)
+    text = json.dumps(
+        {"numbers": _numbers(store, artifacts, table), "rows": gradient_check_rows(table, tasks.GRADCHECK_MIN_DIGITS)},
+        sort_keys=True,
+    )
+    return {
+        "table": store.put_bytes(dataset_bytes(table), "gradcheck", ".nc", content=content_hash(table)),
+        "summary": store.put_bytes(text.encode(), "summary", ".json"),
+    }
+
+
+def run_summary(store: Store, artifacts: Mapping[str, Any]) -> dict[str, Any]:
+    """What a figures run publishes besides the figures: ``table`` (the reference of the
+    gradient-check table), ``rows`` (its rows for people, :func:`flows.reports.gradient_check_rows`)
+    and ``numbers`` (:func:`summary`).
+
+    Computed from the artifacts once per content and kept in the store
+    (:func:`flows.caching.memoised`): a cached run reads two small verified files instead of
+    opening the studies' and the gradient checks' netCDF files (which cost it the import of
+    xarray, dask and dask.distributed: 1.2 s of this process's time, measured).
+    """
+    refs = memoised(
+        store,
+        "figures-summary",
+        _summarise,
+        sources=("flows.differentiability", "flows.reports"),
+        identification=artifacts["identification"],
+        topology=artifacts["topology"],
+        gradient_checks=list(artifacts["gradient_checks"]),
+    )
+    return {"table": refs["table"], **json.loads(store.read_bytes(refs["summary"]))}
 
 
 # -- the summary beside the chapter's numbers ---------------------------------------------------
@@ -313,19 +354,21 @@ def summary_markdown(
     return "\n".join(parts) + "\n"
 
 
-def publish(store: Store, out: Path, artifacts: dict) -> dict[str, Any]:
-    """Copy the figures and write the gradient-check table to ``out``; the UI's figures,
-    gradient-check table and link artifacts."""
+def publish(store: Store, out: Path, artifacts: dict, outcome: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Copy the figures and the gradient-check table (``.nc``, and its rows as ``.md``) to
+    ``out``; the UI's figures, gradient-check table and link artifacts. ``outcome``: the
+    run's :func:`run_summary` (computed here if not given)."""
     out = Path(out)
+    outcome = run_summary(store, artifacts) if outcome is None else outcome
     figures = {name: store.copy_to(ref, out / name) for name, ref in artifacts["figures"].items()}
-    table = gradient_table(store, artifacts["gradient_checks"])
-    rows = gradient_check_rows(table, tasks.GRADCHECK_MIN_DIGITS)
+    rows, numbers = outcome["rows"], outcome["numbers"]
     notes = (
-        f"Autograd against five-point central differences; median {table.attrs['median_digits']:.1f}, "
-        f"worst {table.attrs['min_digits']:.1f} significant digits; "
+        f"Autograd against five-point central differences; median {numbers['gradcheck_median_digits']:.1f}, "
+        f"worst {numbers['gradcheck_min_digits']:.1f} significant digits; "
         f"a probe passes at {tasks.GRADCHECK_MIN_DIGITS:g} or more."
     )
-    netcdf, markdown = write_table(table, "probe", out / "gradient_check", "Gradient check", notes=notes, rows=rows)
+    netcdf = store.copy_to(outcome["table"], out / "gradient_check.nc")
+    markdown = write_markdown_table(out / "gradient_check.md", "Gradient check", rows, notes=notes)
     pngs = {name: path.read_bytes() for name, path in figures.items()}
     ui_markdown(
         "differentiability-figures",
@@ -339,7 +382,7 @@ def publish(store: Store, out: Path, artifacts: dict) -> dict[str, Any]:
     ui_link("artifact-store", store.root, str(store.root.resolve()), "the artifact store of this run")
     return {
         "figures": {name: str(path) for name, path in figures.items()},
-        "gradient_check": {"netcdf": str(netcdf), "markdown": str(markdown)},
+        "gradient_check": {"netcdf": str(netcdf), "markdown": str(markdown), "rows": rows},
     }
 
 
@@ -426,17 +469,16 @@ def differentiability_figures(
             "figures": figures.result(),
         }
     states = {name: [future.state.name for future in group] for name, group in futures.items()}
-    published = publish(artifacts, Path(out), refs)
-    numbers = summary(artifacts, refs)
+    outcome = run_summary(artifacts, refs)
+    published = publish(artifacts, Path(out), refs, outcome)
+    numbers = outcome["numbers"]
     meshes_used = {"identification": identification_mesh, "topology": topology_mesh, "gradcheck": gradcheck_mesh}
     files = {
         **published["figures"],
         "gradient_check.md": published["gradient_check"]["markdown"],
         "gradient_check.nc": published["gradient_check"]["netcdf"],
     }
-    table = markdown_table(
-        gradient_check_rows(gradient_table(artifacts, refs["gradient_checks"]), tasks.GRADCHECK_MIN_DIGITS)
-    )
+    table = markdown_table(outcome["rows"])
     text = summary_markdown(
         "Differentiability figures: summary",
         numbers,
@@ -592,11 +634,10 @@ def report(result: dict[str, Any]) -> str:
     """The lines the command prints: the gradient-check table, the key numbers beside the
     chapter's, where the files are."""
     store = Store(result["store"])
-    table = gradient_table(store, result["artifacts"]["gradient_checks"])
     folder = Path(next(iter(result["figures"].values()))).parent.resolve()
     lines = [
         "gradient check (autograd vs five-point central differences):",
-        markdown_table(gradient_check_rows(table, tasks.GRADCHECK_MIN_DIGITS)).rstrip(),
+        markdown_table(result["gradient_check"]["rows"]).rstrip(),
         "key numbers beside the chapter's:",
         markdown_table(comparison_rows(result["summary"], result["mesh_sizes"])).rstrip(),
         f"tasks: {task_counts(result['states'])}",
@@ -612,7 +653,7 @@ def report(result: dict[str, Any]) -> str:
 # cached run: 0.3-0.4 s less in the flow): Prefect's parameter serialisation imports FastAPI, and
 # xarray imports dask.array (when dask is installed) the first time it decodes a string variable,
 # as in the gradient-check tables every run publishes.
-PRELOAD = ("fastapi", "netCDF4", "dask.array")
+PRELOAD = ("fastapi",)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

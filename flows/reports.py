@@ -93,8 +93,13 @@ def write_table(
     path = Path(path)
     netcdf = atomic_write_bytes(path.with_suffix(".nc"), dataset_bytes(dataset))
     rows = table_rows(dataset, dim) if rows is None else rows
+    return netcdf, write_markdown_table(path.with_suffix(".md"), title, rows, notes)
+
+
+def write_markdown_table(path: str | Path, title: str, rows: Sequence[Mapping[str, Any]], notes: str = "") -> Path:
+    """A markdown file (atomically): ``# title``, ``notes`` and the table of ``rows``."""
     text = f"# {title}\n\n" + (notes.strip() + "\n\n" if notes.strip() else "") + markdown_table(rows)
-    return netcdf, atomic_write_text(path.with_suffix(".md"), text)
+    return atomic_write_text(path, text)
 
 
 def figures_markdown(title: str, pngs: Mapping[str, bytes], where: str) -> str:

@@ -142,3 +142,31 @@ def test_a_cache_key_imports_neither_torch_nor_tmcore():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[:2] == ["[]", "True 64"]
+
+
+def _double(store, source):
+    """A memoised function: the source artifact's bytes twice, as a new artifact."""
+    _double.calls += 1
+    return {"twice": store.put_bytes(store.read_bytes(source) * 2, "summary", ".json")}
+
+
+def test_memoised_results_are_computed_once_per_input_and_verified(store):
+    _double.calls = 0
+    source = store.put_bytes(b'{"a": 1}', "summary", ".json")
+    first = caching.memoised(store, "double", _double, source=source)
+    assert store.read_bytes(first["twice"]) == b'{"a": 1}{"a": 1}' and _double.calls == 1
+    assert caching.memoised(store, "double", _double, source=source) == first and _double.calls == 1  # from the index
+    # its artifact damaged: moved aside and computed again (never returned unverified)
+    store.path(first["twice"]).write_bytes(b"tampered")
+    again = caching.memoised(store, "double", _double, source=source)
+    assert again == first and _double.calls == 2 and store.read_bytes(again["twice"]) == b'{"a": 1}{"a": 1}'
+    assert any((store.root / "quarantine").iterdir())
+    # another input (other bytes, even with the same content hash): computed for it
+    other = dict(store.put_bytes(b'{"a":  1}', "summary", ".json"), content=source["content"])
+    caching.memoised(store, "double", _double, source=other)
+    assert _double.calls == 3
+
+
+def test_memoised_functions_return_references(store):
+    with pytest.raises(TypeError, match="returns artifact references"):
+        caching.memoised(store, "nothing", lambda store: {"n": 1})
