@@ -26,8 +26,9 @@ above). Orientation: one pass over the cells in blocks for the smallest det(dx/d
 Duplicate and overlapping cells: once every cell is positively oriented, the two cells of an
 interior facet lie on opposite sides of it, so every facet of every cell, keyed by its
 vertices and the turn of its outward cycle, must be unique: one sort of (facets x cells)
-int64 keys covers duplicates (equal keys for every facet), facets of three or more cells (two
-of them on one side) and folds. Unused nodes: one scatter into a boolean per node. Coincident
+int64 keys (scrambled by a bijection first, which the sort runs faster on) covers duplicates
+(equal keys for every facet), facets of three or more cells (two of them on one side) and
+folds. Unused nodes: one scatter into a boolean per node. Coincident
 nodes: one sort of n int64 bucket keys (below), with the tolerance from the shortest edge of a
 sample of the cells (an upper bound; the exact shortest edge is measured only when candidates
 turn up). docs/reliability.md gives the measured cost against reading the file
@@ -289,7 +290,8 @@ def _np_points(points: Tensor) -> np.ndarray:
 
 
 def _bounds(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The lowest and highest coordinates (dim,) of C-contiguous points (n, dim).
+    """The lowest and highest coordinates (dim,) of points (n, dim) (C-contiguous points are read
+    in place, others copied once).
 
     NumPy reduces over axis 0 of a narrow array row by row (1e6 x 3 points: 35 ms), and a strided
     column at a time (5 ms); the points read as wide rows of 512 points, (n / 512, 512 dim),
