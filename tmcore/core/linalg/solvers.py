@@ -788,13 +788,17 @@ def _check_residual(values: Tensor, pattern: SparsityPattern, b: Tensor, u: Tens
     with np.errstate(over="ignore", invalid="ignore"):  # a non-finite residual is reported below
         if isinstance(host, np.ndarray):  # in NumPy/SciPy: each torch call costs ~10 us on small systems
             matrix, lock = _host_csr(pattern)
-            residuals = []
+            # one column as a vector (SciPy's fast path): (n, 1) -> (n,)
+            solutions, rights = u.numpy(), b.numpy()
+            if solutions.shape[2] == 1:
+                solutions, rights = solutions[:, :, 0], rights[:, :, 0]
+            products = []
             with lock:  # one matrix object per pattern: threads take turns swapping their values in
-                for v, x, r in zip(host, u.numpy(), b.numpy()):
+                for v, x in zip(host, solutions):
                     matrix.data = v  # the values are in CSR order already
-                    product = matrix @ x[:, 0] if x.shape[1] == 1 else matrix @ x  # a vector: SciPy's fast path
-                    residuals.append(_norm(product - r[:, 0] if x.shape[1] == 1 else product - r))
-            scales = [_norm(r) for r in b.numpy()]
+                    products.append(matrix @ x)
+            residuals = [_norm(np.subtract(product, r, out=product)) for product, r in zip(products, rights)]
+            scales = [_norm(r) for r in rights]
         else:
             difference = (batched_matvec(values, pattern.rows, pattern.cols, u) - b).flatten(1).cpu().numpy()
             residuals = [_norm(row) for row in difference]
