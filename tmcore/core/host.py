@@ -20,7 +20,8 @@ def on_host(values: Tensor, *indices: Tensor) -> tuple:
     """``values`` and ``indices`` as NumPy arrays (views, no copies) when ``values`` lives on the
     CPU in float64 or float32, else all unchanged (torch tensors)."""
     if values.device.type == "cpu" and values.dtype in (torch.float64, torch.float32):
-        return (values.detach().numpy(), *(index.numpy() for index in indices))
+        host = (values.detach() if values.requires_grad else values).numpy()
+        return (host, *(index.numpy() for index in indices))
     return (values, *indices)
 
 
