@@ -48,6 +48,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 from collections.abc import Mapping, Sequence  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -63,6 +64,7 @@ from .reports import (  # noqa: E402
     gradient_check_rows,
     markdown_table,
     significant,
+    ui_concurrently,
     ui_link,
     ui_markdown,
     ui_table,
@@ -370,16 +372,18 @@ def publish(store: Store, out: Path, artifacts: dict, outcome: Mapping[str, Any]
     netcdf = store.copy_to(outcome["table"], out / "gradient_check.nc")
     markdown = write_markdown_table(out / "gradient_check.md", "Gradient check", rows, notes=notes)
     pngs = {name: path.read_bytes() for name, path in figures.items()}
-    ui_markdown(
-        "differentiability-figures",
-        figures_markdown("Differentiability figures", pngs, str(out.resolve())),
-        "the three figures",
-    )
-    ui_table("gradient-check", rows, f"autograd vs central differences: {notes}")
+    figures_text = figures_markdown("Differentiability figures", pngs, str(out.resolve()))
+    table_text = f"gradient-check table, {markdown.resolve()} (+ .nc)"
+    calls = [
+        partial(ui_markdown, "differentiability-figures", figures_text, "the three figures"),
+        partial(ui_table, "gradient-check", rows, f"autograd vs central differences: {notes}"),
+        partial(ui_link, "gradient-check-table", markdown, markdown.name, table_text),
+        partial(ui_link, "artifact-store", store.root, str(store.root.resolve()), "the artifact store of this run"),
+    ]
     for name, path in figures.items():
-        ui_link("figure-" + Path(name).stem.replace("_", "-"), path, name, f"figure {name}, {path.resolve()}")
-    ui_link("gradient-check-table", markdown, markdown.name, f"gradient-check table, {markdown.resolve()} (+ .nc)")
-    ui_link("artifact-store", store.root, str(store.root.resolve()), "the artifact store of this run")
+        key = "figure-" + Path(name).stem.replace("_", "-")
+        calls.append(partial(ui_link, key, path, name, f"figure {name}, {path.resolve()}"))
+    ui_concurrently(calls)
     return {
         "figures": {name: str(path) for name, path in figures.items()},
         "gradient_check": {"netcdf": str(netcdf), "markdown": str(markdown), "rows": rows},

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +141,17 @@ def ui_table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> N
         create_table_artifact(table=clean, key=key, description=description)
     except Exception as error:
         logger.warning("table artifact %r not created: %s", key, error)
+
+
+def ui_concurrently(calls: Sequence[Callable[[], Any]]) -> None:
+    """Run UI artifact calls (:func:`ui_markdown`, :func:`ui_link`, ...) at once, each in a thread
+    of its own with the caller's context (the flow or task run they belong to): one request each,
+    so the API serves them side by side instead of one after another (7 artifacts of a figures
+    run: 0.3 s one by one here)."""
+    import concurrent.futures
+    import contextvars
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(calls)), thread_name_prefix="ui") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, call) for call in calls]
+    for future in futures:
+        future.result()
