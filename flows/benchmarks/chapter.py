@@ -52,6 +52,24 @@ def chapter_forms(library: SimpleNamespace) -> tuple[type, type]:
     return WeightedLaplace, Source
 
 
+def optimisation_step(optim, objective: Callable[[], torch.Tensor], lap: Lap) -> Step:
+    """The chapter's loop body around ``objective()`` (a 0-d tensor): zero the gradients, evaluate,
+    back-propagate, ``optim.step()``; returns the objective as a float. The phases: ``optimiser``
+    (zeroing and the update), whatever ``objective`` laps, ``backward``."""
+
+    def step() -> float:
+        optim.zero_grad()
+        lap("optimiser")
+        value = objective()
+        value.backward()
+        lap("backward")
+        optim.step()
+        lap("optimiser")
+        return value.item()
+
+    return step
+
+
 def chapter_step(library: SimpleNamespace, problem: str, mesh, fresh_condenser: bool = True, lap: Lap | None = None):
     """The chapter's ``problem`` step on ``mesh`` (a ``library.Mesh`` of P1 triangles), its set-up done.
 
@@ -85,19 +103,13 @@ def chapter_step(library: SimpleNamespace, problem: str, mesh, fresh_condenser: 
         theta = torch.zeros(mesh.n_points, dtype=torch.float64, requires_grad=True)
         optim = torch.optim.Adam([theta], lr=ADAM_LR)
 
-        def step() -> float:
-            optim.zero_grad()
+        def loss() -> torch.Tensor:
             kappa = 1.0 + torch.tanh(theta)
             lap("rest")
             u = fem_solve(kappa, f_vals)
-            loss = ((u - u_obs) ** 2).sum()
-            loss.backward()
-            lap("backward")
-            optim.step()
-            lap("optimiser")
-            return loss.item()
+            return ((u - u_obs) ** 2).sum()
 
-        return step
+        return optimisation_step(optim, loss, lap)
 
     if problem == "topology":
         f_field = torch.exp(-((x - 0.5) ** 2 + (y - 0.5) ** 2) / (2 * SIGMA**2))
@@ -120,17 +132,10 @@ def chapter_step(library: SimpleNamespace, problem: str, mesh, fresh_condenser: 
             lap("factor+solve")
             return u, b
 
-        def step() -> float:
-            optim.zero_grad()
-            lap("optimiser")
+        def compliance() -> torch.Tensor:
             u, b = fem_solve(rho)
-            compliance = (b * u).sum()
-            compliance.backward()
-            lap("backward")
-            optim.step()
-            lap("optimiser")
-            return compliance.item()
+            return (b * u).sum()
 
-        return step
+        return optimisation_step(optim, compliance, lap)
 
     raise ValueError(f"problem must be 'identification' or 'topology', got {problem!r}")

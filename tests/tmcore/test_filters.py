@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from tmcore import Functional, Mesh, NodeAssembler, solvers
+from tmcore import Functional, Mesh, solvers
 from tmcore.core.linalg.factored import factored_solve
+from tmcore.forms import Source
 from tmcore.studies import thermal_topology
 from tmcore.topology.filters import (
     HeavisideProjection,
@@ -86,17 +87,11 @@ def test_filter_maps_agree_with_the_assemblers():
     filt = HelmholtzFilter(mesh, 0.1)
     rho = random_cells(mesh)
 
-    class CellLoad(NodeAssembler):
-        def forward(self, v, rho):
-            return v * rho
-
     class Integral(Functional):
         def forward(self, phi):
             return phi
 
-    assert torch.allclose(
-        filt.to_nodes(rho), CellLoad.from_mesh(mesh)(element_data={"rho": rho}), rtol=1e-13, atol=1e-16
-    )
+    assert torch.allclose(filt.to_nodes(rho), Source.from_mesh(mesh)(element_data={"f": rho}), rtol=1e-13, atol=1e-16)
     phi = filt.nodal(rho)
     cell_means = Integral.from_mesh(mesh)(point_data={"phi": phi}, per_cell=True) / mesh.cell_measures()
     assert torch.allclose(filt.to_cells(phi), cell_means, rtol=1e-12)
