@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -85,44 +85,48 @@ class Run:
         return float(distance.min()) * self.n
 
 
-def run(
-    n: int = 100,
-    limit: float = 65.0,
-    steps: int = 300,
-    radius: float = 2.0,
-    move: float = 0.05,
-    x0: float = 0.5,
-    beta: float = 1.0,
-    beta_max: float = 8.0,
-    beta_every: int = 40,
-    backend: str = "banded",
-    beta_from: int = 0,
-) -> Run:
-    """Optimise the L-bracket of n x n grid cells; ``radius`` of the cone filter in cells; the
-    projection's beta doubles every ``beta_every`` steps after step ``beta_from``, from ``beta`` up to ``beta_max``
-    (0: none); ``backend`` of
-    the linear solves (the banded Cholesky: SuperLU's solves failed the residual check, relative residual 1.4e-8 >
-    1e-8, on gray designs at n = 50 and 100 where the banded Cholesky's passed)."""
-    arm = 0.4
+@dataclass
+class Settings:
+    """One run's settings; each is a command-line option of the same name (``n`` positional, the others
+    ``--name``, underscores as dashes), with these defaults."""
+
+    n: int = 100  # grid cells per side
+    limit: float = 65.0  # von Mises limit
+    steps: int = 300  # MMA steps
+    radius: float = 2.0  # of the cone filter, in cells
+    move: float = 0.05  # MMA's move limit
+    x0: float = 0.5  # the uniform start
+    beta: float = 1.0  # the projection's first sharpness (0: no projection)
+    beta_max: float = 8.0  # beta doubles every beta_every steps after step beta_from, up to beta_max
+    beta_every: int = 40
+    # the linear solves: the banded Cholesky (SuperLU's solves failed the residual check, relative residual
+    # 1.4e-8 > 1e-8, on gray designs at n = 50 and 100 where the banded Cholesky's passed)
+    backend: str = "banded"
+    beta_from: int = 0
+
+
+def run(settings: Settings) -> Run:
+    """Optimise the L-bracket of ``settings.n`` x ``settings.n`` grid cells."""
+    n, arm = settings.n, 0.4
     problem = l_bracket(n, arm=arm)
-    projection = HeavisideProjection(beta) if beta > 0 else None
+    projection = HeavisideProjection(settings.beta) if settings.beta > 0 else None
     design = StressDesign(
         problem,
-        limit=limit,
-        density_filter=ConeFilter(problem.mesh, radius / n),
+        limit=settings.limit,
+        density_filter=ConeFilter(problem.mesh, settings.radius / n),
         projection=projection,
-        backend=backend,
+        backend=settings.backend,
     )
-    x = torch.full((problem.mesh.n_cells,), x0, dtype=torch.float64, requires_grad=True)
-    optimizer = MMA([x], n_constraints=1, lower=0.0, upper=1.0, move_limit=move)
+    x = torch.full((problem.mesh.n_cells,), settings.x0, dtype=torch.float64, requires_grad=True)
+    optimizer = MMA([x], n_constraints=1, lower=0.0, upper=1.0, move_limit=settings.move)
     volume, constraint, seconds = [], [], []
-    for record in optimise(design, x, optimizer, steps):
+    for record in optimise(design, x, optimizer, settings.steps):
         volume.append(record.objective)
         constraint.append(float(record.constraints[0]))
         seconds.append(record.seconds)
-        later = record.step + 1 - beta_from
-        if projection is not None and later > 0 and later % beta_every == 0:
-            projection.beta = min(beta_max, 2.0 * projection.beta)
+        later = record.step + 1 - settings.beta_from
+        if projection is not None and later > 0 and later % settings.beta_every == 0:
+            projection.beta = min(settings.beta_max, 2.0 * projection.beta)
     with torch.no_grad():
         rho = design.physical(x).detach()
     return Run(design, x.detach(), rho, volume, constraint, seconds, n, arm)
@@ -137,37 +141,27 @@ def picture(values: Tensor, run: Run):
     return image.flip(0).numpy()
 
 
-def main(argv=None) -> dict:
+def parse(argv=None) -> tuple[Settings, str | None]:
+    """The :class:`Settings` and the ``--png`` path from the command line (one option per field)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("n", nargs="?", type=int, default=100)
-    parser.add_argument("--limit", type=float, default=65.0)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--radius", type=float, default=2.0)
-    parser.add_argument("--x0", type=float, default=0.5)
-    parser.add_argument("--move", type=float, default=0.05)
-    parser.add_argument("--beta", type=float, default=1.0)
-    parser.add_argument("--beta-max", type=float, default=8.0)
-    parser.add_argument("--beta-every", type=int, default=40)
-    parser.add_argument("--beta-from", type=int, default=0)
-    parser.add_argument("--backend", default="banded")
+    for option in fields(Settings):
+        kind = type(option.default)
+        if option.name == "n":
+            parser.add_argument("n", nargs="?", type=kind, default=option.default)
+        else:
+            parser.add_argument("--" + option.name.replace("_", "-"), type=kind, default=option.default)
     parser.add_argument("--png")
-    options = parser.parse_args(argv)
-    result = run(
-        options.n,
-        options.limit,
-        options.steps,
-        options.radius,
-        options.move,
-        options.x0,
-        options.beta,
-        options.beta_max,
-        options.beta_every,
-        options.backend,
-        options.beta_from,
-    )
+    options = vars(parser.parse_args(argv))
+    png = options.pop("png")
+    return Settings(**options), png
+
+
+def main(argv=None) -> dict:
+    settings, png = parse(argv)
+    result = run(settings)
     relaxed, solid = result.max_stress()
     print(
-        f"L-bracket n = {options.n} ({result.design.problem.mesh.n_cells} cells), limit {options.limit:g}, "
+        f"L-bracket n = {settings.n} ({result.design.problem.mesh.n_cells} cells), limit {settings.limit:g}, "
         f"{result.steps} MMA steps, {result.ms_per_step:.0f} ms/step"
     )
     print(
@@ -175,7 +169,7 @@ def main(argv=None) -> dict:
         f"relaxed {relaxed:.4f}, solid {solid:.4f}; last constraint {result.constraint[-1]:+.2e}"
     )
     print(f"re-entrant corner: nearest cell with rho > 0.5 at {result.corner_clearance():.2f} cells")
-    if options.png:
+    if png:
         import matplotlib
 
         matplotlib.use("Agg")
@@ -187,7 +181,7 @@ def main(argv=None) -> dict:
         axes[0].imshow(picture(result.rho, result), cmap="gray_r", vmin=0, vmax=1, extent=(0, 1, 0, 1))
         axes[0].set_title(f"density, volume {float(result.design.volume(result.x)):.3f}")
         shown = axes[1].imshow(
-            picture(stress / options.limit, result), cmap="jet", vmin=0, vmax=1.05, extent=(0, 1, 0, 1)
+            picture(stress / settings.limit, result), cmap="jet", vmin=0, vmax=1.05, extent=(0, 1, 0, 1)
         )
         axes[1].set_title(f"relaxed von Mises / limit, max over rho > 0.5: {relaxed:.3f}")
         fig.colorbar(shown, ax=axes[1], fraction=0.046)
@@ -195,7 +189,7 @@ def main(argv=None) -> dict:
             ax.set_xticks([0, 0.4, 1])
             ax.set_yticks([0, 0.4, 1])
         fig.tight_layout()
-        fig.savefig(options.png, dpi=100)
+        fig.savefig(png, dpi=100)
     return {"run": result, "relaxed": relaxed, "solid": solid}
 
 

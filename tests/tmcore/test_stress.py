@@ -259,11 +259,11 @@ def test_a_loose_limit_does_not_collapse_the_design(monkeypatch):
     constraint +2.8e3); the example's defaults (x = 0.5, move 0.05, projection with beta continuation)
     end on the limit."""
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "examples"))
-    from stress_topology import run
+    from stress_topology import Settings, run
 
-    loose = run(20, 150.0, 120, 1.5)
+    loose = run(Settings(20, 150.0, 120, 1.5))
     relaxed, _ = loose.max_stress()
     assert relaxed <= 1.05 and abs(loose.constraint[-1]) < 0.05
     assert loose.volume[-1] > 0.1
-    collapsed = run(20, 150.0, 120, 1.5, move=0.1, x0=1.0, beta=0.0)
+    collapsed = run(Settings(20, 150.0, 120, 1.5, move=0.1, x0=1.0, beta=0.0))
     assert collapsed.volume[-1] < 0.1 and collapsed.constraint[-1] > 1.0
