@@ -25,7 +25,7 @@ from torch import Tensor
 from tmcore.core.assembly import VectorElementAssembler
 from tmcore.core.linalg.sparse import SparseMatrix
 from tmcore.methods.eigen import eigsh
-from tmcore.topology import ConeFilter, cantilever, nearest_node, optimise, simp
+from tmcore.topology import ConeFilter, DensityDesign, cantilever, nearest_node, optimise, simp
 from tmcore.topology.mma import MMA
 
 
@@ -42,21 +42,16 @@ def mass_interpolation(rho: Tensor, threshold: float = 0.1, power: float = 6.0) 
 
 
 class FrequencyDesign:
-    """Design problem: objective -lambda_1(x~), constraint mean(x~) - vf <= 0."""
+    """Design problem: objective -lambda_1(x~), constraint mean(x~) - vf <= 0.
 
-    def __init__(
-        self,
-        nelx: int,
-        nely: int,
-        vf: float = 0.5,
-        radius: float = 1.5,
-        penal: float = 3.0,
-        k: int = 3,
-        tip_mass: float = 0.1,
-    ):
-        self.problem = cantilever(nelx, nely)
-        self.filter = ConeFilter(self.problem.mesh, radius)
-        self.vf, self.penal, self.k = vf, penal, k
+    ``density`` (a :class:`~tmcore.topology.DensityDesign` of the cantilever) gives the physical
+    densities x~ (its density filter), the SIMP exponent and the volume constraint; ``k``
+    eigenpairs are computed; the tip carries ``tip_mass`` times the allowed structural mass.
+    """
+
+    def __init__(self, density: DensityDesign, k: int = 3, tip_mass: float = 0.1):
+        self.density, self.problem, self.k = density, density.problem, k
+        nelx, nely = self.problem.shape
         mass = VectorMass.from_mesh(self.problem.mesh)
         ones = torch.ones(self.problem.mesh.n_cells, dtype=torch.float64)
         with torch.no_grad():
@@ -66,18 +61,18 @@ class FrequencyDesign:
         tip = nearest_node(self.problem.mesh, (float(nelx), nely / 2.0))
         slots = pattern.slots(torch.tensor([2 * tip, 2 * tip + 1]), torch.tensor([2 * tip, 2 * tip + 1]))
         self._tip = torch.zeros(pattern.nnz, dtype=torch.float64).index_add(
-            0, slots, torch.full((2,), tip_mass * vf * nelx * nely, dtype=torch.float64)
+            0, slots, torch.full((2,), tip_mass * density.vf * nelx * nely, dtype=torch.float64)
         )
         self._zero = torch.zeros_like(self.problem.load)
         self.eigenvalues: list[Tensor] = []
 
     def physical(self, x: Tensor) -> Tensor:
-        return self.filter(x)
+        return self.density.physical(x)
 
     def eigen(self, x: Tensor) -> tuple[Tensor, Tensor]:
         rho = self.physical(x)
         cond = self.problem.condenser
-        K, _ = cond(self.problem.stiffness(simp(rho, self.penal, self.problem.e_min)), self._zero)
+        K, _ = cond(self.problem.stiffness(simp(rho, self.density.penal, self.problem.e_min)), self._zero)
         M = self._mass.scatter(mass_interpolation(rho)[:, None, None] * self._unit_mass)
         M, _ = cond(SparseMatrix.from_pattern(M.pattern, M.values + self._tip), self._zero)
         return eigsh(K, M, k=self.k, backend="splu")
@@ -88,12 +83,13 @@ class FrequencyDesign:
         return -lam[0]
 
     def constraints(self, x: Tensor) -> Tensor:
-        return (self.physical(x).mean() - self.vf).reshape(1)
+        return self.density.constraints(x)
 
 
 def run(nelx: int = 40, nely: int = 20, steps: int = 100, vf: float = 0.5, move: float = 0.1):
     """Returns (design, x, lambda history (steps, k), seconds per step)."""
-    design = FrequencyDesign(nelx, nely, vf)
+    problem = cantilever(nelx, nely)
+    design = FrequencyDesign(DensityDesign(problem, penal=3.0, density_filter=ConeFilter(problem.mesh, 1.5), vf=vf))
     x = torch.full((design.problem.mesh.n_cells,), vf, dtype=torch.float64, requires_grad=True)
     optimizer = MMA([x], n_constraints=1, lower=0.0, upper=1.0, move_limit=move)
     seconds = [record.seconds for record in optimise(design, x, optimizer, steps)]
@@ -126,7 +122,7 @@ def main(argv=None):
 
         fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6))
         top.imshow(rho.reshape(nely, nelx).flip(0).numpy(), cmap="gray_r", vmin=0, vmax=1)
-        top.set_title(f"max lambda_1, vf {design.vf}: lambda_1 = {float(history[-1, 0]):.4g}")
+        top.set_title(f"max lambda_1, vf {design.density.vf}: lambda_1 = {float(history[-1, 0]):.4g}")
         top.axis("off")
         for i in range(history.shape[1]):
             bottom.plot(history[:, i].numpy(), label=f"lambda_{i + 1}")
