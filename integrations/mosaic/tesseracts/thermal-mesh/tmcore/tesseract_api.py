@@ -2,8 +2,9 @@
 
 Canonical mosaic schemas (``mosaic_shared.problems.thermal_mesh``) plus the SIMP
 parameters ``k_max`` and ``p_exp`` (k(rho) = k_min + (k_max - k_min) rho^p, k_min =
-1e-3 k_max); differentiable in ``rho`` and ``source``, for both outputs. The physics and
-the endpoints are :mod:`integrations.mosaic.solver` and :mod:`integrations.mosaic.endpoints`.
+1e-3 k_max); differentiable in ``rho`` and ``source``, for both outputs. The physics, the
+endpoints and the schemas are :mod:`integrations.mosaic.solver`, :mod:`integrations.mosaic.endpoints`
+and :mod:`integrations.mosaic.schemas`.
 """
 
 from __future__ import annotations
@@ -17,23 +18,11 @@ _ROOT = Path(__file__).resolve().parents[5]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from pydantic import Field  # noqa: E402
-
 from integrations.mosaic import endpoints  # noqa: E402
-from integrations.mosaic.compat import canonical_schemas  # noqa: E402
+from integrations.mosaic.schemas import ThermalInputSchema as InputSchema  # noqa: E402
+from integrations.mosaic.schemas import ThermalOutputSchema as OutputSchema  # noqa: E402
 
-_Inputs, _Outputs, make_differentiable = canonical_schemas("thermal_mesh")
-
-
-class InputSchema(make_differentiable(_Inputs, list(endpoints.THERMAL.inputs))):
-    """Canonical thermal-mesh inputs plus the SIMP conductivity parameters."""
-
-    k_max: float = Field(default=1.0, description="Conductivity of solid material (rho = 1).")
-    p_exp: float = Field(default=3.0, description="SIMP exponent p: k(rho) = k_min + (k_max - k_min) rho^p.")
-
-
-class OutputSchema(make_differentiable(_Outputs, list(endpoints.THERMAL.outputs))):
-    """Canonical thermal-mesh outputs: thermal_compliance and identification_error (float32 scalars)."""
-
+# the names the Tesseract runtime looks up in this module
+__all__ = ["InputSchema", "OutputSchema", "apply", "vector_jacobian_product", "abstract_eval"]
 
 apply, vector_jacobian_product, abstract_eval = endpoints.tesseract_endpoints(endpoints.THERMAL, OutputSchema)
