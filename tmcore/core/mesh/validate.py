@@ -48,13 +48,14 @@ from torch import Tensor
 
 from tmcore.core.elements import Element, get_element
 from tmcore.core.errors import MeshError
+from tmcore.core.mesh import topology
+from tmcore.core.mesh.topology import _BLOCK, _NETWORKS, _blocks, _keys, _scramble, _sorted_columns
 
 COINCIDENT_MODES = ("error", "merge", "allow")
 UNUSED_MODES = ("error", "drop", "allow")
 # Coincident means closer than RTOL x the shortest vertex edge of the mesh.
 RTOL = 1e-6
 _SHOW = 4  # offending entities named in a message
-_BLOCK = 1 << 15  # rows per block of the vectorised passes
 
 
 def check_mode(name: str, value: str, modes: tuple[str, ...]) -> str:
@@ -75,46 +76,7 @@ def _failed(check: str, message: str) -> MeshError:
     return MeshError(f"check {check!r} failed: {message}")
 
 
-# -- keys of index rows -----------------------------------------------------------------------
-
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-# compare-exchange networks that sort 2, 3 or 4 columns elementwise
-_NETWORKS = {1: [], 2: [(0, 1)], 3: [(0, 1), (1, 2), (0, 1)], 4: [(0, 1), (2, 3), (0, 2), (1, 3), (1, 2)]}
-
-
-def _sorted_columns(columns: list[np.ndarray], parity: bool = False):
-    """The columns of an (r, k) index array sorted along each row (a sorting network for k <= 4);
-    with ``parity``, also whether each row's sorting permutation is odd (k <= 4 only)."""
-    columns = list(columns)
-    if len(columns) not in _NETWORKS:
-        return list(np.sort(np.stack(columns, axis=1), axis=1).T)
-    odd = np.zeros(columns[0].shape, dtype=bool) if parity else None
-    for i, j in _NETWORKS[len(columns)]:
-        if parity:
-            odd ^= columns[i] > columns[j]
-        columns[i], columns[j] = np.minimum(columns[i], columns[j]), np.maximum(columns[i], columns[j])
-    return (columns, odd) if parity else columns
-
-
-def _keys(columns: list[np.ndarray], base: int, flag: np.ndarray | None = None) -> np.ndarray:
-    """One int64 key per row of index columns (and of an optional bool ``flag``): exact
-    (base-``base`` digits, then the flag as a last binary digit) when that fits in 63 bits, else
-    a 64-bit hash whose collisions the exact checks that follow a repeated key weed out."""
-    if (1 if flag is None else 2) * base ** len(columns) < 2**63:
-        keys = columns[0].astype(np.int64, copy=True)
-        for column in columns[1:]:
-            keys *= base
-            keys += column
-        if flag is not None:
-            keys *= 2
-            keys += flag
-        return keys
-    keys = np.zeros(columns[0].shape, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for column in columns if flag is None else [*columns, flag]:
-            keys = (keys ^ column.astype(np.uint64)) * _MIX
-            keys ^= keys >> np.uint64(29)
-    return keys.view(np.int64)
+# -- keys of index rows (tmcore.core.mesh.topology keys facets the same way) ------------------
 
 
 def _turn(columns: list[np.ndarray]) -> np.ndarray:
@@ -163,13 +125,6 @@ def _det(jac: np.ndarray) -> np.ndarray:
         return jac[..., 0, 0] * jac[..., 1, 1] - jac[..., 0, 1] * jac[..., 1, 0]
     a, b, c = jac[..., 0, :], jac[..., 1, :], jac[..., 2, :]
     return (a * np.cross(b, c)).sum(-1)
-
-
-def _blocks(m: int, size: int = _BLOCK):
-    """Slices of at most ``size`` rows: temporaries stay in cache and reuse the heap's pages
-    (cell-sized temporaries cost more in fresh-page faults than in arithmetic)."""
-    for start in range(0, m, size):
-        yield slice(start, min(m, start + size))
 
 
 def _geometry_blocks(points: np.ndarray, conn: np.ndarray, element: Element, shortest: bool = True):
@@ -261,16 +216,6 @@ def _oriented_facet_keys(cells: np.ndarray, element: Element, base: int) -> np.n
         for i in range(len(local)):
             _scramble(keys[i * m + block.start : i * m + block.stop])
     return keys
-
-
-def _scramble(keys: np.ndarray) -> None:
-    """Multiply int64 keys in place by an odd constant, modulo 2**64: a bijection, so repeats are
-    kept exactly, that makes structured keys look random to the sort. NumPy's quicksort is slow on
-    the facet keys of a structured numbering: sorting the 2.3e7 keys of a 1e6-node tetrahedral
-    grid in its natural numbering took 0.37 s, scrambled 0.23 s (with the scrambling; 0.24 s
-    either way for shuffled numbers)."""
-    scrambled = keys.view(np.uint64)
-    scrambled *= _MIX
 
 
 def _sampled_shortest_edge(points: np.ndarray, conn: np.ndarray, element: Element) -> float:
@@ -490,8 +435,6 @@ def _raise_cell_faults(conn: Tensor, cells: np.ndarray, element: Element, n: int
     returns if there are none (a hash collision of the cheap test)."""
     k = element.n_vertices
     if _groups_of_repeats(np.sort(cells[:, :k], axis=1), 2):
-        from tmcore.core.mesh import topology
-
         dup = topology.duplicate_cells(conn, k)
         raise MeshError(f"{dup.numel()} duplicate cells (same vertices), e.g. cells {dup[:_SHOW].tolist()}")
     if not same_side:
