@@ -6,7 +6,8 @@
 For each cell type, size (nodes) and node order: a structured grid (``Mesh.gen_grid``) written as a
 binary gmsh 4.1 ``.msh`` into a temporary directory; ``Mesh.read(path, check=False)`` (meshio's
 reader and the Mesh built from it, no checks) against ``validate.check_mesh`` on the same arrays,
-with the seconds of each check from its ``timings``. ``shuffled`` renumbers the nodes and reorders
+with the seconds of each check from its ``timings``, and ``topology.boundary_facets`` (what
+``Mesh.boundary_mask`` and boundary conditions cost once per mesh). ``shuffled`` renumbers the nodes and reorders
 the cells at random (the worst case for the coordinate gathers: every node a cache miss);
 ``natural`` keeps the grid's numbering (nodes near in space near in number, as gmsh writes them).
 Medians over ``--repeats`` runs after one warm-up (reads and checks alternating), on one thread.
@@ -35,7 +36,7 @@ import torch
 
 from benchmarks import write_report
 from tmcore import Mesh
-from tmcore.core.mesh import validate
+from tmcore.core.mesh import topology, validate
 
 ROOT = Path(__file__).absolute().parent.parent
 
@@ -79,7 +80,7 @@ def measure(
     mesh = grid_mesh(cell_type, nodes, order)
     path = tmp / f"{cell_type}-{nodes:g}-{order}.msh"
     mesh.write(path, binary=True)
-    reads, totals, runs, before = [], [], [], []
+    reads, totals, runs, before, boundary = [], [], [], [], []
     for repeat in range(repeats + 1):  # the first is a warm-up
         start = time.perf_counter()
         Mesh.read(path, check=False)
@@ -93,7 +94,10 @@ def measure(
         start = time.perf_counter()
         validate.check_mesh(mesh.points, mesh.elements, mesh.cell_type, timings=timings)
         total = time.perf_counter() - start
+        start = time.perf_counter()
+        topology.boundary_facets(mesh.elements, mesh.cell_type)
         if repeat:
+            boundary.append(time.perf_counter() - start)
             reads.append(read)
             totals.append(total)
             runs.append(timings)
@@ -109,6 +113,7 @@ def measure(
     if before:
         row["baseline"] = statistics.median(before)
     row.update({name: statistics.median(run[name] for run in runs) for name in runs[0]})
+    row["boundary facets"] = statistics.median(boundary)
     return row
 
 
