@@ -9,10 +9,12 @@ base-n digits, scrambled by an odd multiplier: NumPy sorts those faster) and the
 once with NumPy; which facets hold a key of interest (seen once, asked for, repeated) is then
 found by one pass over the keys through a bitmap of the keys' top bits, exact on the few
 candidates it lets through. No argsort of all the keys (NumPy's takes ten times its sort).
-Keys that do not fit in 63 bits (tetrahedral faces past about 2.1e6 nodes, quadrilateral faces
-and tetrahedral vertex sets past 55,000) and tensors on other devices take the torch path
-(``torch.unique`` of the rows). The mesh checks (:mod:`tmcore.core.mesh.validate`) key their
-facets with the helpers below. docs/reliability.md gives the measured cost.
+Tensors on other devices take the torch path (``torch.unique`` of the rows), and so do boundary
+facets whose keys do not fit in 63 bits (tetrahedral faces past about 2.1e6 nodes, quadrilateral
+faces past 55,000); facet owners and duplicate cells use 64-bit hashes there, checked exactly.
+``edges`` keeps the torch path (its per-cell numbering needs the inverse of the sort). The mesh
+checks (:mod:`tmcore.core.mesh.validate`) key their facets with the helpers below.
+docs/reliability.md gives the measured cost.
 """
 
 from __future__ import annotations
