@@ -79,10 +79,18 @@ def test_l_bracket_geometry_supports_and_load():
 
 @pytest.fixture(scope="module")
 def small():
+    # built before the per-test float64 default of conftest.py is in force, so set it here and restore it:
+    # a module fixture that leaves it set leaks float64 into every later test (Adam's step counter then
+    # comes out float64, which tests/reliability/test_checkpoints.py checks)
+    previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    problem = l_bracket(10)
-    design = StressDesign(problem, limit=20.0, density_filter=ConeFilter(problem.mesh, 0.15))
-    x = 0.3 + 0.7 * torch.rand(problem.mesh.n_cells, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    try:
+        problem = l_bracket(10)
+        design = StressDesign(problem, limit=20.0, density_filter=ConeFilter(problem.mesh, 0.15))
+        generator = torch.Generator().manual_seed(0)
+        x = 0.3 + 0.7 * torch.rand(problem.mesh.n_cells, generator=generator, dtype=torch.float64)
+    finally:
+        torch.set_default_dtype(previous)
     return design, x
 
 
