@@ -187,7 +187,7 @@ def _to_numpy(rhs: Tensor) -> np.ndarray:
     """rhs as a float64 NumPy array on the host: a view when it is one already (skipping .to() and
     .detach() saves ~3 us a call, which a small solve's every step pays several times)."""
     if rhs.device.type == "cpu" and rhs.dtype == torch.float64:
-        return (rhs.detach() if rhs.requires_grad else rhs).numpy()
+        return on_host(rhs)[0]
     return rhs.detach().to(device="cpu", dtype=torch.float64).numpy()
 
 
@@ -591,11 +591,6 @@ def _symmetric(pattern: SparsityPattern, values: Tensor) -> np.ndarray:
     return _matrix_properties(pattern, values)[1]
 
 
-def _positive_diagonal(pattern: SparsityPattern, values: Tensor) -> np.ndarray:
-    """(B,) bool: which matrices of values (B, nnz) have every diagonal entry in the pattern and positive."""
-    return _matrix_properties(pattern, values)[2]
-
-
 def _matrix_properties(pattern: SparsityPattern, values: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(finite, symmetric, positive_diagonal), each (B,) bool, for the matrices of values (B, nnz).
 
@@ -669,14 +664,15 @@ def choose_backend(
         raise ValueError(
             "backend='pardiso' needs the MKL runtime (pip install mkl, or set $TMCORE_MKL_RT to libmkl_rt)"
         )
-    symmetric = bool(_symmetric(pattern, values[None])[0]) if symmetric is None else symmetric
+    if symmetric is None or positive_diagonal is None:
+        _, symmetric_, positive_ = _matrix_properties(pattern, values[None])
+        symmetric = bool(symmetric_[0]) if symmetric is None else symmetric
+        positive_diagonal = bool(positive_[0]) if positive_diagonal is None else positive_diagonal
     if backend in ("banded", "cholmod", "torch-cg", "pardiso") and not symmetric:
         raise ValueError(f"backend={backend!r} solves symmetric matrices only; this one is not symmetric (use 'splu')")
     if backend != "auto":
         return backend
     n = pattern.shape[0]
-    if positive_diagonal is None:
-        positive_diagonal = bool(_positive_diagonal(pattern, values[None])[0])
     spd_like = symmetric and positive_diagonal
     if values.device.type != "cpu":
         return "dense" if n <= DENSE_LIMIT or not spd_like else "torch-cg"
