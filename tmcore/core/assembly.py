@@ -507,11 +507,11 @@ class _Assembler(nn.Module):
 
         A design loop calls an assembler every step with new data of the same structure. Such a
         call skips re-deriving what cannot have changed (the pattern, the geometry, the quadrature
-        degree, the operator's key: 0.1 ms of the chapter's 1.3 ms identification step, most of it
-        lookups run with cold caches), while everything that could change the result is checked as
-        on the full path: the mesh (identity and version of its points and cells), the form's
-        settings, the module-level state the integrand reads, the grad mode, and every data
-        tensor (the same keys, shapes, dtypes and devices, finite values, one requiring grad).
+        degree, the operator's key: lookups that run with cold caches inside a loop; the chapter's
+        stiffness call went from 0.20 to 0.16 ms), while everything that could change the result is
+        checked as on the full path: the mesh (identity, version and shape of its points and cells),
+        the form's settings, the module-level state the integrand reads, the grad mode, and every
+        data tensor (the same keys, shapes, dtypes and devices, finite values, one requiring grad).
         """
         repeat = self._repeat
         if repeat is None or not torch.is_grad_enabled():
