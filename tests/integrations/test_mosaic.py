@@ -203,3 +203,11 @@ def test_inputs_built_by_the_adapter_reproduce_mosaics_checked_in_reference(
     tesseract = thermal if problem == "thermal-mesh" else structural
     value = tesseract.apply(inputs)[cfg.output_key]
     assert float(value) == pytest.approx(float(load_reference(problem, "forward/agreement", index)), rel=2e-7)
+
+
+@pytest.mark.parametrize("name", ["thermal", "structural"])
+def test_the_openapi_schema_names_the_components_mosaics_jax_bridge_looks_up(name, request):
+    # tesseract_jax (mosaic's gradient suite) reads components["schemas"]["Apply_InputSchema"]: the
+    # runtime names them after the schema classes, which must therefore be InputSchema / OutputSchema
+    components = request.getfixturevalue(name).openapi_schema["components"]["schemas"]
+    assert {"Apply_InputSchema", "Apply_OutputSchema"} <= set(components)

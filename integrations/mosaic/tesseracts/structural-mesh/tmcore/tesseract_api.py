@@ -19,8 +19,9 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from integrations.mosaic import endpoints  # noqa: E402
-from integrations.mosaic.schemas import StructuralInputSchema as InputSchema  # noqa: E402
-from integrations.mosaic.schemas import StructuralOutputSchema as OutputSchema  # noqa: E402
+from integrations.mosaic.schemas import STRUCTURAL_SCHEMAS  # noqa: E402
+
+InputSchema, OutputSchema = STRUCTURAL_SCHEMAS
 
 # the names the Tesseract runtime looks up in this module
 __all__ = ["InputSchema", "OutputSchema", "apply", "vector_jacobian_product", "abstract_eval"]
