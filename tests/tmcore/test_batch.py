@@ -16,6 +16,7 @@ PARDISO = pytest.mark.skipif(
 )
 BACKENDS = [
     "splu",
+    "banded",
     "dense",
     "torch-cg",
     "amg",
@@ -251,6 +252,35 @@ def test_pardiso_reports_an_indefinite_matrix_and_solves_one_matrix_like_superlu
         SparseMatrix.from_pattern(K_.pattern, K_.values[0] * (1 + 1e-3 * torch.rand(K_.pattern.nnz))).solve(
             b_, backend="pardiso"
         )
+
+
+# -- the banded Cholesky on a batch: side by side on MKL, one by one on SciPy ------------------
+
+
+@pytest.mark.parametrize("workers", [pytest.param("2", marks=PARDISO), "1", "SciPy"])
+def test_a_banded_batch_matches_single_solves_and_reports_its_singular_member(mesh, kappa, monkeypatch, workers):
+    from tmcore.core.linalg import pardiso
+
+    if workers == "SciPy":  # no MKL: SciPy's dpbtrf, one matrix after another
+        monkeypatch.setattr(pardiso, "available", lambda: False)
+    else:
+        monkeypatch.setenv(pardiso.ENV_THREADS, workers)
+    K_, b_ = _condensed_batch(mesh, kappa)
+    values = K_.values.detach().clone().requires_grad_(True)
+    u = SparseMatrix.from_pattern(K_.pattern, values).solve(b_, backend="banded")
+    for i in range(kappa.shape[0]):
+        reference = SparseMatrix.from_pattern(K_.pattern, K_.values[i]).solve(b_, backend="splu")
+        assert float((u[i].detach() - reference).norm() / reference.norm()) <= 1e-12
+    (u**2).sum().backward()  # the adjoint solves go through the same factors
+    for i in (0, 4):
+        single = K_.values[i].detach().clone().requires_grad_(True)
+        (SparseMatrix.from_pattern(K_.pattern, single).solve(b_, backend="splu") ** 2).sum().backward()
+        assert torch.allclose(values.grad[i], single.grad, rtol=1e-10, atol=1e-14)
+    off_diagonal = K_.pattern.rows != K_.pattern.cols
+    broken = K_.values.detach().clone()
+    broken[3] = torch.where(off_diagonal, 3.0 * broken[3], broken[3])  # symmetric, positive diagonal, indefinite
+    with pytest.raises(SingularMatrixError, match=r"matrix 3 of a batch of 5: .*not positive definite"):
+        SparseMatrix.from_pattern(K_.pattern, broken).solve(b_, backend="banded")
 
 
 def test_the_batched_guide_runs_and_prints_what_it_shows():
