@@ -257,7 +257,7 @@ def test_pardiso_reports_an_indefinite_matrix_and_solves_one_matrix_like_superlu
 # -- the banded Cholesky on a batch: side by side on MKL, one by one on SciPy ------------------
 
 
-@pytest.mark.parametrize("workers", [pytest.param("2", marks=PARDISO), "1", "SciPy"])
+@pytest.mark.parametrize("workers", [pytest.param("2", marks=PARDISO), pytest.param("1", marks=PARDISO), "SciPy"])
 def test_a_banded_batch_matches_single_solves_and_reports_its_singular_member(mesh, kappa, monkeypatch, workers):
     from tmcore.core.linalg import pardiso
 
@@ -266,6 +266,9 @@ def test_a_banded_batch_matches_single_solves_and_reports_its_singular_member(me
     else:
         monkeypatch.setenv(pardiso.ENV_THREADS, workers)
     K_, b_ = _condensed_batch(mesh, kappa)
+    assert solvers.factorize(K_.pattern, K_.values, "banded").workers == 1  # too little work for a second thread
+    monkeypatch.setattr(solvers, "PARALLEL_BAND_WORK", 0)  # these small matrices side by side too
+    assert solvers.factorize(K_.pattern, K_.values, "banded").workers == (2 if workers == "2" else 1)
     values = K_.values.detach().clone().requires_grad_(True)
     u = SparseMatrix.from_pattern(K_.pattern, values).solve(b_, backend="banded")
     for i in range(kappa.shape[0]):

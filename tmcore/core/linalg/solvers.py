@@ -110,6 +110,11 @@ BANDED_ORDER_LIMIT = 200_000
 # Band work up to which the banded factorisation and its solves run on one BLAS thread: below it a
 # second thread saves little on a quiet machine and costs a time slice beside a busy process.
 SMALL_BAND_WORK = BANDED_WORK_LIMIT
+# Band work of a whole batch (B n (b + 1)^2) from which its banded factorisations run side by side on
+# MKL's threads: about 5 ms of work on one thread. Below it the pool's hand-over and a time slice beside a
+# busy process cost more than the second core saves (690 unknowns, b = 39, the other core busy:
+# B = 8 took 2.1 ms on one thread and 2.7 ms on two; B = 256, 83 and 59 ms).
+PARALLEL_BAND_WORK = 2**25
 DEFAULT_RTOL = 1e-10
 # A pivot smaller than this times the largest one marks the matrix singular to working precision.
 PIVOT_RATIO_TOL = 1e3 * np.finfo(np.float64).eps
@@ -303,7 +308,8 @@ class _Banded(Factorization):
         stats.factorizations += self.batch
         self.small = n * (layout.bandwidth + 1) ** 2 <= SMALL_BAND_WORK
         # a batch's matrices side by side on MKL's dpbtrf (SciPy's LAPACK holds the GIL)
-        self.workers = min(self.batch, pardiso.threads()) if self.batch > 1 and pardiso.available() else 1
+        parallel = self.batch * n * (layout.bandwidth + 1) ** 2 >= PARALLEL_BAND_WORK and pardiso.available()
+        self.workers = min(self.batch, pardiso.threads()) if parallel else 1
 
         def factor(worker: int, i: int) -> np.ndarray:
             # each matrix's band filled just before its factorisation, while it is in the cache (a batch's
