@@ -132,7 +132,7 @@ def tensormesh_cantilever(nelx: int = 60, nely: int = 30) -> ComplianceProblem:
     )
 
 
-def cantilever_sensitivity(nelx: int = 60, nely: int = 30, vf: float = 0.5, move: float = 0.1, steps: int = 51) -> Run:
+def tensormesh_benchmark(nelx: int = 60, nely: int = 30, vf: float = 0.5, move: float = 0.1, steps: int = 51) -> Run:
     """TensorMesh's MMA cantilever benchmark as its script runs it: densities x in [1e-3, 1] from x = vf, no
     density filter, the volume constraint mean(x) / vf - 1 <= 0, the compliance gradient averaged over a
     radius of 1.5 cells (its "sensitivity filter" H (x dc) / (Hs max(x, 1e-3)) is H dc / Hs, since x >= 1e-3),
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
         pictures = {f"MMA, c = {mma.compliance[-1]:.2f}": mma.rho, f"OC, c = {oc.compliance[-1]:.2f}": oc.rho}
         result = {"mma": mma, "oc": oc}
     elif options.case == "cantilever":
-        run = cantilever_sensitivity(nelx, nely)
+        run = tensormesh_benchmark(nelx, nely)
         print(
             f"cantilever {nelx} x {nely}, {run.steps - 1} MMA steps: compliance {run.compliance[-1]:.4f}, "
             f"volume {float(run.rho.detach().mean()):.6f}, KKT residual {run.kkt_residual:.2e}, "
