@@ -56,8 +56,8 @@ bench-examples: setup
 	$(BIN)/python examples/mma_topology.py regions --png reports/figures/mma_two_regions_60x20.png
 	$(BIN)/python examples/frequency_topology.py 40 20 --steps 100 --png reports/figures/frequency_cantilever_40x20.png
 	$(BIN)/python examples/stress_topology.py 100 --png reports/figures/stress_lbracket.png
-	$(BIN)/python examples/stress_topology.py 100 --p-norm 12 --steps 400 --png reports/figures/stress_lbracket_p12.png
-	$(BIN)/python examples/stress_topology.py 200 --x0 0.01 --move 0.1 --radius 4 --beta-from 200 --steps 600 \
+	$(BIN)/python examples/stress_topology.py 100 --p-norm 8 --steps 300 --png reports/figures/stress_lbracket_p8.png
+	$(BIN)/python examples/stress_topology.py 200 --x0 0.01 --move 0.1 --radius 4 --beta-from 200 --steps 600 --p-norm 8 \
 		--backend splu --png reports/figures/stress_lbracket_200_from_void.png
 	$(BIN)/python examples/auxetic_cell.py --png reports/figures/auxetic_cell_3x3.png
 	$(BIN)/python examples/hyperelastic_identification.py --png reports/figures/hyperelastic_identification.png
