@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import scipy.sparse
 import torch
 from torch import Tensor
@@ -67,7 +66,11 @@ class _Operand:
         one_thread = self.host is not None and (self.host.nnz < PARALLEL_NNZ or torch.get_num_threads() == 1)
         if one_thread and x.device.type == "cpu":
             array = x.detach().numpy()
-            return torch.from_numpy(np.ascontiguousarray(self.host @ array if x.ndim == 1 else (self.host @ array.T).T))
+            if x.ndim == 1:
+                return torch.from_numpy(self.host @ array)
+            # torch's blocked copy transposes (n_out, B) five times faster than NumPy's strided one
+            # (256 x 5324: 1.8 against 9.7 ms)
+            return torch.from_numpy(self.host @ array.T).T.contiguous()
         with threads_for(self.csr.values().numel()):
             return self.csr @ x if x.ndim == 1 else (self.csr @ x.T).T
 
