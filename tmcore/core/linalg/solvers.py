@@ -311,7 +311,7 @@ class _Banded(Factorization):
         parallel = self.batch * n * (layout.bandwidth + 1) ** 2 >= PARALLEL_BAND_WORK and pardiso.available()
         self.workers = min(self.batch, pardiso.threads()) if parallel else 1
 
-        def factor(worker: int, i: int) -> np.ndarray:
+        def factor(worker: int, i: int) -> tuple[np.ndarray, int]:
             # each matrix's band filled just before its factorisation, while it is in the cache (a batch's
             # bands in one array measured slower: its pages are faulted in, then written, then factorised);
             # (n, b + 1) in C order is the (b + 1, n) Fortran array LAPACK works on in place
