@@ -268,12 +268,16 @@ def test_a_banded_batch_matches_single_solves_and_reports_its_singular_member(me
     K_, b_ = _condensed_batch(mesh, kappa)
     assert solvers.factorize(K_.pattern, K_.values, "banded").workers == 1  # too little work for a second thread
     monkeypatch.setattr(solvers, "PARALLEL_BAND_WORK", 0)  # these small matrices side by side too
-    assert solvers.factorize(K_.pattern, K_.values, "banded").workers == (2 if workers == "2" else 1)
+    factor = solvers.factorize(K_.pattern, K_.values, "banded")
+    assert (factor.workers, factor.mkl) == {"2": (2, True), "1": (1, True), "SciPy": (1, False)}[workers]
     values = K_.values.detach().clone().requires_grad_(True)
     u = SparseMatrix.from_pattern(K_.pattern, values).solve(b_, backend="banded")
     for i in range(kappa.shape[0]):
         reference = SparseMatrix.from_pattern(K_.pattern, K_.values[i]).solve(b_, backend="splu")
         assert float((u[i].detach() - reference).norm() / reference.norm()) <= 1e-12
+    if workers == "1":  # MKL's routine on one thread or two: the same bits
+        monkeypatch.setenv(pardiso.ENV_THREADS, "2")
+        assert torch.equal(SparseMatrix.from_pattern(K_.pattern, K_.values).solve(b_, backend="banded"), u.detach())
     (u**2).sum().backward()  # the adjoint solves go through the same factors
     for i in (0, 4):
         single = K_.values[i].detach().clone().requires_grad_(True)

@@ -307,9 +307,10 @@ class _Banded(Factorization):
         n = pattern.shape[0]
         stats.factorizations += self.batch
         self.small = n * (layout.bandwidth + 1) ** 2 <= SMALL_BAND_WORK
-        # a batch's matrices side by side on MKL's dpbtrf (SciPy's LAPACK holds the GIL)
-        parallel = self.batch * n * (layout.bandwidth + 1) ** 2 >= PARALLEL_BAND_WORK and pardiso.available()
-        self.workers = min(self.batch, pardiso.threads()) if parallel else 1
+        # a large batch on MKL's dpbtrf, side by side on the solver's threads (SciPy's LAPACK holds the GIL);
+        # the routine does not depend on the thread count, so neither do the results' bits
+        self.mkl = self.batch * n * (layout.bandwidth + 1) ** 2 >= PARALLEL_BAND_WORK and pardiso.available()
+        self.workers = min(self.batch, pardiso.threads()) if self.mkl else 1
 
         def factor(worker: int, i: int) -> tuple[np.ndarray, int]:
             # each matrix's band filled just before its factorisation, while it is in the cache (a batch's
@@ -317,7 +318,7 @@ class _Banded(Factorization):
             # (n, b + 1) in C order is the (b + 1, n) Fortran array LAPACK works on in place
             band = np.zeros((n, layout.bandwidth + 1))
             band.reshape(-1)[layout.flat] = data[i].take(layout.slots)
-            if self.workers > 1:
+            if self.mkl:
                 return band.T, pardiso.band_factor(band.T)
             return scipy.linalg.lapack.dpbtrf(band.T, lower=0, overwrite_ab=1)
 
@@ -340,7 +341,7 @@ class _Banded(Factorization):
         def solve(worker: int, i: int) -> None:
             # one column: 1-D gathers, a third of the cost of the 2-D ones at 700 unknowns
             right = b[i, :, 0].take(order) if b.shape[2] == 1 else b[i][order]
-            if self.workers > 1:
+            if self.mkl:
                 x = pardiso.band_solve(self.factors[i], right.reshape(b.shape[1], -1))
             else:
                 x, info = scipy.linalg.lapack.dpbtrs(self.factors[i], right, lower=0)
