@@ -270,6 +270,7 @@ def test_a_banded_batch_matches_single_solves_and_reports_its_singular_member(me
     monkeypatch.setattr(solvers, "PARALLEL_BAND_WORK", 0)  # these small matrices side by side too
     factor = solvers.factorize(K_.pattern, K_.values, "banded")
     assert (factor.workers, factor.mkl) == {"2": (2, True), "1": (1, True), "SciPy": (1, False)}[workers]
+    assert not solvers.factorize(K_.pattern, K_.values[:1], "banded").mkl  # one matrix: SciPy's arithmetic
     values = K_.values.detach().clone().requires_grad_(True)
     u = SparseMatrix.from_pattern(K_.pattern, values).solve(b_, backend="banded")
     for i in range(kappa.shape[0]):

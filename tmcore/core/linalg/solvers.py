@@ -308,8 +308,10 @@ class _Banded(Factorization):
         stats.factorizations += self.batch
         self.small = n * (layout.bandwidth + 1) ** 2 <= SMALL_BAND_WORK
         # a large batch on MKL's dpbtrf, side by side on the solver's threads (SciPy's LAPACK holds the GIL);
-        # the routine does not depend on the thread count, so neither do the results' bits
-        self.mkl = self.batch * n * (layout.bandwidth + 1) ** 2 >= PARALLEL_BAND_WORK and pardiso.available()
+        # the routine does not depend on the thread count, so neither do the results' bits. A single matrix
+        # stays on SciPy's: its arithmetic, and the designs of chaotic optimisations built on it, unchanged
+        work = self.batch * n * (layout.bandwidth + 1) ** 2
+        self.mkl = self.batch > 1 and work >= PARALLEL_BAND_WORK and pardiso.available()
         self.workers = min(self.batch, pardiso.threads()) if self.mkl else 1
 
         def factor(worker: int, i: int) -> tuple[np.ndarray, int]:
