@@ -37,7 +37,9 @@ import os
 import sys
 import threading
 import weakref
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -147,6 +149,17 @@ def _int(value: int) -> ctypes.c_int32:
     return ctypes.c_int32(int(value))
 
 
+@contextmanager
+def _one_mkl_thread(lib) -> Iterator[None]:
+    """MKL on one thread in this Python thread for the block (restored after): the parallelism is
+    across a batch's matrices, one per worker thread."""
+    previous = lib.MKL_Set_Num_Threads_Local(1)
+    try:
+        yield
+    finally:
+        lib.MKL_Set_Num_Threads_Local(previous)
+
+
 # -- LAPACK's banded Cholesky -------------------------------------------------------------
 
 
@@ -157,11 +170,8 @@ def band_factor(band: np.ndarray) -> int:
     lib = _library()
     width, n = band.shape
     info = ctypes.c_int32(0)
-    previous = lib.MKL_Set_Num_Threads_Local(1)
-    try:
+    with _one_mkl_thread(lib):
         lib.dpbtrf(b"U", _int(n), _int(width - 1), band.ctypes.data, _int(width), info)
-    finally:
-        lib.MKL_Set_Num_Threads_Local(previous)
     return info.value
 
 
@@ -171,8 +181,7 @@ def band_solve(factor: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     width, n = factor.shape
     x = np.array(rhs, dtype=np.float64, order="F")
     info = ctypes.c_int32(0)
-    previous = lib.MKL_Set_Num_Threads_Local(1)
-    try:
+    with _one_mkl_thread(lib):
         lib.dpbtrs(
             b"U",
             _int(n),
@@ -184,8 +193,6 @@ def band_solve(factor: np.ndarray, rhs: np.ndarray) -> np.ndarray:
             _int(n),
             info,
         )
-    finally:
-        lib.MKL_Set_Num_Threads_Local(previous)
     if info.value != 0:
         raise SolverError(f"dpbtrs argument {-info.value} is invalid")
     return x
@@ -232,8 +239,7 @@ class _Handle:
         error = ctypes.c_int32(0)
         # one MKL thread for every phase of every handle: the parallelism is across the batch, and
         # PARDISO crashed (measured) when a handle analysed with two threads factorised with one
-        previous = self.lib.MKL_Set_Num_Threads_Local(1)
-        try:
+        with _one_mkl_thread(self.lib):
             self.lib.pardiso(
                 self.pt.ctypes.data,
                 ctypes.byref(_int(self.capacity)),
@@ -252,8 +258,6 @@ class _Handle:
                 out.ctypes.data,
                 ctypes.byref(error),
             )
-        finally:
-            self.lib.MKL_Set_Num_Threads_Local(previous)
         if error.value != 0:
             message = f"PARDISO error {error.value} in phase {phase}: {ERRORS.get(error.value, 'unknown error')}"
             if error.value in (-4, -7):
@@ -282,26 +286,25 @@ def _release(lib, pt, iparm, structure, capacity) -> None:
     """Free all of a handle's memory (its finalizer)."""
     error = ctypes.c_int32(0)
     dummy = np.zeros(1)
-    previous = lib.MKL_Set_Num_Threads_Local(1)
-    lib.pardiso(
-        pt.ctypes.data,
-        ctypes.byref(_int(capacity)),
-        ctypes.byref(_int(1)),
-        ctypes.byref(_int(SPD)),
-        ctypes.byref(_int(-1)),
-        ctypes.byref(_int(structure.n)),
-        dummy.ctypes.data,
-        structure.ia.ctypes.data,
-        structure.ja.ctypes.data,
-        None,
-        ctypes.byref(_int(1)),
-        iparm.ctypes.data,
-        ctypes.byref(_int(0)),
-        dummy.ctypes.data,
-        dummy.ctypes.data,
-        ctypes.byref(error),
-    )
-    lib.MKL_Set_Num_Threads_Local(previous)
+    with _one_mkl_thread(lib):
+        lib.pardiso(
+            pt.ctypes.data,
+            ctypes.byref(_int(capacity)),
+            ctypes.byref(_int(1)),
+            ctypes.byref(_int(SPD)),
+            ctypes.byref(_int(-1)),
+            ctypes.byref(_int(structure.n)),
+            dummy.ctypes.data,
+            structure.ia.ctypes.data,
+            structure.ja.ctypes.data,
+            None,
+            ctypes.byref(_int(1)),
+            iparm.ctypes.data,
+            ctypes.byref(_int(0)),
+            dummy.ctypes.data,
+            dummy.ctypes.data,
+            ctypes.byref(error),
+        )
 
 
 class _Pool:
