@@ -39,7 +39,7 @@ import numpy as np
 import xarray as xr
 from prefect import flow, unmapped
 
-from tmcore.core.checks import is_int, is_number
+from tmcore.core.checks import check_count, check_real
 from tmcore.core.mesh.io import mesh_from_xarray
 from tmcore.methods.batch import diffusion_samples
 
@@ -49,18 +49,6 @@ from .caching import Bound, cached_task
 from .runners import task_runner
 
 DATA_VARS = ("kappa", "u")
-
-
-def _count(name: str, value: Any, low: int = 1) -> int:
-    if not is_int(value) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
-
-
-def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
-    if not is_number(value) or not (value >= 0 if allow_zero else value > 0):
-        raise ValueError(f"{name} must be a number {'>=' if allow_zero else '>'} 0, got {value!r}")
-    return float(value)
 
 
 @cached_task("datagen_shard", sources=("tmcore.methods.batch",))
@@ -173,14 +161,14 @@ def operator_dataset(
         store: artifact store folder, relative to where the run executes (empty: $TMCORE_ARTIFACTS or data/artifacts).
         out: file to copy the data set to as well (empty: only in the store; the run prints its path there).
     """
-    _count("n_samples", n_samples)
-    _count("seed", seed, low=0)
-    _count("cells", cells)
-    _count("shard_size", shard_size)
-    _count("batch_size", batch_size)
-    _positive("length_scale", length_scale)
-    _positive("sigma", sigma, allow_zero=True)
-    chunk = batch_size if chunk is None else _count("chunk", chunk)
+    check_count("n_samples", n_samples)
+    check_count("seed", seed, 0)
+    check_count("cells", cells)
+    check_count("shard_size", shard_size)
+    check_count("batch_size", batch_size)
+    check_real("length_scale", length_scale, 0.0)
+    check_real("sigma", sigma, 0.0, low_open=False)
+    chunk = batch_size if chunk is None else check_count("chunk", chunk)
     artifacts = Store(store)
     mesh = Bound(tasks.generate_mesh, artifacts).submit(kind="grid", cells=cells)
     starts = list(range(0, n_samples, shard_size))

@@ -81,6 +81,8 @@ def task_runner(address: str | None = None, max_workers: int | None = None) -> A
     address = os.environ.get(ENV_DASK_ADDRESS) if address is None else address
     if max_workers is None and os.environ.get(ENV_MAX_WORKERS):
         max_workers = int(os.environ[ENV_MAX_WORKERS])
+    # tmcore.core.checks.check_count's test, written out: importing tmcore (and torch) here
+    # would cost every cached run, which keys its stages without them
     if max_workers is not None and (
         isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
     ):

@@ -37,8 +37,8 @@ from tmcore.core.assembly import (
     VectorFacetAssembler,
     VectorNodeAssembler,
 )
-from tmcore.core.checks import check_mesh, check_real
-from tmcore.core.mesh import Mesh
+from tmcore.core.checks import check_real
+from tmcore.core.mesh import Mesh, check_mesh_type
 
 __all__ = [
     "BodyForce",
@@ -169,7 +169,7 @@ class LinearElasticity(VectorElementAssembler):
 
     @classmethod
     def from_mesh(cls, mesh: Mesh, quadrature_order: int | None = None, nu: float = 0.3, plane: str | None = "default"):
-        check_mesh(mesh)
+        check_mesh_type(mesh)
         if plane == "default":
             plane = "stress" if mesh.dim == 2 else None
         if mesh.dim == 3 and plane is not None:

@@ -52,13 +52,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tmcore.core.checks import is_int, is_number
+from tmcore.core.checks import check_count, is_int, is_number
 from tmcore.core.elements import Element, get_element, quadrature
 from tmcore.core.errors import AssemblyError
 from tmcore.core.host import all_finite
 from tmcore.core.linalg.linear_map import SparseLinearMap
 from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
-from tmcore.core.mesh import Mesh
+from tmcore.core.mesh import Mesh, check_mesh_type
 from tmcore.core.mesh import geometry as geo
 from tmcore.core.threads import threads_for
 
@@ -201,8 +201,7 @@ class _Assembler(nn.Module):
         quadrature_order: the polynomial degree the quadrature integrates exactly;
         by default estimated from the integrand's arguments (:func:`default_quadrature_degree`).
         """
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
+        check_mesh_type(mesh)
         if quadrature_order is not None and (not is_int(quadrature_order) or quadrature_order < 0):
             raise ValueError(f"quadrature_order must be a non-negative int or None, got {quadrature_order!r}")
         components = cls.components
@@ -1004,8 +1003,7 @@ def _slices_of(index: Tensor, per_cell: int) -> Callable[[slice], Tensor]:
 def dof_connectivity(conn: Tensor, components: int) -> Tensor:
     """Dofs (m, k * c) of cells (m, k) for c components per node, node-major: entry a * c + i is dof
     conn[:, a] * c + i."""
-    if not is_int(components) or components < 1:
-        raise ValueError(f"components must be a positive int, got {components!r}")
+    check_count("components", components)
     offsets = torch.arange(components, dtype=conn.dtype, device=conn.device)
     return (conn[..., None] * components + offsets).reshape(*conn.shape[:-1], conn.shape[-1] * components)
 
@@ -1024,8 +1022,7 @@ def dof_mask(node_mask: Tensor, components: int, which: int | Sequence[int] | No
             else type(node_mask).__name__
         )
         raise ValueError(f"node_mask must be an (n,) bool tensor, got {got}")
-    if not is_int(components) or components < 1:
-        raise ValueError(f"components must be a positive int, got {components!r}")
+    check_count("components", components)
     chosen = list(range(components)) if which is None else ([which] if isinstance(which, int) else list(which))
     if not chosen or any(not is_int(i) or not 0 <= i < components for i in chosen):
         raise ValueError(f"which must name components in [0, {components}), got {which!r}")

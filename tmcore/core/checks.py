@@ -1,8 +1,9 @@
 """Argument checks, the one place for them: each returns the checked value or raises a
 ``ValueError``/``TypeError`` that names the argument, what was expected and what came.
 
-Every layer above the core validates its arguments with these, so a message reads the same
-wherever it comes from.
+Every module validates its scalar arguments with these, so a message reads the same
+wherever it comes from; the module sits at the bottom of the core, importing nothing of
+tmcore, so that meshes and elements can use it too (``check_mesh_type`` lives with ``Mesh``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from typing import Any
 
 import torch
 
-from tmcore.core.mesh import Mesh
-
 DTYPE = torch.float64
 
 __all__ = [
@@ -24,19 +23,11 @@ __all__ = [
     "check_callback",
     "check_choice",
     "check_count",
-    "check_mesh",
     "check_real",
     "is_int",
     "is_number",
     "is_real",
 ]
-
-
-def check_mesh(mesh: Any) -> Mesh:
-    """A tmcore Mesh."""
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
-    return mesh
 
 
 def check_callable(name: str, value: Any, signature: str) -> Callable:

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tmcore.core.checks import is_int, is_number
+from tmcore.core.checks import check_count, check_real, is_number
 from tmcore.core.condense import Condenser
 from tmcore.core.linalg.sparse import SparseMatrix
-from tmcore.core.mesh import Mesh
+from tmcore.core.mesh import Mesh, check_mesh_type
 from tmcore.forms import Diffusion, Source
 
 __all__ = ["DiffusionMap", "diffusion_samples", "in_batches", "random_fields", "solve_columns"]
@@ -89,8 +89,7 @@ class DiffusionMap(nn.Module):
         **solve_options,
     ):
         super().__init__()
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
+        check_mesh_type(mesh)
         if where not in ("node", "cell"):
             raise ValueError(f"where must be 'node' or 'cell', got {where!r}")
         self.mesh, self.where, self.solve_options = mesh, where, solve_options
@@ -158,12 +157,9 @@ def random_fields(
     )
     if any(i < 0 for i in indices):
         raise ValueError("sample indices must be >= 0")
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    if not (isinstance(length_scale, (int, float)) and length_scale > 0):
-        raise ValueError(f"length_scale must be a positive number, got {length_scale!r}")
-    if not is_int(n_features) or n_features < 1:
-        raise ValueError(f"n_features must be an int >= 1, got {n_features!r}")
+    check_count("seed", seed, 0)
+    check_real("length_scale", length_scale, 0.0)
+    check_count("n_features", n_features)
     x = points.detach().to(device="cpu", dtype=torch.float64).numpy()
     dim = x.shape[1]
     fields = np.empty((len(indices), x.shape[0]))
@@ -178,8 +174,7 @@ def random_fields(
 
 def in_batches(fn: Callable[[Tensor], Tensor], inputs: Tensor, batch_size: int) -> Tensor:
     """``fn`` applied to ``inputs`` (N, ...) ``batch_size`` rows at a time, results concatenated."""
-    if not is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_count("batch_size", batch_size)
     if not isinstance(inputs, Tensor) or inputs.ndim < 1:
         raise ValueError(
             "inputs must be a tensor with a leading sample dimension, "

@@ -41,6 +41,7 @@ import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
+from tmcore.core.checks import is_int
 from tmcore.core.linalg.solvers import SolveOptions, factorize
 from tmcore.core.linalg.sparse import SparseMatrix
 
@@ -152,7 +153,7 @@ def eigsh(
             f"got {K.pattern} and {M.pattern}"
         )
     n = K.pattern.shape[0]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
+    if not is_int(k) or not 1 <= k < n:
         raise ValueError(f"k must be an int in [1, {n - 1}] (fewer than the {n} unknowns), got {k!r}")
     if K.values.ndim != 1 or M.values.ndim != 1:
         raise ValueError("eigsh takes one pair of matrices, not a batch")

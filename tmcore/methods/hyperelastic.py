@@ -42,13 +42,13 @@ import torch
 from torch import Tensor, nn
 
 from tmcore.core.assembly import Functional, VectorElementAssembler, VectorNodeAssembler
-from tmcore.core.checks import check_callable, check_mesh
+from tmcore.core.checks import check_callable, check_count, check_real, is_number
 from tmcore.core.condense import Condenser
 from tmcore.core.errors import SolverError
 from tmcore.core.linalg.factored import factored_solve
 from tmcore.core.linalg.solvers import SolveOptions, factorize
 from tmcore.core.linalg.sparse import SparseMatrix
-from tmcore.core.mesh import Mesh
+from tmcore.core.mesh import Mesh, check_mesh_type
 from tmcore.methods.nonlinear import Equilibrium, equilibrium_vjp
 
 __all__ = [
@@ -247,20 +247,16 @@ class Hyperelasticity(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        check_mesh(mesh)
+        check_mesh_type(mesh)
         check_callable("energy", energy, "W(F, **params)")
         size = mesh.n_points * mesh.dim
         if not isinstance(fixed, Tensor) or fixed.dtype != torch.bool or fixed.shape != (size,):
             got = f"{fixed.dtype} {tuple(fixed.shape)}" if isinstance(fixed, Tensor) else type(fixed).__name__
             raise ValueError(f"fixed must be an ({size},) bool dof mask (tmcore.dof_mask), got {got}")
-        for name, value in (("rtol", rtol), ("atol", atol)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name, value in (("max_iterations", max_iterations), ("max_cutbacks", max_cutbacks)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
         self.mesh, self.energy, self.backend = mesh, energy, backend
-        self.rtol, self.atol = float(rtol), float(atol)
+        self.rtol, self.atol = check_real("rtol", rtol, 0.0), check_real("atol", atol, 0.0)
+        check_count("max_iterations", max_iterations, 0)
+        check_count("max_cutbacks", max_cutbacks, 0)
         self.max_iterations, self.max_cutbacks, self.line_search = max_iterations, max_cutbacks, bool(line_search)
         self.quadrature_order = default_nonlinear_quadrature(mesh) if quadrature_order is None else quadrature_order
         self.register_buffer("fixed", fixed)
@@ -283,7 +279,7 @@ class Hyperelasticity(nn.Module):
         names = tuple(sorted(material))
         for name in names:
             value = material[name]
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if is_number(value):
                 value = torch.tensor(float(value), dtype=self.mesh.dtype, device=self.mesh.device)
             if not isinstance(value, Tensor) or not value.is_floating_point() or value.shape not in ((), (m,)):
                 got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from tmcore.core.assembly import Functional, NodeAssembler
-from tmcore.core.checks import DTYPE, check_mesh
+from tmcore.core.checks import DTYPE
 from tmcore.core.condense import Condenser
-from tmcore.core.mesh import Mesh
+from tmcore.core.mesh import Mesh, check_mesh_type
 from tmcore.forms import Laplace
 
 __all__ = [
@@ -75,7 +75,7 @@ def quadrature_order(mesh: Mesh) -> int:
 
 def solve(mesh: Mesh) -> Tensor:
     """The discrete solution u_h (n,) on ``mesh`` (a mesh of the unit square or cube), u_h = 0 on its boundary."""
-    check_mesh(mesh)
+    check_mesh_type(mesh)
     K = Laplace.from_mesh(mesh)().to(DTYPE)
     b = SineSource.from_mesh(mesh, quadrature_order=quadrature_order(mesh))().to(DTYPE)
     condenser = Condenser(mesh.boundary_mask)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from tmcore.core.checks import is_int
+from tmcore.core.checks import check_count
 
 __all__ = ["weights_function", "cell_centroids", "train", "TrainingHistory"]
 
@@ -83,8 +83,7 @@ def train(loss: Callable[[], Tensor], optimizer: torch.optim.Optimizer, steps: i
         raise TypeError(f"loss must be callable as loss(), got {type(loss).__name__}")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    if not is_int(steps) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    check_count("steps", steps)
     history = TrainingHistory([], [])
     for _ in range(steps):
         start = time.perf_counter()

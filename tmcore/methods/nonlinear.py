@@ -33,13 +33,13 @@ import torch
 from torch import Tensor, nn
 
 from tmcore.core.assembly import ElementAssembler, NodeAssembler
-from tmcore.core.checks import check_callable, check_mesh
+from tmcore.core.checks import check_callable
 from tmcore.core.condense import Condenser
 from tmcore.core.errors import SolverError
 from tmcore.core.linalg.factored import factored_solve
 from tmcore.core.linalg.solvers import SolveOptions, factorize
 from tmcore.core.linalg.sparse import SparseMatrix
-from tmcore.core.mesh import Mesh
+from tmcore.core.mesh import Mesh, check_mesh_type
 
 __all__ = ["NewtonStats", "NonlinearDiffusion"]
 
@@ -166,7 +166,7 @@ class NonlinearDiffusion(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        check_mesh(mesh)
+        check_mesh_type(mesh)
         check_callable("kappa", kappa, "(u, c) -> conductivity")
         mask = mesh.boundary_mask if mask is None else mask
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != (mesh.n_points,):

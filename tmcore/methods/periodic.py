@@ -28,7 +28,7 @@ from torch import Tensor
 from tmcore.core.assembly import ElementAssembler, VectorElementAssembler, dof_connectivity
 from tmcore.core.errors import MeshError
 from tmcore.core.linalg.sparse import SparseMatrix
-from tmcore.core.mesh import Mesh
+from tmcore.core.mesh import Mesh, check_mesh_type
 
 __all__ = ["PeriodicCell"]
 
@@ -91,8 +91,7 @@ class PeriodicCell:
     """
 
     def __init__(self, mesh: Mesh, lower=None, upper=None, tol: float | None = None):
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
+        check_mesh_type(mesh)
         points = mesh.points.detach().cpu().numpy()
         dim = mesh.dim
         lo = points.min(axis=0) if lower is None else np.asarray(lower, dtype=np.float64)

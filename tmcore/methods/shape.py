@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 
 from tmcore.core.assembly import share_patterns
-from tmcore.core.checks import is_int, is_real
+from tmcore.core.checks import check_count, check_real
 from tmcore.core.condense import Condenser
-from tmcore.core.mesh import Mesh
+from tmcore.core.mesh import Mesh, check_mesh_type
 from tmcore.forms import Laplace, Source
 
 __all__ = ["Fin", "FinResult", "interior_mask", "optimise_fin", "with_points"]
@@ -43,8 +43,7 @@ def with_points(mesh: Mesh, points: Tensor) -> Mesh:
     The new mesh shares the connectivity tensors and the assembly sparsity patterns of
     ``mesh`` (no re-analysis); it is not checked for inverted cells.
     """
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
+    check_mesh_type(mesh)
     if not isinstance(points, Tensor) or points.shape != mesh.points.shape:
         got = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
         raise ValueError(f"points must have the shape of mesh.points {tuple(mesh.points.shape)}, got {got}")
@@ -56,8 +55,7 @@ def with_points(mesh: Mesh, points: Tensor) -> Mesh:
 
 def interior_mask(mesh: Mesh) -> Tensor:
     """(n,) bool: nodes on no boundary facet, the ones that move without changing the domain."""
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
+    check_mesh_type(mesh)
     return ~mesh.boundary_mask
 
 
@@ -83,12 +81,8 @@ class Fin:
         shape: tuple[int, int] = (40, 10),
         element_type: str = "quad",
     ):
-        if not is_int(n_modes) or n_modes < 1:
-            raise ValueError(f"n_modes must be an int >= 1, got {n_modes!r}")
-        for name, value in (("length", length), ("h0", h0)):
-            if not is_real(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        self.n_modes, self.length, self.h0 = n_modes, float(length), float(h0)
+        self.n_modes = check_count("n_modes", n_modes)
+        self.length, self.h0 = check_real("length", length, 0.0), check_real("h0", h0, 0.0)
         self.reference = Mesh.gen_grid(tuple(shape), element_type=element_type)
         self.base = self.reference.nodes_of("left")
         self.condenser = Condenser(self.base)

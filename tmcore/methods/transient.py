@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from tmcore.core.checks import is_int, is_number, is_real
+from tmcore.core.checks import check_count, check_real, is_int, is_number
 from tmcore.core.condense import Condenser
 from tmcore.core.linalg.factored import factored_solve
 from tmcore.core.linalg.solvers import SolveOptions, factorize
@@ -138,8 +138,7 @@ class TimeStepper:
         M, K = _check_matrix("M", M), _check_matrix("K", K)
         if M.pattern != K.pattern:
             raise ValueError("M and K must share a sparsity pattern (assemble both on the same mesh)")
-        if not is_real(dt) or dt <= 0:
-            raise ValueError(f"dt must be a positive finite number, got {dt!r}")
+        check_real("dt", dt, 0.0, what="a positive finite number")
         if isinstance(scheme, str):
             if scheme not in SCHEMES:
                 raise ValueError(f"scheme must be one of {sorted(SCHEMES)} or a theta in (0, 1], got {scheme!r}")
@@ -247,8 +246,7 @@ class TimeStepper:
         if not isinstance(u0, Tensor) or u0.shape != (self.n,) or not u0.is_floating_point():
             got = tuple(u0.shape) if isinstance(u0, Tensor) else type(u0).__name__
             raise ValueError(f"u0 must be a floating-point ({self.n},) tensor, got {got}")
-        if not is_int(n_steps) or n_steps < 1:
-            raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
+        check_count("n_steps", n_steps)
         if objective is not None and not callable(objective):
             raise TypeError(
                 f"objective must be None or a callable (step, t, u) -> scalar, got {type(objective).__name__}"

@@ -23,10 +23,10 @@ import torch
 from torch import Tensor
 
 from tmcore.core.assembly import Functional
-from tmcore.core.checks import DTYPE, check_callback, check_count, check_mesh, check_real, is_number
+from tmcore.core.checks import DTYPE, check_callback, check_count, check_real, is_number
 from tmcore.core.condense import Condenser
 from tmcore.core.datasets import result_dataset
-from tmcore.core.mesh import Mesh
+from tmcore.core.mesh import Mesh, check_mesh_type
 from tmcore.forms import Diffusion, Source
 from tmcore.studies.checkpoint import (
     check_checkpointing,
@@ -100,7 +100,7 @@ class IdentificationProblem:
     """
 
     def __init__(self, mesh: Mesh, kappa_true=None, f=None, smoothness: float = 0.0):
-        self.mesh = check_mesh(mesh)
+        self.mesh = check_mesh_type(mesh)
         self.smoothness = check_real("smoothness", smoothness, low=0.0, low_open=False)
         self.kappa_true = nodal_field("kappa_true", kappa_true, mesh, default_kappa_true)
         if not bool((self.kappa_true > 0).all()):
@@ -295,7 +295,7 @@ def coefficient_identification(
         resume_from: such a state: continue from its step. The final result is bitwise
             that of an uninterrupted run; ``lr``, ``smoothness`` and the mesh size must match.
     """
-    check_mesh(mesh)
+    check_mesh_type(mesh)
     check_count("steps", steps)
     lr = check_real("lr", lr, low=0.0)
     smoothness = check_real("smoothness", smoothness, low=0.0, low_open=False)

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from tmcore.core.checks import DTYPE, check_callback, check_choice, check_count, check_mesh, check_real, is_int
-from tmcore.core.mesh import Mesh
+from tmcore.core.checks import DTYPE, check_callback, check_choice, check_count, check_real, is_int
+from tmcore.core.mesh import Mesh, check_mesh_type
 from tmcore.studies.checkpoint import (
     check_checkpointing,
     check_resume,
@@ -113,7 +113,7 @@ def thermal_topology(
             that of an uninterrupted run; every option but ``steps``, ``snapshot_steps``
             and ``callback`` must match.
     """
-    check_mesh(mesh)
+    check_mesh_type(mesh)
     vf = check_real("vf", vf, low=0.0, high=1.0)
     p = check_real("p", p, low=0.0)
     kmin = check_real("kmin", kmin, low=0.0, high=1.0)

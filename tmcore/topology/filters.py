@@ -46,12 +46,12 @@ from scipy.spatial import cKDTree
 from torch import Tensor, nn
 
 from tmcore.core.assembly import ElementAssembler
-from tmcore.core.checks import check_mesh, check_real, is_number
+from tmcore.core.checks import check_real
 from tmcore.core.elements import get_element, quadrature
 from tmcore.core.linalg.factored import factored_solve
 from tmcore.core.linalg.solvers import Factorization, factorize
 from tmcore.core.linalg.sparse import SparseMatrix, SparsityPattern
-from tmcore.core.mesh import Mesh
+from tmcore.core.mesh import Mesh, check_mesh_type
 
 __all__ = [
     "ConeFilter",
@@ -78,8 +78,7 @@ def default_filter_radius(mesh: Mesh) -> float:
     to be an M-matrix on a square grid (r > h / sqrt 3 with a consistent mass matrix),
     so filtered densities stay within the range of the unfiltered ones.
     """
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
+    check_mesh_type(mesh)
     return float(mesh.cell_measures().mean()) ** (1.0 / mesh.dim)
 
 
@@ -98,7 +97,7 @@ class HelmholtzFilter(nn.Module):
 
     def __init__(self, mesh: Mesh, radius: float, backend: str = "auto"):
         super().__init__()
-        check_mesh(mesh)
+        check_mesh_type(mesh)
         self.radius = check_real("radius", radius, 0.0, what="a positive finite length (in the mesh's units)")
         self.backend = backend
         self.n_cells, self.n_points = mesh.n_cells, mesh.n_points
@@ -183,7 +182,7 @@ class ConeFilter(nn.Module):
 
     def __init__(self, mesh: Mesh, radius: float):
         super().__init__()
-        check_mesh(mesh)
+        check_mesh_type(mesh)
         self.radius = check_real("radius", radius, 0.0)
         centroids = mesh.points.detach()[mesh.elements].mean(dim=1).cpu().numpy()
         pairs = cKDTree(centroids).query_pairs(self.radius, output_type="ndarray")  # i < j within r
@@ -269,8 +268,7 @@ def sensitivity_filter(filt: HelmholtzFilter, rho: Tensor, grad: Tensor, rho_flo
     if not isinstance(rho, Tensor) or rho.shape != grad.shape:
         shape = tuple(rho.shape) if isinstance(rho, Tensor) else type(rho).__name__
         raise ValueError(f"rho must have the shape of grad {tuple(grad.shape)}, got {shape}")
-    if not is_number(rho_floor) or not 0 < rho_floor <= 1:
-        raise ValueError(f"rho_floor must lie in (0, 1], got {rho_floor!r}")
+    check_real("rho_floor", rho_floor, 0.0, 1.0, high_open=False)
     with torch.no_grad():
         measures = filt.measures.to(grad)
         smoothed = filt(rho.to(grad) * grad / measures) * measures
@@ -279,8 +277,7 @@ def sensitivity_filter(filt: HelmholtzFilter, rho: Tensor, grad: Tensor, rho_flo
 
 def cell_neighbours(mesh: Mesh) -> Tensor:
     """Pairs (P, 2) of cells that share a facet (an edge in 2-D, a face in 3-D), each pair once."""
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
+    check_mesh_type(mesh)
     element = mesh.element
     local = torch.tensor(element.facets, dtype=torch.long, device=mesh.device)  # (f, kf)
     n_vertices = get_element(element.facet_type).n_vertices

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tmcore.core.checks import is_int, is_real
+from tmcore.core.checks import check_count, check_real, is_real
 
 __all__ = ["CheckedOptimizer", "OCOptimizer"]
 
@@ -123,11 +123,8 @@ class OCOptimizer(CheckedOptimizer):
             raise ValueError(f"damping must lie in (0, 1], got {group['damping']!r}")
         if not (is_real(rho_min) and is_real(rho_max) and 0.0 <= rho_min < vf < rho_max):
             raise ValueError(f"need 0 <= rho_min < vf < rho_max, got rho_min={rho_min}, vf={vf}, rho_max={rho_max}")
-        if not (is_real(group["volume_tol"]) and group["volume_tol"] > 0.0):
-            raise ValueError(f"volume_tol must be a positive number, got {group['volume_tol']!r}")
-        cap = group["max_iterations"]
-        if not is_int(cap) or cap < 1:
-            raise ValueError(f"max_iterations must be an int >= 1, got {cap!r}")
+        check_real("volume_tol", group["volume_tol"], 0.0, what="a positive number")
+        check_count("max_iterations", group["max_iterations"])
         weights = group["volume_weights"]
         if weights is not None:
             if not isinstance(weights, Tensor) or not weights.is_floating_point():

@@ -31,11 +31,11 @@ import torch
 from torch import Tensor
 
 from tmcore.core.assembly import ElementAssembler, dof_mask
-from tmcore.core.checks import DTYPE, check_count, check_mesh, check_real
+from tmcore.core.checks import DTYPE, check_count, check_real
 from tmcore.core.condense import Condenser
 from tmcore.core.linalg.solvers import cholmod_available
 from tmcore.core.linalg.sparse import SparseMatrix
-from tmcore.core.mesh import Mesh
+from tmcore.core.mesh import Mesh, check_mesh_type
 from tmcore.forms import Diffusion, LinearElasticity, Source
 
 __all__ = [
@@ -262,7 +262,7 @@ def thermal_plate(mesh: Mesh, kmin: float = 1e-3, sigma: float = 0.08) -> Compli
     """The chapter's thermal problem on ``mesh``: a Gaussian heat source
     f = exp(-|x - c|^2 / (2 sigma^2)) centred on the bounding box, u = 0 on the boundary,
     conductivity kmin + (1 - kmin) rho^p per cell. sigma in the mesh's length unit."""
-    check_mesh(mesh)
+    check_mesh_type(mesh)
     kmin = check_real("kmin", kmin, low=0.0, high=1.0)
     sigma = check_real("sigma", sigma, low=0.0)
     points = mesh.points.to(DTYPE)

@@ -8,13 +8,14 @@ float64 numpy per (shape, degree) and cached.
 
 from __future__ import annotations
 
-import numbers
 from functools import lru_cache
 
 import numpy as np
 import torch
 from scipy.special import roots_jacobi, roots_legendre
 from torch import Tensor
+
+from tmcore.core.checks import check_count
 
 _SHAPES = ("line", "triangle", "quad", "tetra", "hexahedron")
 
@@ -29,8 +30,7 @@ def quadrature(shape: str, degree: int, dtype: torch.dtype = torch.float64, devi
     """
     if not isinstance(shape, str) or shape not in _SHAPES:
         raise ValueError(f"shape must be one of {', '.join(_SHAPES)}; got {shape!r}")
-    if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or degree < 0:
-        raise ValueError(f"degree must be a non-negative int; got {degree!r}")
+    check_count("degree", degree, 0)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point torch.dtype; got {dtype!r}")
     points, weights = _rule(shape, int(degree))

@@ -1,5 +1,5 @@
 """Meshes: the ``Mesh`` module, its generators, geometry and topology."""
 
-from tmcore.core.mesh.mesh import Mesh
+from tmcore.core.mesh.mesh import Mesh, check_mesh_type
 
-__all__ = ["Mesh"]
+__all__ = ["Mesh", "check_mesh_type"]

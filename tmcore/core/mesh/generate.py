@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tmcore.core.checks import check_count, is_int
 from tmcore.core.errors import MeshError
 from tmcore.core.mesh import gmsh_worker, topology
 from tmcore.core.mesh.mesh import Mesh
@@ -143,9 +144,7 @@ def node_limit(max_nodes: int | None) -> int:
         source = f"${ENV_MAX_NODES}"
     else:
         source = "max_nodes"
-    if isinstance(max_nodes, bool) or not isinstance(max_nodes, (int, np.integer)) or max_nodes < 1:
-        raise ValueError(f"{source} must be a positive int, got {max_nodes!r}")
-    return int(max_nodes)
+    return int(check_count(source, max_nodes))
 
 
 def _check_size(call: str, estimate: int, max_nodes: int | None) -> None:
@@ -300,8 +299,7 @@ def rectangle(
     it; default ``$TMCORE_MAX_MESH_NODES`` or :data:`MAX_NODES` (2e6).
     Facet sets "left", "right", "bottom", "top".
     """
-    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
-        raise ValueError(f"refine must be a non-negative int, got {refine!r}")
+    check_count("refine", refine, 0)
     if refine and (element_type != "triangle" or order != 1):
         raise ValueError("refine applies to element_type='triangle', order=1 meshes")
     h = _check_length("chara_length", chara_length)
@@ -460,7 +458,7 @@ def grid(
     """
     shape = tuple(shape)
     dim = len(shape)
-    if dim not in (2, 3) or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape):
+    if dim not in (2, 3) or not all(is_int(n) for n in shape):
         raise ValueError(f"shape must be 2 or 3 integer cell counts, got {shape}")
     if min(shape) < 1:
         raise ValueError(f"shape must hold positive cell counts, got {shape}")

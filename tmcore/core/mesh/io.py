@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from tmcore.core.errors import MeshError
-from tmcore.core.mesh import Mesh
 from tmcore.core.mesh.generate import orient_cells
+from tmcore.core.mesh.mesh import Mesh, check_mesh_type
 from tmcore.core.mesh.validate import RTOL
 
 # Topological dimension of the meshio cell types a Mesh or a facet set can hold.
@@ -292,8 +292,7 @@ def mesh_to_xarray(mesh: Mesh):
         import xarray as xr
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError("mesh_to_xarray needs xarray, which is not installed (pip install xarray)") from error
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
+    check_mesh_type(mesh)
     data = {
         "points": (("node", "dim"), _numpy(mesh.points)),
         "cells": (("cell", "vertex"), _numpy(mesh.elements).astype(np.int64)),

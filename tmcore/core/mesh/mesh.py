@@ -357,3 +357,10 @@ class Mesh(nn.Module):
         from tmcore.core.mesh.io import write_mesh
 
         write_mesh(self, path, point_data=point_data, cell_data=cell_data, **kwargs)
+
+
+def check_mesh_type(mesh: Any) -> Mesh:
+    """``mesh`` itself when it is a tmcore Mesh; a ``TypeError`` that says what came otherwise."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a tmcore Mesh, got {type(mesh).__name__}")
+    return mesh

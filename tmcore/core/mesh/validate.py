@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tmcore.core.checks import check_real
 from tmcore.core.elements import Element, get_element
 from tmcore.core.errors import MeshError
 from tmcore.core.mesh import topology
@@ -67,9 +68,9 @@ def check_mode(name: str, value: str, modes: tuple[str, ...]) -> str:
 
 def check_rtol(rtol: float) -> float:
     """The coincidence tolerance, relative to the shortest edge: a float in (0, 0.1]."""
-    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not (0 < rtol <= 0.1):
-        raise ValueError(f"rtol must be a number in (0, 0.1] (a fraction of the shortest edge), got {rtol!r}")
-    return float(rtol)
+    return check_real(
+        "rtol", rtol, 0.0, 0.1, high_open=False, what="a number in (0, 0.1] (a fraction of the shortest edge)"
+    )
 
 
 def _failed(check: str, message: str) -> MeshError:
