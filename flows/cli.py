@@ -1,4 +1,4 @@
-"""What the benchmark flows' command lines share: the store/cache/report arguments and the exit status.
+"""What the flows' command lines share: the store/cache/report arguments, the Dask address and the exit status.
 
 parser = argparse.ArgumentParser(...)
 ...                                             # the flow's own arguments
@@ -13,7 +13,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_run_arguments", "run_to_exit_code"]
+from .runners import task_runner
+
+__all__ = ["add_dask_argument", "add_run_arguments", "on_dask", "run_to_exit_code"]
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, default_out: str | Path, no_cache_help: str) -> None:
@@ -27,3 +29,20 @@ def run_to_exit_code(flow: Any, args: argparse.Namespace, **parameters: Any) -> 
     """Run ``flow(**parameters)`` with the arguments of :func:`add_run_arguments`; 0 when it completed, else 1."""
     state = flow(**parameters, use_cache=not args.no_cache, store=args.store, out=args.out, return_state=True)
     return 0 if state.is_completed() else 1
+
+
+def add_dask_argument(parser: argparse.ArgumentParser) -> None:
+    """``--dask-address``: run the flow's tasks on a dask.distributed scheduler (see :func:`on_dask`)."""
+    parser.add_argument(
+        "--dask-address",
+        default=None,
+        help="run the tasks on this dask.distributed scheduler ('local': a LocalCluster)",
+    )
+
+
+def on_dask(flow: Any, address: str | None) -> Any:
+    """``flow`` with its tasks on the scheduler at ``address`` (``"local"``: a LocalCluster); ``flow``
+    itself when ``address`` is empty, so its own runner (``$TMCORE_DASK_ADDRESS`` included) applies."""
+    if not address:
+        return flow
+    return flow.with_options(task_runner=task_runner(address))

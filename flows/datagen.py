@@ -46,6 +46,7 @@ from tmcore.methods.batch import diffusion_samples
 from . import tasks
 from .artifacts import Store, provenance
 from .caching import Bound, cached_task
+from .cli import add_dask_argument, on_dask
 from .runners import task_runner
 
 DATA_VARS = ("kappa", "u")
@@ -225,16 +226,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="artifact store (default $TMCORE_ARTIFACTS or data/artifacts); shared by all workers",
     )
     parser.add_argument("--out", default=None, help="also copy the dataset to this file")
-    parser.add_argument(
-        "--dask-address",
-        default=None,
-        help="run the tasks on this dask.distributed scheduler ('local': a LocalCluster)",
-    )
+    add_dask_argument(parser)
     args = parser.parse_args(argv)
-    dataset_flow = operator_dataset
-    if args.dask_address:
-        dataset_flow = dataset_flow.with_options(task_runner=task_runner(args.dask_address))
-    return dataset_flow(
+    return on_dask(operator_dataset, args.dask_address)(
         n_samples=args.samples,
         seed=args.seed,
         cells=args.cells,

@@ -57,6 +57,7 @@ from prefect import flow, get_run_logger, tags, unmapped  # noqa: E402
 from . import tasks  # noqa: E402
 from .artifacts import Store, content_hash, content_identity, dataset_bytes, iter_refs  # noqa: E402
 from .caching import Bound, memoised  # noqa: E402
+from .cli import add_dask_argument, on_dask  # noqa: E402
 from .parameters import Checkpoints, Exponent, LearningRate, MeshSize, NonNegative, Probes, Steps, VolumeFraction  # noqa: E402
 from .reports import (  # noqa: E402
     figures_markdown,
@@ -608,11 +609,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", default=str(DEFAULT_OUT), help=f"folder for the figures and the table (default {DEFAULT_OUT})"
     )
-    parser.add_argument(
-        "--dask-address",
-        default=None,
-        help="run the tasks on this dask.distributed scheduler ('local': a LocalCluster)",
-    )
+    add_dask_argument(parser)
     args = parser.parse_args(argv)
     steps = QUICK_STEPS if args.quick else STEPS
     args.identification_steps = (
@@ -674,9 +671,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"using the Prefect server at {url}", flush=True)
     elif kind == "unreachable":
         print(f"no Prefect server answers at PREFECT_API_URL={url}; using a temporary one", flush=True)
-    figures_flow = differentiability_figures
-    if args.dask_address:
-        figures_flow = figures_flow.with_options(task_runner=task_runner(args.dask_address))
+    figures_flow = on_dask(differentiability_figures, args.dask_address)
     with api_settings(kind):
         result = figures_flow(
             identification_steps=args.identification_steps,

@@ -28,7 +28,7 @@ from . import preflight
 from .artifacts import Store, provenance
 from .benchmarks import Check, Context, get_suite
 from .caching import tmcore_hash
-from .cli import add_run_arguments, run_to_exit_code
+from .cli import add_dask_argument, add_run_arguments, on_dask, run_to_exit_code
 from .parameters import Date, SuiteNames
 from .reports import markdown_table, table_rows, ui_markdown, ui_table, write_table
 from .runners import run_tags, tag_flow_run, task_runner
@@ -133,18 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help='per-suite options as JSON, e.g. \'{"mms": {"sizes": [4, 8]}}\'',
     )
-    parser.add_argument(
-        "--dask-address",
-        default=None,
-        help="run the tasks on this dask.distributed scheduler ('local': a LocalCluster)",
-    )
+    add_dask_argument(parser)
     add_run_arguments(parser, DEFAULT_OUT, "recompute every stage (fresh timings)")
     args = parser.parse_args(argv)
     preflight.run_or_exit(store=args.store, out=args.out)  # before any work: one line naming a bad path
-    benchmark = validation_benchmark
-    if args.dask_address:
-        benchmark = benchmark.with_options(task_runner=task_runner(args.dask_address))
-    return run_to_exit_code(benchmark, args, suites=args.suites, options=args.options)
+    return run_to_exit_code(
+        on_dask(validation_benchmark, args.dask_address), args, suites=args.suites, options=args.options
+    )
 
 
 if __name__ == "__main__":

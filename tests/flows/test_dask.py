@@ -42,6 +42,26 @@ def test_runner_choice():
         task_runner(max_workers=0)
 
 
+def test_command_lines_put_a_flow_on_dask_only_when_given_an_address():
+    """flows.cli: what --dask-address does in every flow's command line."""
+    import argparse
+
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from flows.cli import add_dask_argument, on_dask
+
+    parser = argparse.ArgumentParser()
+    add_dask_argument(parser)
+    assert parser.parse_args([]).dask_address is None
+    assert on_dask(validation_benchmark, None) is validation_benchmark
+    assert on_dask(validation_benchmark, "") is validation_benchmark
+    address = parser.parse_args(["--dask-address", "tcp://127.0.0.1:8786"]).dask_address
+    moved = on_dask(validation_benchmark, address)
+    assert isinstance(moved.task_runner, DaskTaskRunner) and moved.name == validation_benchmark.name
+    assert isinstance(validation_benchmark.task_runner, ThreadPoolTaskRunner)
+
+
 def test_sweep_on_a_local_dask_cluster_matches_the_thread_pool(prefect_api, tmp_path):
     dask_store, thread_store = Store(tmp_path / "dask"), Store(tmp_path / "threads")
     on_dask = _run(task_runner("local", max_workers=2), dask_store, tmp_path / "dask-report")
