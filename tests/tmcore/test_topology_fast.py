@@ -15,20 +15,22 @@ from tmcore import Mesh, MeshError
 from tmcore.core.elements import get_element
 from tmcore.core.mesh import topology
 
-SHAPES = {
-    "triangle": ((5, 4), {}),
-    "quad": ((5, 4), {"element_type": "quad"}),
-    "triangle6": ((4, 3), {"order": 2}),
-    "tetra": ((3, 2, 4), {}),
-    "hexahedron": ((3, 2, 4), {"element_type": "hexahedron"}),
-    "tetra10": ((2, 3, 2), {"order": 2}),
+from . import grids
+
+# cells along the axes, per cell type
+SIZES = {
+    "triangle": (5, 4),
+    "quad": (5, 4),
+    "triangle6": (4, 3),
+    "tetra": (3, 2, 4),
+    "hexahedron": (3, 2, 4),
+    "tetra10": (2, 3, 2),
 }
 
 
 def shuffled(cell_type: str, seed: int = 0) -> tuple[torch.Tensor, str]:
     """Cells (m, k) of a grid with randomly renumbered nodes and reordered cells."""
-    shape, kwargs = SHAPES[cell_type]
-    mesh = Mesh.gen_grid(shape, **kwargs)
+    mesh = grids.grid(cell_type, SIZES[cell_type])
     g = torch.Generator().manual_seed(seed)
     new_of_old = torch.randperm(mesh.n_points, generator=g)
     return new_of_old[mesh.elements][torch.randperm(mesh.n_cells, generator=g)], mesh.cell_type
@@ -78,7 +80,7 @@ def path(request, monkeypatch):
 
 
 @pytest.mark.parametrize("far", [False, True], ids=["small", "far"])
-@pytest.mark.parametrize("cell_type", list(SHAPES))
+@pytest.mark.parametrize("cell_type", grids.CELL_TYPES)
 def test_boundary_facets_are_the_facets_of_one_cell_in_cell_order(cell_type, far, path):
     cells, cell_type = shuffled(cell_type)
     if far:
@@ -92,7 +94,7 @@ def test_boundary_facets_are_the_facets_of_one_cell_in_cell_order(cell_type, far
 
 
 @pytest.mark.parametrize("far", [False, True], ids=["small", "far"])
-@pytest.mark.parametrize("cell_type", list(SHAPES))
+@pytest.mark.parametrize("cell_type", grids.CELL_TYPES)
 def test_facet_owners_of_boundary_and_interior_facets(cell_type, far, path):
     cells, cell_type = shuffled(cell_type, seed=1)
     if far:
@@ -117,7 +119,7 @@ def test_a_facet_of_no_cell_is_refused(cell_type, path):
 
 
 @pytest.mark.parametrize("far", [False, True], ids=["small", "far"])
-@pytest.mark.parametrize("cell_type", list(SHAPES))
+@pytest.mark.parametrize("cell_type", grids.CELL_TYPES)
 def test_duplicate_cells_name_every_cell_of_a_repeated_vertex_set(cell_type, far, path):
     cells, cell_type = shuffled(cell_type, seed=3)
     k = get_element(cell_type).n_vertices
@@ -161,7 +163,7 @@ def test_members_finds_exactly_the_keys_of_the_table():
 
 def test_mesh_boundary_mask_of_a_shuffled_box():
     cells, _ = shuffled("tetra")
-    mesh = Mesh.gen_grid(SHAPES["tetra"][0])
+    mesh = Mesh.gen_grid(SIZES["tetra"])
     perm = torch.empty(mesh.n_points, dtype=torch.long)
     g = torch.Generator().manual_seed(0)
     new_of_old = torch.randperm(mesh.n_points, generator=g)

@@ -10,24 +10,18 @@ import pytest
 import torch
 
 from tmcore import Mesh, MeshError
+from tmcore.core.elements import get_element
 from tmcore.core.mesh import validate
 
-SHAPES = {
-    "triangle": ((3, 3), {}),
-    "quad": ((3, 3), {"element_type": "quad"}),
-    "triangle6": ((3, 3), {"order": 2}),
-    "tetra": ((2, 2, 2), {}),
-    "hexahedron": ((2, 2, 2), {"element_type": "hexahedron"}),
-    "tetra10": ((2, 2, 2), {"order": 2}),
-}
+from . import grids
 
 
 def grid(cell_type: str) -> Mesh:
-    shape, kwargs = SHAPES[cell_type]
-    return Mesh.gen_grid(shape, **kwargs)
+    """3 x 3 cells in 2D, 2 x 2 x 2 in 3D."""
+    return grids.grid(cell_type, (3, 3) if get_element(cell_type).dim == 2 else (2, 2, 2))
 
 
-@pytest.mark.parametrize("cell_type", list(SHAPES))
+@pytest.mark.parametrize("cell_type", grids.CELL_TYPES)
 def test_a_grid_passes_and_a_duplicate_of_its_last_cell_is_named(cell_type):
     mesh = grid(cell_type)
     validate.check_mesh(mesh.points, mesh.elements, mesh.cell_type)
