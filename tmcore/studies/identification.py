@@ -352,7 +352,7 @@ def coefficient_identification(
         u=u.detach(),
         u_obs=problem.u_obs,
         snapshots=snapshots,
-        parameters={"steps": steps, "lr": lr, "smoothness": smoothness, "n_points": mesh.n_points},
+        parameters={"steps": steps, **keyed},
         points=mesh.points.detach().to(DTYPE).clone(),
     )
     logger.info(

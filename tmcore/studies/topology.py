@@ -140,17 +140,19 @@ def thermal_topology(
     if filter == "density":
         design_problem.density_filter = helmholtz
 
-    keyed = {
+    parameters = {
         "vf": vf,
         "p": p,
         "kmin": kmin,
         "sigma": sigma,
+        "steps": steps,
         "move_limit": move_limit,
         "filter": filter,
         "filter_radius": radius,
         "volume_weighting": volume_weighting,
-        "n_cells": mesh.n_cells,
     }
+    # what a checkpoint must share with this run to be resumed by it (the step count may differ)
+    keyed = {name: value for name, value in parameters.items() if name != "steps"} | {"n_cells": mesh.n_cells}
     if resume_from is not None:
         check_resume(resume_from, STUDY, keyed, steps, "design", mesh.n_cells, HISTORY)
     design = torch.full((mesh.n_cells,), vf, dtype=DTYPE, device=mesh.device, requires_grad=True)
@@ -197,17 +199,7 @@ def thermal_topology(
         seconds_per_step=torch.tensor(seconds, dtype=DTYPE),
         rho=final,
         snapshots=snapshots,
-        parameters={
-            "vf": vf,
-            "p": p,
-            "kmin": kmin,
-            "sigma": sigma,
-            "steps": steps,
-            "move_limit": move_limit,
-            "filter": filter,
-            "filter_radius": radius,
-            "volume_weighting": volume_weighting,
-        },
+        parameters=parameters,
         weighted_volume=torch.tensor(weighted, dtype=DTYPE),
         design=design.detach().clone() if filter == "density" else None,
         study=STUDY,
