@@ -257,6 +257,25 @@ def test_pardiso_reports_an_indefinite_matrix_and_solves_one_matrix_like_superlu
 # -- the banded Cholesky on a batch: side by side on MKL, one by one on SciPy ------------------
 
 
+def test_batch_workers_follow_the_environment_then_torchs_thread_count(monkeypatch):
+    from tmcore.core.linalg import pardiso
+
+    previous = torch.get_num_threads()
+    monkeypatch.delenv(pardiso.ENV_THREADS, raising=False)
+    try:
+        torch.set_num_threads(1)
+        assert pardiso.threads() == 1
+        torch.set_num_threads(2)
+        assert pardiso.threads() == 2
+        monkeypatch.setenv(pardiso.ENV_THREADS, "3")
+        assert pardiso.threads() == 3
+        monkeypatch.setenv(pardiso.ENV_THREADS, "0")
+        with pytest.raises(ValueError, match=r"\$TMCORE_SOLVER_THREADS must be a positive integer, got '0'"):
+            pardiso.threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("workers", [pytest.param("2", marks=PARDISO), pytest.param("1", marks=PARDISO), "SciPy"])
 def test_a_banded_batch_matches_single_solves_and_reports_its_singular_member(mesh, kappa, monkeypatch, workers):
     from tmcore.core.linalg import pardiso

@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
+import torch
 
 from tmcore.core.errors import SingularMatrixError, SolverError
 from tmcore.core.linalg.pattern import SparsityPattern
@@ -103,7 +104,8 @@ def available() -> bool:
 
 
 def threads() -> int:
-    """Worker threads for a batch: ``$TMCORE_SOLVER_THREADS`` or the CPU count (at most 8)."""
+    """Worker threads for a batch: ``$TMCORE_SOLVER_THREADS``, else torch's intra-op thread count
+    (``torch.get_num_threads()``, at most 8), so ``torch.set_num_threads(1)`` keeps batches on one."""
     value = os.environ.get(ENV_THREADS)
     if value:
         try:
@@ -113,7 +115,7 @@ def threads() -> int:
         if count < 1:
             raise ValueError(f"${ENV_THREADS} must be a positive integer, got {value!r}")
         return count
-    return max(1, min(os.cpu_count() or 1, 8))
+    return max(1, min(torch.get_num_threads(), 8))
 
 
 _executor: ThreadPoolExecutor | None = None
