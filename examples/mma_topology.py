@@ -121,9 +121,8 @@ def tensormesh_cantilever(nelx: int = 60, nely: int = 30) -> ComplianceProblem:
     loaded = torch.nonzero((points[:, 0] == nelx) & (points[:, 1] <= 0.1 * nely + 1e-9)).flatten()
     loaded = loaded[points[loaded, 1].argsort()]
     y = points[loaded, 1]
-    ends = torch.cat(
-        [y[:1], 0.5 * (y[1:] + y[:-1]), y[-1:]]
-    )  # each node carries the traction halfway to its neighbours
+    # each node carries the traction halfway to its neighbours
+    ends = torch.cat([y[:1], 0.5 * (y[1:] + y[:-1]), y[-1:]])
     load = sum(
         point_load(base.mesh, int(node), (0.0, -100.0 * float(ends[i + 1] - ends[i]))) for i, node in enumerate(loaded)
     )
